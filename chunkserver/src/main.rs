@@ -1,0 +1,126 @@
+//! `chunkserver`: stores checksummed shards on local directories and serves them over QUIC.
+
+mod rebuild;
+mod service;
+mod store;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
+use lattice_common::slice_io::SliceIo;
+use lattice_common::transport::{Identity, Node};
+use service::Service;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use store::shard_file::{ShardHeader, HEADER_BYTES};
+use store::Store;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "LatticeFS chunkserver: stores shards, serves them over QUIC with mutual TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve shards from one or more data directories.
+    Serve(ServeArgs),
+    /// Print what a shard file says about itself (works without any running cluster).
+    Inspect {
+        /// A shard file, e.g. DATA/shards/2a/000000000000002a.3
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A directory to store shards in; repeat for several disks.
+    #[arg(long = "data", required = true, value_name = "DIR")]
+    data: Vec<PathBuf>,
+    /// UDP address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7500")]
+    listen: SocketAddr,
+    /// Directory with this server's ca.pem, cert.pem and key.pem (see `metaserver ca issue`).
+    #[arg(long, value_name = "DIR")]
+    certs: PathBuf,
+    /// Write the bound address here once serving (useful with port 0).
+    #[arg(long, value_name = "FILE")]
+    addr_file: Option<PathBuf>,
+    /// Bytes to keep free on every data directory.
+    #[arg(long, default_value_t = 64 << 20)]
+    reserve: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            lattice_common::logging::init();
+            tokio::runtime::Runtime::new()?.block_on(serve(args))
+        }
+        Command::Inspect { file } => inspect(&file),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let identity = Identity::load(&args.certs)?;
+    let data = args.data.clone();
+    let store = service::blocking(move || Store::open(&data, args.reserve))
+        .await
+        .context("opening data directories")?;
+    let node = Node::server(args.listen, &identity)?;
+    let addr = node.local_addr()?;
+    let service = Arc::new(Service {
+        store: Arc::new(store),
+        io: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
+        name: identity.name.name.clone(),
+    });
+    if let Some(path) = &args.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    info!(%addr, name = %identity.name, disks = args.data.len(), "chunkserver serving");
+    let server = tokio::spawn(
+        node.clone()
+            .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    node.close();
+    server.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn inspect(file: &std::path::Path) -> Result<()> {
+    use std::io::Read;
+    let mut h = [0u8; HEADER_BYTES as usize];
+    std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut h))
+        .with_context(|| format!("reading {}", file.display()))?;
+    let header = ShardHeader::decode(&h).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!("slice        {}", header.shard.slice);
+    println!("shard index  {}", header.shard.index);
+    println!("policy       {}", header.layout.policy);
+    println!("slice bytes  {}", header.layout.data_len);
+    println!("stripe unit  {}", header.layout.stripe_unit);
+    println!("shard bytes  {}", header.shard_len());
+    println!("block size   {}", header.block_size);
+    Ok(())
+}

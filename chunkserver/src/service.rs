@@ -1,0 +1,234 @@
+//! The chunkserver's request handlers: one QUIC stream per request.
+
+use crate::rebuild;
+use crate::store::{Store, StoreError};
+use lattice_common::codec;
+use lattice_common::ids::ShardId;
+use lattice_common::layout::SliceLayout;
+use lattice_common::pki::{PeerName, Role};
+use lattice_common::slice_io::SliceIo;
+use lattice_common::wire::{
+    reset, ChunkRequest, ChunkResponse, ChunkserverStatus, ErrorKind, WireError, MAX_GET_BYTES,
+    MAX_LIST_PAGE,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// Shard bytes move between network and disk in pieces of this size.
+pub const IO_PIECE: usize = 1 << 20;
+/// A peer that sends nothing of a body for this long is cut off.
+const BODY_STALL: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    pub store: Arc<Store>,
+    pub io: SliceIo,
+    pub name: String,
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        let kind = match &e {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Corrupt(_) => ErrorKind::Corrupt,
+            StoreError::NoSpace(_) => ErrorKind::NoSpace,
+            StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Io { .. } => ErrorKind::Io,
+        };
+        WireError::new(kind, e.to_string())
+    }
+}
+
+/// Runs blocking disk work off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorKind::Invalid, message)
+}
+
+async fn reply(send: &mut SendStream, resp: &ChunkResponse) {
+    if let Ok(frame) = codec::encode(resp) {
+        let _ = send.write_all(&frame).await;
+    }
+}
+
+/// Only the metaserver and operators may remove or rebuild shards; a mount may not.
+fn require_operator(peer: &PeerName) -> Result<(), WireError> {
+    match peer.role {
+        Role::Metaserver | Role::Admin => Ok(()),
+        _ => Err(WireError::new(
+            ErrorKind::Denied,
+            format!("{peer} may not do this; only metaservers and admins may"),
+        )),
+    }
+}
+
+impl Service {
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: Arc<PeerName>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
+        let req: ChunkRequest = match codec::read_frame(&mut recv).await {
+            Ok(req) => req,
+            Err(e) => {
+                debug!(%peer, "bad request: {e}");
+                return reply(&mut send, &ChunkResponse::Error(invalid(e.to_string()))).await;
+            }
+        };
+        let resp = match req {
+            ChunkRequest::Get { shard, offset, len } => {
+                return self.get(&mut send, shard, offset, len).await;
+            }
+            ChunkRequest::Ping => Ok(ChunkResponse::Pong {
+                name: self.name.clone(),
+            }),
+            ChunkRequest::Put { shard, layout } => self.put(&mut recv, shard, layout).await,
+            ChunkRequest::Delete { shard } => match require_operator(&peer) {
+                Ok(()) => self
+                    .on_disk(move |s| s.delete(shard))
+                    .await
+                    .map(|existed| ChunkResponse::Deleted { existed }),
+                Err(e) => Err(e),
+            },
+            ChunkRequest::Stat { shard } => self
+                .on_disk(move |s| s.stat(shard))
+                .await
+                .map(ChunkResponse::Stat),
+            ChunkRequest::List { after, limit } => {
+                let limit = limit.min(MAX_LIST_PAGE) as usize;
+                let (shards, more) = self.store.list(after, limit);
+                Ok(ChunkResponse::List { shards, more })
+            }
+            ChunkRequest::Status => Ok(ChunkResponse::Status(self.status().await)),
+            ChunkRequest::Rebuild {
+                shard,
+                layout,
+                sources,
+            } => match require_operator(&peer) {
+                Ok(()) => rebuild::rebuild(&self.store, &self.io, shard, layout, sources)
+                    .await
+                    .map(|bytes| ChunkResponse::Rebuilt { bytes }),
+                Err(e) => Err(e),
+            },
+        };
+        let resp = resp.unwrap_or_else(|e| {
+            if e.kind != ErrorKind::NotFound {
+                warn!(%peer, "request failed: {e}");
+            }
+            ChunkResponse::Error(e)
+        });
+        reply(&mut send, &resp).await;
+        let _ = send.finish();
+    }
+
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, WireError> {
+        let store = self.store.clone();
+        Ok(blocking(move || f(&store)).await?)
+    }
+
+    pub async fn status(&self) -> ChunkserverStatus {
+        let store = self.store.clone();
+        ChunkserverStatus {
+            name: self.name.clone(),
+            disks: blocking(move || store.disk_status()).await,
+            health: self.store.health.snapshot(),
+        }
+    }
+
+    async fn put(
+        &self,
+        recv: &mut RecvStream,
+        shard: ShardId,
+        layout: SliceLayout,
+    ) -> Result<ChunkResponse, WireError> {
+        let (mut writer, disk) = self.on_disk(move |s| s.create(shard, layout)).await?;
+        let total = layout.shard_len();
+        let mut buf = vec![0u8; IO_PIECE.min(total as usize)];
+        let mut remaining = total;
+        while remaining > 0 {
+            let n = (remaining as usize).min(IO_PIECE);
+            let got = tokio::time::timeout(BODY_STALL, recv.read_exact(&mut buf[..n])).await;
+            match got {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(invalid(format!("shard body ended early: {e}"))),
+                Err(_) => return Err(invalid("shard body stalled")),
+            }
+            remaining -= n as u64;
+            (writer, buf) =
+                blocking(move || writer.write(&buf[..n]).map(|()| (writer, buf))).await?;
+        }
+        if let Ok(Some(_)) = recv.read_chunk(1, true).await {
+            return Err(invalid(format!("shard body longer than its {total} bytes")));
+        }
+        let store = self.store.clone();
+        let info = blocking(move || store.commit(writer, disk)).await?;
+        debug!(%shard, bytes = info.file_bytes, "stored");
+        Ok(ChunkResponse::Stored {
+            bytes: info.file_bytes,
+        })
+    }
+
+    /// Streams a verified range. A checksum failure before the first byte is an error reply;
+    /// after it, a stream reset with [`reset::CORRUPT`] (the bytes sent so far are good).
+    async fn get(&self, send: &mut SendStream, shard: ShardId, offset: u64, len: u64) {
+        let opened = self.on_disk(move |s| s.open_reader(shard)).await;
+        let reader = match opened {
+            Ok(r)
+                if offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= r.header.shard_len())
+                    && len <= MAX_GET_BYTES =>
+            {
+                Arc::new(r)
+            }
+            Ok(r) => {
+                let e = invalid(format!(
+                    "range {offset}+{len} outside shard of {} bytes (or over {MAX_GET_BYTES})",
+                    r.header.shard_len()
+                ));
+                return reply(send, &ChunkResponse::Error(e)).await;
+            }
+            Err(e) => return reply(send, &ChunkResponse::Error(e)).await,
+        };
+        let end = offset + len;
+        let mut pos = offset;
+        let mut started = false;
+        while pos < end || !started {
+            let next = end.min((pos / IO_PIECE as u64 + 1) * IO_PIECE as u64);
+            let (store, r) = (self.store.clone(), reader.clone());
+            let piece = blocking(move || store.read(&r, pos, next - pos)).await;
+            let piece = match (piece, started) {
+                (Ok(p), _) => p,
+                (Err(e), false) => return reply(send, &ChunkResponse::Error(e.into())).await,
+                (Err(e), true) => {
+                    warn!(%shard, "read failed mid-stream: {e}");
+                    let code = match e {
+                        StoreError::Corrupt(_) => reset::CORRUPT,
+                        _ => reset::IO,
+                    };
+                    let _ = send.reset(VarInt::from_u32(code));
+                    return;
+                }
+            };
+            if !started {
+                reply(send, &ChunkResponse::Data { len }).await;
+                started = true;
+            }
+            if send.write_all(&piece).await.is_err() {
+                return;
+            }
+            pos = next;
+        }
+        let _ = send.finish();
+    }
+}

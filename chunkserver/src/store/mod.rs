@@ -1,0 +1,338 @@
+//! Shard storage on one or more local directories ("disks").
+//!
+//! Layout of a disk: `shards/<xx>/<slice id as 16 hex digits>.<shard index>` where `xx` is
+//! the low byte of the slice id, and `tmp/` for writes in progress (emptied at start). Paths
+//! are built from integer ids only, so nothing a peer sends can name a file elsewhere.
+
+pub mod shard_file;
+
+use lattice_common::ids::{ShardId, SliceId};
+use lattice_common::layout::SliceLayout;
+use lattice_common::wire::{DiskStatus, HealthCounters, ShardInfo};
+use shard_file::{ShardHeader, ShardReader, ShardWriter};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("shard {0} not found")]
+    NotFound(ShardId),
+    #[error("corrupt shard: {0}")]
+    Corrupt(String),
+    #[error("no disk has room ({0})")]
+    NoSpace(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Counters that predict a failing server, reported in status.
+#[derive(Default)]
+pub struct Health {
+    pub io_errors: AtomicU64,
+    pub checksum_errors: AtomicU64,
+    pub slow_ops: AtomicU64,
+}
+
+impl Health {
+    pub fn snapshot(&self) -> HealthCounters {
+        HealthCounters {
+            io_errors: self.io_errors.load(Ordering::Relaxed),
+            checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
+            slow_ops: self.slow_ops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Disk {
+    root: PathBuf,
+}
+
+impl Disk {
+    fn shard_path(&self, shard: ShardId) -> PathBuf {
+        self.root
+            .join("shards")
+            .join(format!("{:02x}", shard.slice.0 & 0xff))
+            .join(format!("{}.{}", shard.slice, shard.index))
+    }
+
+    fn tmp_path(&self, shard: ShardId) -> PathBuf {
+        static NONCE: AtomicU64 = AtomicU64::new(0);
+        let n = NONCE.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!(
+            "{}.{}.{}.{n}",
+            shard.slice,
+            shard.index,
+            std::process::id()
+        ))
+    }
+
+    /// (total, free) bytes of the filesystem under this disk.
+    fn space(&self) -> Result<(u64, u64), StoreError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| shard_file::io_error(&self.root, e.into()))?;
+        let frag = st.fragment_size();
+        Ok((st.blocks() * frag, st.blocks_available() * frag))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    disk: u32,
+    layout: SliceLayout,
+    file_bytes: u64,
+}
+
+pub struct Store {
+    disks: Vec<Disk>,
+    index: RwLock<BTreeMap<ShardId, Entry>>,
+    /// Bytes each disk keeps free for the filesystem's own needs.
+    reserve: u64,
+    pub health: Health,
+}
+
+fn parse_name(name: &str) -> Option<ShardId> {
+    let (slice, index) = name.split_once('.')?;
+    if slice.len() != 16 {
+        return None;
+    }
+    let slice = u64::from_str_radix(slice, 16).ok()?;
+    let index = index.parse::<u16>().ok()?;
+    Some(ShardId::new(SliceId(slice), index))
+}
+
+impl Store {
+    /// Opens (creating if needed) the given directories and indexes the shards they hold.
+    pub fn open(roots: &[PathBuf], reserve: u64) -> Result<Store, StoreError> {
+        if roots.is_empty() {
+            return Err(StoreError::Invalid(
+                "at least one data directory is needed".into(),
+            ));
+        }
+        let store = Store {
+            disks: roots.iter().map(|r| Disk { root: r.clone() }).collect(),
+            index: RwLock::new(BTreeMap::new()),
+            reserve,
+            health: Health::default(),
+        };
+        for (i, disk) in store.disks.iter().enumerate() {
+            store.scan(i as u32, disk)?;
+        }
+        Ok(store)
+    }
+
+    fn scan(&self, disk_no: u32, disk: &Disk) -> Result<(), StoreError> {
+        let tmp = disk.root.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| shard_file::io_error(&tmp, e))?;
+        let shards = disk.root.join("shards");
+        std::fs::create_dir_all(&shards).map_err(|e| shard_file::io_error(&shards, e))?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut found = 0u64;
+        for sub in std::fs::read_dir(&shards).map_err(|e| shard_file::io_error(&shards, e))? {
+            let sub = sub.map_err(|e| shard_file::io_error(&shards, e))?.path();
+            let Ok(files) = std::fs::read_dir(&sub) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                let name = file.file_name();
+                let Some(id) = name.to_str().and_then(parse_name) else {
+                    warn!(path = %path.display(), "ignoring a file that is not a shard");
+                    continue;
+                };
+                match ShardReader::open(&path) {
+                    Ok(r) if r.header.shard == id => {
+                        if index.contains_key(&id) {
+                            warn!(path = %path.display(), "shard also on another disk; ignoring this copy");
+                            continue;
+                        }
+                        let entry = Entry {
+                            disk: disk_no,
+                            layout: r.header.layout,
+                            file_bytes: r.header.file_bytes(),
+                        };
+                        index.insert(id, entry);
+                        found += 1;
+                    }
+                    Ok(r) => {
+                        warn!(path = %path.display(), header = %r.header.shard, "file name and header disagree; ignoring")
+                    }
+                    Err(e) => {
+                        self.health.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(path = %path.display(), "unreadable shard: {e}");
+                    }
+                }
+            }
+        }
+        info!(disk = %disk.root.display(), shards = found, "disk indexed");
+        Ok(())
+    }
+
+    /// Counts a failure in the health counters on its way out.
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Err(StoreError::Corrupt(_)) => {
+                self.health.checksum_errors.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(StoreError::Io { .. }) => self.health.io_errors.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        r
+    }
+
+    /// Starts writing a shard on the disk with the most free space that can hold it.
+    pub fn create(
+        &self,
+        shard: ShardId,
+        layout: SliceLayout,
+    ) -> Result<(ShardWriter, u32), StoreError> {
+        if shard.index.0 as usize >= layout.policy.total_shards() {
+            return Err(StoreError::Invalid(format!(
+                "shard index {} outside policy {}",
+                shard.index, layout.policy
+            )));
+        }
+        let header = ShardHeader::new(shard, layout);
+        let need = header.file_bytes() + self.reserve;
+        let mut best: Option<(u32, u64)> = None;
+        for (i, disk) in self.disks.iter().enumerate() {
+            match disk.space() {
+                Ok((_, free)) if free >= need && best.is_none_or(|(_, f)| free > f) => {
+                    best = Some((i as u32, free))
+                }
+                Ok(_) => {}
+                Err(e) => warn!(disk = %disk.root.display(), "cannot read free space: {e}"),
+            }
+        }
+        let (disk_no, _) = best.ok_or_else(|| {
+            StoreError::NoSpace(format!(
+                "{} bytes needed for shard {shard}",
+                header.file_bytes()
+            ))
+        })?;
+        let disk = &self.disks[disk_no as usize];
+        let dest = disk.shard_path(shard);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| shard_file::io_error(dir, e))?;
+        }
+        let writer = self.note(ShardWriter::create(header, disk.tmp_path(shard), dest))?;
+        Ok((writer, disk_no))
+    }
+
+    /// Makes a finished write durable and visible; replaces an older copy of the same shard.
+    pub fn commit(&self, writer: ShardWriter, disk: u32) -> Result<ShardInfo, StoreError> {
+        let header = self.note(writer.finish())?;
+        let entry = Entry {
+            disk,
+            layout: header.layout,
+            file_bytes: header.file_bytes(),
+        };
+        let old = self
+            .index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(header.shard, entry);
+        if let Some(old) = old.filter(|o| o.disk != disk) {
+            let _ = std::fs::remove_file(self.disks[old.disk as usize].shard_path(header.shard));
+        }
+        Ok(info(header.shard, entry))
+    }
+
+    fn entry(&self, shard: ShardId) -> Result<Entry, StoreError> {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .copied()
+            .ok_or(StoreError::NotFound(shard))
+    }
+
+    pub fn open_reader(&self, shard: ShardId) -> Result<ShardReader, StoreError> {
+        let entry = self.entry(shard)?;
+        let path = self.disks[entry.disk as usize].shard_path(shard);
+        self.note(ShardReader::open(&path))
+    }
+
+    /// Reads a verified range through an open reader, counting failures.
+    pub fn read(&self, reader: &ShardReader, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.note(reader.read(offset, len))
+    }
+
+    pub fn delete(&self, shard: ShardId) -> Result<bool, StoreError> {
+        let removed = self
+            .index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard);
+        let Some(entry) = removed else {
+            return Ok(false);
+        };
+        let path = self.disks[entry.disk as usize].shard_path(shard);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => self.note(Err(shard_file::io_error(&path, e))),
+        }
+    }
+
+    pub fn stat(&self, shard: ShardId) -> Result<ShardInfo, StoreError> {
+        Ok(info(shard, self.entry(shard)?))
+    }
+
+    /// Up to `limit` shards after `after`, and whether more follow.
+    pub fn list(&self, after: Option<ShardId>, limit: usize) -> (Vec<ShardInfo>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let lower = after.map_or(Unbounded, Excluded);
+        let mut iter = index.range((lower, Unbounded));
+        let page = iter
+            .by_ref()
+            .take(limit)
+            .map(|(id, e)| info(*id, *e))
+            .collect();
+        (page, iter.next().is_some())
+    }
+
+    pub fn disk_status(&self) -> Vec<DiskStatus> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut status: Vec<DiskStatus> = self
+            .disks
+            .iter()
+            .map(|d| {
+                let (total, free) = d.space().unwrap_or_default();
+                DiskStatus {
+                    path: d.root.display().to_string(),
+                    total_bytes: total,
+                    free_bytes: free.saturating_sub(self.reserve),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        for e in index.values() {
+            let d = &mut status[e.disk as usize];
+            d.shards += 1;
+            d.shard_bytes += e.file_bytes;
+        }
+        status
+    }
+}
+
+fn info(shard: ShardId, e: Entry) -> ShardInfo {
+    ShardInfo {
+        shard,
+        layout: e.layout,
+        disk: e.disk,
+        file_bytes: e.file_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,20 @@
+//! LatticeFS shared library: what every process agrees on.
+//!
+//! - [`ids`], [`policy`], [`layout`]: what a slice and its shards are, and where bytes sit.
+//! - [`erasure`]: parity encoding and reconstruction.
+//! - [`codec`], [`wire`]: the bounded, versioned message encoding and the messages.
+//! - [`pki`], [`transport`]: the cluster CA and QUIC with mutual TLS.
+//! - [`logging`]: how every process logs.
+//! - [`shard_client`], [`slice_io`]: talking to chunkservers, one shard or a whole slice.
+
+pub mod codec;
+pub mod erasure;
+pub mod ids;
+pub mod layout;
+pub mod logging;
+pub mod pki;
+pub mod policy;
+pub mod shard_client;
+pub mod slice_io;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,246 @@
+//! The cluster certificate authority: every process proves who it is with a certificate the
+//! cluster CA signed, and trusts only peers that do the same.
+//!
+//! A CA directory holds `ca.pem` and `ca-key.pem`. A node directory (one per process or
+//! client) holds `ca.pem`, `cert.pem` and `key.pem`. The certificate's common name is
+//! `<role>:<name>`; every certificate also names the cluster's shared DNS identity
+//! [`CLUSTER_SERVER_NAME`], which is what clients verify servers against (servers move
+//! between addresses; the CA signature is what is checked).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The TLS server name every node certificate carries.
+pub const CLUSTER_SERVER_NAME: &str = "latticefs";
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+const MAX_NAME_LEN: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    Metaserver,
+    Chunkserver,
+    /// A mount.
+    Client,
+    /// An operator's command line tool.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Metaserver => "metaserver",
+            Role::Chunkserver => "chunkserver",
+            Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = PkiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "metaserver" => Role::Metaserver,
+            "chunkserver" => Role::Chunkserver,
+            "client" => Role::Client,
+            "admin" => Role::Admin,
+            _ => return Err(PkiError::Invalid(format!("unknown role {s:?}"))),
+        })
+    }
+}
+
+/// Who a verified peer certificate says it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerName {
+    pub role: Role,
+    pub name: String,
+}
+
+impl fmt::Display for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} already exists; refusing to overwrite a certificate authority")]
+    Exists(PathBuf),
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Writes a file readable by its owner only when `secret`.
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(path))
+}
+
+fn validity(params: &mut CertificateParams, years: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(365 * years);
+}
+
+/// Creates a new cluster CA in `dir` (created if missing). Refuses to replace an existing one:
+/// every certificate it signed would stop working.
+pub fn init_ca(dir: &Path, cluster: &str) -> Result<(), PkiError> {
+    check_name(cluster)?;
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    if cert_path.exists() || key_path.exists() {
+        return Err(PkiError::Exists(cert_path));
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("LatticeFS CA {cluster}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 20);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    write(&cert_path, &cert.pem(), false)
+}
+
+/// Issues a certificate for `role:name`, signed by the CA in `ca_dir`, into `out_dir`
+/// (`ca.pem`, `cert.pem`, `key.pem`).
+pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> Result<(), PkiError> {
+    check_name(name)?;
+    let ca_pem = read(&ca_dir.join(CA_CERT_FILE))?;
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY_FILE))?)?;
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+
+    let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{role}:{name}"));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    validity(&mut params, 5);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+
+    fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    write(&out_dir.join(KEY_FILE), &key.serialize_pem(), true)?;
+    write(&out_dir.join(CERT_FILE), &cert.pem(), false)?;
+    write(&out_dir.join(CA_CERT_FILE), &ca_pem, false)
+}
+
+fn check_name(name: &str) -> Result<(), PkiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Invalid(format!(
+            "name {name:?} must be 1..={MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// Reads `role:name` from the common name of a DER certificate.
+pub fn peer_name(cert_der: &[u8]) -> Result<PeerName, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Invalid(format!("unparsable peer certificate: {e}")))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| PkiError::Invalid("peer certificate has no common name".into()))?;
+    let (role, name) = cn
+        .split_once(':')
+        .ok_or_else(|| PkiError::Invalid(format!("peer common name {cn:?} is not role:name")))?;
+    Ok(PeerName {
+        role: role.parse()?,
+        name: name.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_certificates_that_name_their_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "test").unwrap();
+        assert!(matches!(init_ca(&ca, "test"), Err(PkiError::Exists(_))));
+        let node = dir.path().join("cs-1");
+        issue(&ca, Role::Chunkserver, "cs-1", &node).unwrap();
+        let pem = fs::read_to_string(node.join(CERT_FILE)).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+            .unwrap();
+        let peer = peer_name(&der).unwrap();
+        assert_eq!(
+            peer,
+            PeerName {
+                role: Role::Chunkserver,
+                name: "cs-1".into()
+            }
+        );
+        assert!(issue(&ca, Role::Client, "../evil", &node).is_err());
+        let mode = fs::metadata(node.join(KEY_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Redundancy policies: how a slice is cut into shards and how many losses it survives.
+//!
+//! A policy travels and is stored as its text form (`mirror:3`, `rs:4+2`), so every decode
+//! validates it and new shapes (grid parity) add new spellings without changing how the
+//! existing ones are stored.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Most copies a `mirror:N` policy may ask for.
+pub const MAX_MIRROR_COPIES: u8 = 8;
+/// Most data shards of one slice (`K` of `rs:K+M`).
+pub const MAX_DATA_SHARDS: u8 = 32;
+/// Most parity shards of one slice (`M` of `rs:K+M`).
+pub const MAX_PARITY_SHARDS: u8 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Policy {
+    /// N full copies of the data; any one of them serves a read.
+    Mirror { copies: u8 },
+    /// Reed-Solomon over GF(2^8): `data` data shards plus `parity` parity shards, each on a
+    /// distinct server; any `parity` of them may be lost.
+    ReedSolomon { data: u8, parity: u8 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid redundancy policy {text:?}: {reason} (expected e.g. mirror:3 or rs:4+2)")]
+pub struct PolicyError {
+    pub text: String,
+    pub reason: String,
+}
+
+impl Policy {
+    /// Shards that hold the slice's bytes (a mirror has one, copied).
+    pub fn data_shards(&self) -> usize {
+        match *self {
+            Policy::Mirror { .. } => 1,
+            Policy::ReedSolomon { data, .. } => data as usize,
+        }
+    }
+
+    /// Shards that exist only for redundancy.
+    pub fn parity_shards(&self) -> usize {
+        match *self {
+            Policy::Mirror { copies } => copies as usize - 1,
+            Policy::ReedSolomon { parity, .. } => parity as usize,
+        }
+    }
+
+    /// All shards of a slice, and so the number of distinct servers a placement needs.
+    pub fn total_shards(&self) -> usize {
+        self.data_shards() + self.parity_shards()
+    }
+
+    /// How many shards of a slice may be lost with every byte still recoverable.
+    pub fn tolerance(&self) -> usize {
+        self.parity_shards()
+    }
+
+    fn validate(self) -> Result<Self, String> {
+        match self {
+            Policy::Mirror { copies } if copies == 0 || copies > MAX_MIRROR_COPIES => {
+                Err(format!("copies must be between 1 and {MAX_MIRROR_COPIES}"))
+            }
+            Policy::ReedSolomon { data, .. } if data == 0 || data > MAX_DATA_SHARDS => Err(
+                format!("data shards must be between 1 and {MAX_DATA_SHARDS}"),
+            ),
+            Policy::ReedSolomon { parity, .. } if parity == 0 || parity > MAX_PARITY_SHARDS => Err(
+                format!("parity shards must be between 1 and {MAX_PARITY_SHARDS}"),
+            ),
+            ok => Ok(ok),
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Policy::Mirror { copies } => write!(f, "mirror:{copies}"),
+            Policy::ReedSolomon { data, parity } => write!(f, "rs:{data}+{parity}"),
+        }
+    }
+}
+
+impl FromStr for Policy {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| PolicyError {
+            text: text.chars().take(64).collect(),
+            reason: reason.to_string(),
+        };
+        let number = |s: &str| -> Result<u8, PolicyError> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("counts must be decimal numbers"));
+            }
+            s.parse::<u8>().map_err(|_| err("count too large"))
+        };
+        let (kind, shape) = text.split_once(':').ok_or_else(|| err("missing ':'"))?;
+        let policy = match kind {
+            "mirror" => Policy::Mirror {
+                copies: number(shape)?,
+            },
+            "rs" => {
+                let (data, parity) = shape.split_once('+').ok_or_else(|| err("rs needs K+M"))?;
+                Policy::ReedSolomon {
+                    data: number(data)?,
+                    parity: number(parity)?,
+                }
+            }
+            _ => return Err(err("unknown kind")),
+        };
+        policy.validate().map_err(|reason| err(&reason))
+    }
+}
+
+impl From<Policy> for String {
+    fn from(p: Policy) -> String {
+        p.to_string()
+    }
+}
+
+impl TryFrom<String> for Policy {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_prints() {
+        for text in ["mirror:1", "mirror:3", "rs:4+2", "rs:8+3", "rs:32+16"] {
+            let p: Policy = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        let p: Policy = "rs:4+2".parse().unwrap();
+        assert_eq!(
+            (p.data_shards(), p.parity_shards(), p.total_shards()),
+            (4, 2, 6)
+        );
+        let m: Policy = "mirror:3".parse().unwrap();
+        assert_eq!(
+            (m.data_shards(), m.tolerance(), m.total_shards()),
+            (1, 2, 3)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        for text in [
+            "",
+            "rs",
+            "rs:",
+            "rs:4",
+            "rs:4+",
+            "rs:+2",
+            "rs:0+2",
+            "rs:4+0",
+            "rs:33+1",
+            "rs:4+17",
+            "rs:-1+2",
+            "rs:4+2+1",
+            "mirror:0",
+            "mirror:9",
+            "mirror:x",
+            "raid:5",
+            "rs:999+2",
+            "mirror:+3",
+        ] {
+            assert!(
+                text.parse::<Policy>().is_err(),
+                "{text:?} should be rejected"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn text_round_trips(data in 1u8..=MAX_DATA_SHARDS, parity in 1u8..=MAX_PARITY_SHARDS) {
+            let p = Policy::ReedSolomon { data, parity };
+            prop_assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
+        }
+
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,20}") {
+            let _ = s.parse::<Policy>();
+        }
+    }
+}

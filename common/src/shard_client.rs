@@ -1,0 +1,237 @@
+//! Client side of the chunkserver protocol: one request per QUIC stream.
+
+use crate::codec::{self, CodecError};
+use crate::ids::ShardId;
+use crate::layout::SliceLayout;
+use crate::transport::Node;
+use crate::wire::{
+    reset, ChunkRequest, ChunkResponse, ChunkserverStatus, ErrorKind, ShardInfo, ShardSource,
+    WireError,
+};
+use quinn::{ReadError, ReadExactError, RecvStream};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default deadline of one shard request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ShardError {
+    #[error("shard not found")]
+    NotFound,
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("no answer within {0:?} while its peers answered; read around it")]
+    Slow(Duration),
+    #[error("its server failed or was slow moments ago; read around it")]
+    Avoided,
+    #[error("refused: {0}")]
+    Remote(WireError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<WireError> for ShardError {
+    fn from(e: WireError) -> Self {
+        match e.kind {
+            ErrorKind::NotFound => ShardError::NotFound,
+            ErrorKind::Corrupt => ShardError::Corrupt(e.message),
+            ErrorKind::NoSpace => ShardError::NoSpace(e.message),
+            _ => ShardError::Remote(e),
+        }
+    }
+}
+
+impl From<CodecError> for ShardError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(io) => ShardError::Unreachable(io.to_string()),
+            other => ShardError::Protocol(other.to_string()),
+        }
+    }
+}
+
+fn unexpected(resp: ChunkResponse) -> ShardError {
+    match resp {
+        ChunkResponse::Error(e) => e.into(),
+        other => ShardError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+#[derive(Clone)]
+pub struct ShardClient {
+    node: Arc<Node>,
+    timeout: Duration,
+}
+
+impl ShardClient {
+    pub fn new(node: Arc<Node>, timeout: Duration) -> Self {
+        ShardClient { node, timeout }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    async fn deadline<T>(
+        &self,
+        work: impl Future<Output = Result<T, ShardError>>,
+    ) -> Result<T, ShardError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(ShardError::Timeout(self.timeout)))
+    }
+
+    /// Sends a request (and its body) and reads the reply frame; the stream stays open for a
+    /// reply body.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: &ChunkRequest,
+        body: &[u8],
+    ) -> Result<(ChunkResponse, RecvStream), ShardError> {
+        let (mut send, mut recv) = self
+            .node
+            .open(addr)
+            .await
+            .map_err(|e| ShardError::Unreachable(e.to_string()))?;
+        let lost = |e: quinn::WriteError| ShardError::Unreachable(format!("{addr}: {e}"));
+        send.write_all(&codec::encode(req)?).await.map_err(lost)?;
+        if !body.is_empty() {
+            send.write_all(body).await.map_err(lost)?;
+        }
+        let _ = send.finish();
+        let resp = codec::read_frame(&mut recv).await?;
+        Ok((resp, recv))
+    }
+
+    async fn call(&self, addr: SocketAddr, req: ChunkRequest) -> Result<ChunkResponse, ShardError> {
+        self.deadline(async { Ok(self.exchange(addr, &req, &[]).await?.0) })
+            .await
+    }
+
+    pub async fn ping(&self, addr: SocketAddr) -> Result<String, ShardError> {
+        match self.call(addr, ChunkRequest::Ping).await? {
+            ChunkResponse::Pong { name } => Ok(name),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores a whole shard; returns once the chunkserver has it on disk (fsynced).
+    pub async fn put(
+        &self,
+        addr: SocketAddr,
+        shard: ShardId,
+        layout: SliceLayout,
+        data: &[u8],
+    ) -> Result<(), ShardError> {
+        if data.len() as u64 != layout.shard_len() {
+            return Err(ShardError::Protocol(format!(
+                "shard body of {} bytes, layout wants {}",
+                data.len(),
+                layout.shard_len()
+            )));
+        }
+        self.deadline(async {
+            match self
+                .exchange(addr, &ChunkRequest::Put { shard, layout }, data)
+                .await?
+                .0
+            {
+                ChunkResponse::Stored { .. } => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
+    /// Reads `len` bytes of a shard from `offset`, each block verified by the chunkserver.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        shard: ShardId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ShardError> {
+        self.deadline(async {
+            let req = ChunkRequest::Get { shard, offset, len };
+            let (resp, mut recv) = self.exchange(addr, &req, &[]).await?;
+            match resp {
+                ChunkResponse::Data { len: got } if got == len => {}
+                other => return Err(unexpected(other)),
+            }
+            let mut buf = vec![0u8; len as usize];
+            recv.read_exact(&mut buf).await.map_err(|e| match e {
+                ReadExactError::ReadError(ReadError::Reset(code))
+                    if code.into_inner() == reset::CORRUPT as u64 =>
+                {
+                    ShardError::Corrupt(format!("{shard} on {addr}: checksum mismatch"))
+                }
+                other => ShardError::Unreachable(format!("{addr}: {other}")),
+            })?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    pub async fn delete(&self, addr: SocketAddr, shard: ShardId) -> Result<bool, ShardError> {
+        match self.call(addr, ChunkRequest::Delete { shard }).await? {
+            ChunkResponse::Deleted { existed } => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn stat(&self, addr: SocketAddr, shard: ShardId) -> Result<ShardInfo, ShardError> {
+        match self.call(addr, ChunkRequest::Stat { shard }).await? {
+            ChunkResponse::Stat(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of the shards a chunkserver holds, after `after`; `true` if more follow.
+    pub async fn list(
+        &self,
+        addr: SocketAddr,
+        after: Option<ShardId>,
+        limit: u32,
+    ) -> Result<(Vec<ShardInfo>, bool), ShardError> {
+        match self.call(addr, ChunkRequest::List { after, limit }).await? {
+            ChunkResponse::List { shards, more } => Ok((shards, more)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn status(&self, addr: SocketAddr) -> Result<ChunkserverStatus, ShardError> {
+        match self.call(addr, ChunkRequest::Status).await? {
+            ChunkResponse::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the chunkserver at `addr` to rebuild `shard` from `sources`.
+    pub async fn rebuild(
+        &self,
+        addr: SocketAddr,
+        shard: ShardId,
+        layout: SliceLayout,
+        sources: Vec<ShardSource>,
+    ) -> Result<u64, ShardError> {
+        let req = ChunkRequest::Rebuild {
+            shard,
+            layout,
+            sources,
+        };
+        match self.call(addr, req).await? {
+            ChunkResponse::Rebuilt { bytes } => Ok(bytes),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! Reading and writing whole slices: parity encoding, parallel shard I/O, and reads that
+//! reconstruct around shards that are missing, unreachable, slow past their deadline or
+//! corrupt. Used by the fs-client and by chunkservers rebuilding a shard.
+
+use crate::erasure::{ErasureCode, ErasureError};
+use crate::ids::{ChunkserverId, ShardId, SliceId};
+use crate::layout::{LayoutError, SliceLayout};
+use crate::shard_client::{ShardClient, ShardError};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where one shard of a slice lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardTarget {
+    pub server: ChunkserverId,
+    pub addr: SocketAddr,
+}
+
+/// A shard that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardProblem {
+    pub index: usize,
+    pub server: Option<ChunkserverId>,
+    pub error: ShardError,
+}
+
+impl fmt::Display for ShardProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.server {
+            Some(s) => write!(f, "shard {} on {s}: {}", self.index, self.error),
+            None => write!(f, "shard {}: {}", self.index, self.error),
+        }
+    }
+}
+
+fn list(problems: &[ShardProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SliceError {
+    #[error("placement names {got} shards, the policy needs {need}")]
+    PlacementSize { got: usize, need: usize },
+    #[error("placement puts two shards of one slice on {0}: one failure would cost two shards")]
+    SharedServer(String),
+    #[error("writing slice {slice}: {}", list(.problems))]
+    Write {
+        slice: SliceId,
+        problems: Vec<ShardProblem>,
+    },
+    #[error("slice {slice} cannot be read: more shards lost than the policy tolerates: {}", list(.problems))]
+    Lost {
+        slice: SliceId,
+        problems: Vec<ShardProblem>,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Erasure(#[from] ErasureError),
+}
+
+/// The bytes of a read, and the shards it had to read around.
+#[derive(Debug)]
+pub struct SliceRead {
+    pub data: Vec<u8>,
+    pub problems: Vec<ShardProblem>,
+}
+
+/// When a read stops waiting for a shard and reads around it instead.
+#[derive(Clone, Copy, Debug)]
+pub struct Hedging {
+    /// Never hedge a shard sooner than this.
+    pub floor: Duration,
+    /// Hedge a shard that takes this many times longer than the slowest peer that answered.
+    pub factor: u32,
+    /// Hedge a shard read that has no peers to compare with after this long.
+    pub alone: Duration,
+    /// A server that failed or was hedged is read around (tried last) for this long.
+    pub suspect_for: Duration,
+}
+
+impl Default for Hedging {
+    fn default() -> Self {
+        Hedging {
+            floor: Duration::from_millis(300),
+            factor: 4,
+            alone: Duration::from_secs(1),
+            suspect_for: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SliceIo {
+    client: ShardClient,
+    hedging: Hedging,
+    suspects: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
+}
+
+impl SliceIo {
+    pub fn new(client: ShardClient) -> Self {
+        SliceIo::with_hedging(client, Hedging::default())
+    }
+
+    pub fn with_hedging(client: ShardClient, hedging: Hedging) -> Self {
+        SliceIo {
+            client,
+            hedging,
+            suspects: Arc::default(),
+        }
+    }
+
+    pub fn client(&self) -> &ShardClient {
+        &self.client
+    }
+
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
+        self.suspects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_suspect(&self, target: &Option<ShardTarget>) -> bool {
+        let Some(t) = target else { return false };
+        let mut suspects = self.suspects();
+        match suspects.get(&t.addr) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                suspects.remove(&t.addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn suspect(&self, addr: SocketAddr) {
+        let until = Instant::now() + self.hedging.suspect_for;
+        self.suspects().insert(addr, until);
+    }
+
+    /// Encodes `data` and stores all its shards in parallel, shard i on `targets[i]`.
+    /// Fails listing every shard that could not be stored (the caller may place those
+    /// elsewhere with [`SliceIo::put_shards`]).
+    pub async fn write(
+        &self,
+        slice: SliceId,
+        layout: SliceLayout,
+        data: bytes::Bytes,
+        targets: &[ShardTarget],
+    ) -> Result<Vec<Vec<u8>>, SliceError> {
+        check_distinct(layout, targets)?;
+        let shards = encode(layout, data).await?;
+        let all: Vec<usize> = (0..shards.len()).collect();
+        self.put_shards(slice, layout, &shards, targets, &all)
+            .await?;
+        Ok(shards)
+    }
+
+    /// Stores shards `which` of an encoded slice, in parallel.
+    pub async fn put_shards(
+        &self,
+        slice: SliceId,
+        layout: SliceLayout,
+        shards: &[Vec<u8>],
+        targets: &[ShardTarget],
+        which: &[usize],
+    ) -> Result<(), SliceError> {
+        let puts = which.iter().map(|&i| async move {
+            let t = targets[i];
+            let id = ShardId::new(slice, i as u16);
+            (i, t, self.client.put(t.addr, id, layout, &shards[i]).await)
+        });
+        let problems: Vec<ShardProblem> = futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .filter_map(|(index, t, r)| {
+                r.err().map(|error| ShardProblem {
+                    index,
+                    server: Some(t.server),
+                    error,
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SliceError::Write { slice, problems })
+        }
+    }
+
+    /// Reads slice bytes `offset..offset+len`. Data shards are read in parallel; a shard
+    /// without a target (`None`: its server is known dead), on a suspect server, whose read
+    /// fails, or that is much slower than its peers (hedging) is rebuilt from the same range
+    /// of other shards.
+    pub async fn read(
+        &self,
+        slice: SliceId,
+        layout: SliceLayout,
+        targets: &[Option<ShardTarget>],
+        offset: u64,
+        len: u64,
+    ) -> Result<SliceRead, SliceError> {
+        check_size(layout, targets.len())?;
+        let ranges = layout.shard_ranges(offset, len)?;
+        let mut bufs: Vec<Option<Vec<u8>>> = vec![None; ranges.len()];
+        let mut problems = Vec::new();
+        let mut failed = Vec::new();
+        // Shards skipped as suspect or slow: still worth a try if too few others answer.
+        let mut last_resort = Vec::new();
+        let mut pending = HashMap::new();
+        let mut inflight = FuturesUnordered::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let Some(r) = r.clone() else { continue };
+            match targets[i] {
+                None => {
+                    problems.push(ShardProblem {
+                        index: i,
+                        server: None,
+                        error: ShardError::Unreachable("no live server holds it".into()),
+                    });
+                    failed.push(i);
+                }
+                Some(t) if self.is_suspect(&targets[i]) => {
+                    problems.push(ShardProblem {
+                        index: i,
+                        server: Some(t.server),
+                        error: ShardError::Avoided,
+                    });
+                    failed.push(i);
+                    last_resort.push(i);
+                }
+                Some(t) => {
+                    pending.insert(i, t);
+                    inflight.push(async move { (i, self.fetch(slice, targets, i, r).await) });
+                }
+            }
+        }
+        let start = Instant::now();
+        let mut slowest: Option<Duration> = None;
+        while !inflight.is_empty() {
+            let hedge_after = match slowest {
+                Some(d) => (d * self.hedging.factor).max(self.hedging.floor),
+                None => self.hedging.alone,
+            };
+            match tokio::time::timeout_at((start + hedge_after).into(), inflight.next()).await {
+                Ok(Some((i, result))) => {
+                    pending.remove(&i);
+                    match result {
+                        Ok(buf) => {
+                            bufs[i] = Some(buf);
+                            slowest = Some(start.elapsed());
+                        }
+                        Err(problem) => {
+                            problems.push(problem);
+                            failed.push(i);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    for (&i, t) in &pending {
+                        self.suspect(t.addr);
+                        problems.push(ShardProblem {
+                            index: i,
+                            server: Some(t.server),
+                            error: ShardError::Slow(hedge_after),
+                        });
+                    }
+                    failed.extend(pending.keys().copied());
+                    last_resort.extend(pending.into_keys());
+                    break;
+                }
+            }
+        }
+        drop(inflight);
+        if !failed.is_empty() {
+            let span = |i: &usize| ranges[*i].clone().unwrap_or_default();
+            let start = failed.iter().map(|i| span(i).start).min().unwrap_or(0);
+            let end = failed.iter().map(|i| span(i).end).max().unwrap_or(0);
+            let known = |j: usize| -> Option<Vec<u8>> {
+                let (have, buf) = (ranges.get(j)?.as_ref()?, bufs.get(j)?.as_ref()?);
+                (have.start <= start && end <= have.end).then(|| {
+                    buf[(start - have.start) as usize..(end - have.start) as usize].to_vec()
+                })
+            };
+            let plan = Recovery {
+                missing: &failed,
+                last_resort: &last_resort,
+                range: start..end,
+            };
+            let rebuilt = self
+                .recover(slice, layout, targets, plan, known, &mut problems)
+                .await?;
+            for &i in &failed {
+                let r = span(&i);
+                let piece = rebuilt[i].as_deref().unwrap_or_default();
+                bufs[i] =
+                    Some(piece[(r.start - start) as usize..(r.end - start) as usize].to_vec());
+            }
+        }
+        let data = layout.assemble(offset, len, &ranges, &bufs)?;
+        Ok(SliceRead { data, problems })
+    }
+
+    /// Rebuilds `plan.range` of shards `plan.missing` from the same range of any K other
+    /// shards, reading more shards as reads fail: healthy ones first, suspect servers next,
+    /// `plan.last_resort` last. `known(j)` may supply shard j's piece without a read.
+    /// Returns every shard's piece of the range.
+    pub async fn recover(
+        &self,
+        slice: SliceId,
+        layout: SliceLayout,
+        targets: &[Option<ShardTarget>],
+        plan: Recovery<'_>,
+        known: impl Fn(usize) -> Option<Vec<u8>>,
+        problems: &mut Vec<ShardProblem>,
+    ) -> Result<Vec<Option<Vec<u8>>>, SliceError> {
+        check_size(layout, targets.len())?;
+        let need = layout.policy.data_shards();
+        let total = layout.policy.total_shards();
+        let missing: HashSet<usize> = plan.missing.iter().copied().collect();
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; total];
+        let mut healthy = VecDeque::new();
+        let mut suspect = VecDeque::new();
+        let mut have = 0;
+        for j in (0..total).filter(|j| !missing.contains(j)) {
+            match known(j) {
+                Some(piece) => {
+                    pieces[j] = Some(piece);
+                    have += 1;
+                }
+                None if self.is_suspect(&targets[j]) => suspect.push_back(j),
+                None => healthy.push_back(j),
+            }
+        }
+        let mut candidates: VecDeque<usize> = healthy
+            .into_iter()
+            .chain(suspect)
+            .chain(plan.last_resort.iter().copied())
+            .collect();
+        let mut inflight = FuturesUnordered::new();
+        while have < need {
+            while have + inflight.len() < need {
+                let Some(j) = candidates.pop_front() else {
+                    break;
+                };
+                let r = plan.range.clone();
+                inflight.push(async move { (j, self.fetch(slice, targets, j, r).await) });
+            }
+            match inflight.next().await {
+                Some((j, Ok(piece))) => {
+                    pieces[j] = Some(piece);
+                    have += 1;
+                }
+                Some((_, Err(problem))) => problems.push(problem),
+                None => {
+                    return Err(SliceError::Lost {
+                        slice,
+                        problems: problems.clone(),
+                    })
+                }
+            }
+        }
+        drop(inflight);
+        let code = ErasureCode::new(layout.policy)?;
+        tokio::task::spawn_blocking(move || code.reconstruct(&mut pieces).map(|()| pieces))
+            .await
+            .expect("reconstruction does not panic")
+            .map_err(SliceError::from)
+    }
+
+    async fn fetch(
+        &self,
+        slice: SliceId,
+        targets: &[Option<ShardTarget>],
+        index: usize,
+        range: Range<u64>,
+    ) -> Result<Vec<u8>, ShardProblem> {
+        let problem = |server, error| ShardProblem {
+            index,
+            server,
+            error,
+        };
+        let t = targets[index].ok_or_else(|| {
+            problem(
+                None,
+                ShardError::Unreachable("no live server holds it".into()),
+            )
+        })?;
+        let id = ShardId::new(slice, index as u16);
+        let result = self
+            .client
+            .get(t.addr, id, range.start, range.end - range.start)
+            .await;
+        if let Err(ShardError::Timeout(_) | ShardError::Unreachable(_)) = &result {
+            self.suspect(t.addr);
+        }
+        result.map_err(|e| problem(Some(t.server), e))
+    }
+}
+
+/// What [`SliceIo::recover`] rebuilds.
+pub struct Recovery<'a> {
+    /// Shards whose pieces are wanted (not read).
+    pub missing: &'a [usize],
+    /// Of those, shards that may still be read if nothing else is left.
+    pub last_resort: &'a [usize],
+    pub range: Range<u64>,
+}
+
+async fn encode(layout: SliceLayout, data: bytes::Bytes) -> Result<Vec<Vec<u8>>, SliceError> {
+    let code = ErasureCode::new(layout.policy)?;
+    tokio::task::spawn_blocking(move || code.encode_slice(&layout, &data))
+        .await
+        .expect("encoding does not panic")
+        .map_err(SliceError::from)
+}
+
+fn check_size(layout: SliceLayout, got: usize) -> Result<(), SliceError> {
+    let need = layout.policy.total_shards();
+    if got == need {
+        Ok(())
+    } else {
+        Err(SliceError::PlacementSize { got, need })
+    }
+}
+
+fn check_distinct(layout: SliceLayout, targets: &[ShardTarget]) -> Result<(), SliceError> {
+    check_size(layout, targets.len())?;
+    let mut servers = HashSet::new();
+    let mut addrs = HashSet::new();
+    for t in targets {
+        if !servers.insert(t.server) {
+            return Err(SliceError::SharedServer(t.server.to_string()));
+        }
+        if !addrs.insert(t.addr) {
+            return Err(SliceError::SharedServer(t.addr.to_string()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! QUIC with TLS 1.3 and mutual authentication by the cluster CA.
+//!
+//! A [`Node`] is one UDP endpoint that can accept connections (servers) and open them
+//! (everyone), keeping one connection per peer address and one bidirectional stream per
+//! request. Both sides present a certificate; a peer whose certificate the cluster CA did not
+//! sign never completes the handshake.
+
+use crate::pki::{self, PeerName, CA_CERT_FILE, CERT_FILE, CLUSTER_SERVER_NAME, KEY_FILE};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, warn};
+
+const ALPN: &[u8] = b"latticefs/1";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that sends nothing (not even keep-alives) for this long is considered gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Flow-control windows: large enough that one stream can keep a fast link busy.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+/// Path MTU discovery may grow packets up to this (jumbo frames, loopback).
+const MTU_UPPER_BOUND: u16 = 9000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("certificates in {dir}: {message}")]
+    Identity { dir: PathBuf, message: String },
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("connection to {addr} lost: {source}")]
+    Lost {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+}
+
+/// This process's certificate, its key, and the cluster CA it trusts.
+pub struct Identity {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pub name: PeerName,
+}
+
+impl Identity {
+    /// Loads `ca.pem`, `cert.pem` and `key.pem` from a node directory made by [`pki::issue`].
+    pub fn load(dir: &Path) -> Result<Identity, TransportError> {
+        let fail = |message: String| TransportError::Identity {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let ca = CertificateDer::from_pem_file(dir.join(CA_CERT_FILE))
+            .map_err(|e| fail(format!("{CA_CERT_FILE}: {e}")))?;
+        let chain = CertificateDer::pem_file_iter(dir.join(CERT_FILE))
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| fail(format!("{CERT_FILE}: {e}")))?;
+        let key = PrivateKeyDer::from_pem_file(dir.join(KEY_FILE))
+            .map_err(|e| fail(format!("{KEY_FILE}: {e}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| fail(format!("{CERT_FILE} holds no certificate")))?;
+        let name = pki::peer_name(leaf).map_err(|e| fail(e.to_string()))?;
+        Ok(Identity {
+            ca,
+            chain,
+            key,
+            name,
+        })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, TransportError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca.clone())
+            .map_err(|e| TransportError::Tls(format!("cluster CA: {e}")))?;
+        Ok(Arc::new(roots))
+    }
+
+    fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            QuicServerConfig::try_from(config).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport_config());
+        Ok(server)
+    }
+
+    fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+        let tls = |e: rustls::Error| TransportError::Tls(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            QuicClientConfig::try_from(config).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport_config());
+        Ok(client)
+    }
+}
+
+fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(CONNECTION_WINDOW as u64)
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    t.mtu_discovery_config(Some(mtu));
+    Arc::new(t)
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// One QUIC endpoint with a pool of outgoing connections (one per peer address).
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    pool: Mutex<HashMap<SocketAddr, Slot>>,
+    pub name: PeerName,
+}
+
+impl Node {
+    /// An endpoint that accepts connections on `bind` and can also open them.
+    pub fn server(bind: SocketAddr, identity: &Identity) -> Result<Arc<Node>, TransportError> {
+        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, bind)
+            .map_err(|source| TransportError::Bind { addr: bind, source })?;
+        endpoint.set_default_client_config(identity.client_config()?);
+        Ok(Node::wrap(endpoint, identity))
+    }
+
+    /// An endpoint that only opens connections.
+    pub fn client(identity: &Identity) -> Result<Arc<Node>, TransportError> {
+        let bind: SocketAddr = "[::]:0".parse().expect("literal address");
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("literal address")))
+            .map_err(|source| TransportError::Bind { addr: bind, source })?;
+        endpoint.set_default_client_config(identity.client_config()?);
+        Ok(Node::wrap(endpoint, identity))
+    }
+
+    fn wrap(endpoint: quinn::Endpoint, identity: &Identity) -> Arc<Node> {
+        Arc::new(Node {
+            endpoint,
+            pool: Mutex::new(HashMap::new()),
+            name: identity.name.clone(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
+        let slot = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(conn.clone());
+        }
+        let fail = |message: String| TransportError::Connect { addr, message };
+        let connecting = self
+            .endpoint
+            .connect(addr, CLUSTER_SERVER_NAME)
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a request stream to `addr`, reconnecting once if the pooled connection died.
+    pub async fn open(&self, addr: SocketAddr) -> Result<(SendStream, RecvStream), TransportError> {
+        let mut attempt = 0;
+        loop {
+            let conn = self.connection(addr).await?;
+            match conn.open_bi().await {
+                Ok(streams) => return Ok(streams),
+                Err(source) if attempt > 0 => return Err(TransportError::Lost { addr, source }),
+                Err(_) => attempt += 1,
+            }
+        }
+    }
+
+    /// Accepts connections until the endpoint closes, handing each request stream of each
+    /// authenticated peer to `handler` on its own task.
+    pub async fn serve<H, F>(self: Arc<Self>, handler: H)
+    where
+        H: Fn(Arc<PeerName>, SendStream, RecvStream) -> F + Send + Sync + Clone + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return warn!(%remote, "refused connection: {e}"),
+                    Err(_) => return warn!(%remote, "refused connection: handshake timed out"),
+                };
+                let peer = match peer_of(&conn) {
+                    Ok(peer) => Arc::new(peer),
+                    Err(e) => {
+                        warn!(%remote, "refused connection: {e}");
+                        return conn.close(VarInt::from_u32(1), b"unidentified peer");
+                    }
+                };
+                debug!(%remote, %peer, "connection accepted");
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(handler(peer.clone(), send, recv));
+                }
+            });
+        }
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"shutting down");
+    }
+}
+
+fn peer_of(conn: &Connection) -> Result<PeerName, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no peer certificate")?;
+    let leaf = certs.first().ok_or("empty peer certificate chain")?;
+    pki::peer_name(leaf).map_err(|e| e.to_string())
+}

@@ -1,0 +1,172 @@
+//! Messages of the chunkserver protocol. Each request opens its own QUIC stream; a request
+//! frame may be followed by raw bytes (a shard body) and so may the response frame.
+
+use crate::ids::{ChunkserverId, ShardId, ShardIndex};
+use crate::layout::SliceLayout;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Most shards listed per `List` reply.
+pub const MAX_LIST_PAGE: u32 = 10_000;
+/// Most bytes one `Get` may ask for.
+pub const MAX_GET_BYTES: u64 = 64 << 20;
+
+/// QUIC stream reset codes a chunkserver uses when it must stop streaming a `Data` body.
+pub mod reset {
+    /// A block failed its checksum: the bytes already sent are good, the rest are not.
+    pub const CORRUPT: u32 = 1;
+    /// The disk failed while reading.
+    pub const IO: u32 = 2;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkRequest {
+    Ping,
+    /// Store a shard. Followed by exactly `layout.shard_len()` raw bytes.
+    Put {
+        shard: ShardId,
+        layout: SliceLayout,
+    },
+    /// Read `len` bytes of a shard from `offset`, verified against the block checksums.
+    Get {
+        shard: ShardId,
+        offset: u64,
+        len: u64,
+    },
+    Delete {
+        shard: ShardId,
+    },
+    Stat {
+        shard: ShardId,
+    },
+    /// Shards in id order, starting after `after`.
+    List {
+        after: Option<ShardId>,
+        limit: u32,
+    },
+    /// Capacity and health.
+    Status,
+    /// Rebuild `shard` locally by reading the same ranges of the surviving `sources` from
+    /// their chunkservers and decoding.
+    Rebuild {
+        shard: ShardId,
+        layout: SliceLayout,
+        sources: Vec<ShardSource>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSource {
+    pub index: ShardIndex,
+    pub server: ChunkserverId,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkResponse {
+    Pong {
+        name: String,
+    },
+    Stored {
+        bytes: u64,
+    },
+    /// Followed by exactly `len` raw bytes (or a stream reset, see [`reset`]).
+    Data {
+        len: u64,
+    },
+    Deleted {
+        existed: bool,
+    },
+    Stat(ShardInfo),
+    List {
+        shards: Vec<ShardInfo>,
+        more: bool,
+    },
+    Status(ChunkserverStatus),
+    Rebuilt {
+        bytes: u64,
+    },
+    Error(WireError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub shard: ShardId,
+    pub layout: SliceLayout,
+    /// Index of the data directory that holds it.
+    pub disk: u32,
+    /// Bytes the shard file takes on disk, header and checksums included.
+    pub file_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub path: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub shard_bytes: u64,
+    pub shards: u64,
+}
+
+/// Counters that predict a failing server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCounters {
+    pub io_errors: u64,
+    pub checksum_errors: u64,
+    pub slow_ops: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverStatus {
+    pub name: String,
+    pub disks: Vec<DiskStatus>,
+    pub health: HealthCounters,
+}
+
+impl ChunkserverStatus {
+    pub fn used_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.shard_bytes).sum()
+    }
+    pub fn free_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.free_bytes).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    /// Stored bytes failed their checksum.
+    Corrupt,
+    /// No disk has room.
+    NoSpace,
+    /// The request is malformed or out of bounds.
+    Invalid,
+    /// A disk failed.
+    Io,
+    /// Not enough peers answered (e.g. during a rebuild).
+    Unavailable,
+    /// The caller's certificate does not allow this request.
+    Denied,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}

@@ -1,0 +1,30 @@
+# Sourced by the other scripts: installs what LatticeFS needs on a fresh Debian machine.
+# Rust comes from rustup (Debian's rustc is too old); the rest from Debian's packages.
+
+lattice_need_pkgs() { # PACKAGE...: apt-get install whichever are missing
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "installing ${missing[*]} (Debian packages)" >&2
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+
+lattice_need_rust() {
+  [[ -f $HOME/.cargo/env ]] && . "$HOME/.cargo/env"
+  command -v cargo >/dev/null && return 0
+  lattice_need_pkgs curl ca-certificates
+  echo "installing the Rust toolchain with rustup" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy >&2
+  . "$HOME/.cargo/env"
+}
+
+lattice_deps() {
+  lattice_need_pkgs build-essential fuse3 util-linux procps
+  lattice_need_rust
+}

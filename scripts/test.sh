@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every LatticeFS test: formatting, unit and property tests, and the integration tests
+# that start real metaserver and chunkserver processes on loopback. Installs what it needs
+# on a fresh Debian machine. Run as root (tests mount filesystems).
+#   scripts/test.sh [CARGO TEST ARGS...]   e.g. scripts/test.sh -p lattice-tests storage
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+lattice_deps
+
+cargo fmt --all --check
+# Integration tests run the release binaries, built here once.
+cargo build --release --workspace --bins
+cargo test --release --workspace "$@"
