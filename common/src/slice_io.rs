@@ -214,19 +214,10 @@ impl SliceIo {
         let mut failed = Vec::new();
         // Shards skipped as suspect or slow: still worth a try if too few others answer.
         let mut last_resort = Vec::new();
-        let mut pending = HashMap::new();
-        let mut inflight = FuturesUnordered::new();
+        let mut fetches = Fetches::new(self, slice, targets);
         for (i, r) in ranges.iter().enumerate() {
             let Some(r) = r.clone() else { continue };
             match targets[i] {
-                None => {
-                    problems.push(ShardProblem {
-                        index: i,
-                        server: None,
-                        error: ShardError::Unreachable("no live server holds it".into()),
-                    });
-                    failed.push(i);
-                }
                 Some(t) if self.is_suspect(&targets[i]) => {
                     problems.push(ShardProblem {
                         index: i,
@@ -236,50 +227,29 @@ impl SliceIo {
                     failed.push(i);
                     last_resort.push(i);
                 }
-                Some(t) => {
-                    pending.insert(i, t);
-                    inflight.push(async move { (i, self.fetch(slice, targets, i, r).await) });
-                }
+                _ => fetches.launch(i, r),
             }
         }
-        let start = Instant::now();
-        let mut slowest: Option<Duration> = None;
-        while !inflight.is_empty() {
-            let hedge_after = match slowest {
-                Some(d) => (d * self.hedging.factor).max(self.hedging.floor),
-                None => self.hedging.alone,
-            };
-            match tokio::time::timeout_at((start + hedge_after).into(), inflight.next()).await {
-                Ok(Some((i, result))) => {
-                    pending.remove(&i);
-                    match result {
-                        Ok(buf) => {
-                            bufs[i] = Some(buf);
-                            slowest = Some(start.elapsed());
-                        }
-                        Err(problem) => {
-                            problems.push(problem);
-                            failed.push(i);
-                        }
-                    }
+        loop {
+            match fetches.next().await {
+                Fetched::Done(i, Ok(buf)) => bufs[i] = Some(buf),
+                Fetched::Done(i, Err(problem)) => {
+                    problems.push(problem);
+                    failed.push(i);
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    for (&i, t) in &pending {
-                        self.suspect(t.addr);
-                        problems.push(ShardProblem {
-                            index: i,
-                            server: Some(t.server),
-                            error: ShardError::Slow(hedge_after),
-                        });
+                Fetched::Slow(slow) => {
+                    // Stop waiting for them: reading around is faster.
+                    for (i, problem) in slow {
+                        problems.push(problem);
+                        failed.push(i);
+                        last_resort.push(i);
                     }
-                    failed.extend(pending.keys().copied());
-                    last_resort.extend(pending.into_keys());
                     break;
                 }
+                Fetched::Idle => break,
             }
         }
-        drop(inflight);
+        drop(fetches);
         if !failed.is_empty() {
             let span = |i: &usize| ranges[*i].clone().unwrap_or_default();
             let start = failed.iter().map(|i| span(i).start).min().unwrap_or(0);
@@ -310,9 +280,9 @@ impl SliceIo {
     }
 
     /// Rebuilds `plan.range` of shards `plan.missing` from the same range of any K other
-    /// shards, reading more shards as reads fail: healthy ones first, suspect servers next,
-    /// `plan.last_resort` last. `known(j)` may supply shard j's piece without a read.
-    /// Returns every shard's piece of the range.
+    /// shards: healthy servers first, suspect ones next, `plan.last_resort` last. A read that
+    /// fails, or lags far behind its peers, brings in one more shard. `known(j)` may supply
+    /// shard j's piece without a read. Returns every shard's piece of the range.
     pub async fn recover(
         &self,
         slice: SliceId,
@@ -345,22 +315,28 @@ impl SliceIo {
             .chain(suspect)
             .chain(plan.last_resort.iter().copied())
             .collect();
-        let mut inflight = FuturesUnordered::new();
+        let mut fetches = Fetches::new(self, slice, targets);
+        // Reads launched beyond the K needed, to overtake slow ones.
+        let mut spare = 0;
         while have < need {
-            while have + inflight.len() < need {
+            while have + fetches.len() < need + spare {
                 let Some(j) = candidates.pop_front() else {
                     break;
                 };
-                let r = plan.range.clone();
-                inflight.push(async move { (j, self.fetch(slice, targets, j, r).await) });
+                fetches.launch(j, plan.range.clone());
             }
-            match inflight.next().await {
-                Some((j, Ok(piece))) => {
+            match fetches.next().await {
+                Fetched::Done(j, Ok(piece)) => {
                     pieces[j] = Some(piece);
                     have += 1;
                 }
-                Some((_, Err(problem))) => problems.push(problem),
-                None => {
+                Fetched::Done(_, Err(problem)) => problems.push(problem),
+                Fetched::Slow(slow) if !candidates.is_empty() => {
+                    spare += slow.len();
+                    problems.extend(slow.into_iter().map(|(_, p)| p));
+                }
+                Fetched::Slow(_) => fetches.stop_hedging(),
+                Fetched::Idle => {
                     return Err(SliceError::Lost {
                         slice,
                         problems: problems.clone(),
@@ -368,7 +344,7 @@ impl SliceIo {
                 }
             }
         }
-        drop(inflight);
+        drop(fetches);
         let code = ErasureCode::new(layout.policy)?;
         tokio::task::spawn_blocking(move || code.reconstruct(&mut pieces).map(|()| pieces))
             .await
@@ -379,7 +355,7 @@ impl SliceIo {
     async fn fetch(
         &self,
         slice: SliceId,
-        targets: &[Option<ShardTarget>],
+        target: Option<ShardTarget>,
         index: usize,
         range: Range<u64>,
     ) -> Result<Vec<u8>, ShardProblem> {
@@ -388,7 +364,7 @@ impl SliceIo {
             server,
             error,
         };
-        let t = targets[index].ok_or_else(|| {
+        let t = target.ok_or_else(|| {
             problem(
                 None,
                 ShardError::Unreachable("no live server holds it".into()),
@@ -403,6 +379,112 @@ impl SliceIo {
             self.suspect(t.addr);
         }
         result.map_err(|e| problem(Some(t.server), e))
+    }
+}
+
+type FetchResult = (usize, Result<Vec<u8>, ShardProblem>);
+
+/// What [`Fetches::next`] saw.
+enum Fetched {
+    Done(usize, Result<Vec<u8>, ShardProblem>),
+    /// These reads lag far behind their peers (they keep running; their servers are now
+    /// suspect).
+    Slow(Vec<(usize, ShardProblem)>),
+    /// Nothing is in flight.
+    Idle,
+}
+
+/// Shard reads in flight, with the clock that decides when one is slower than its peers.
+struct Fetches<'a> {
+    io: &'a SliceIo,
+    slice: SliceId,
+    targets: &'a [Option<ShardTarget>],
+    inflight: FuturesUnordered<futures::future::BoxFuture<'a, FetchResult>>,
+    pending: HashMap<usize, ShardTarget>,
+    since: Instant,
+    slowest: Option<Duration>,
+    hedging: bool,
+}
+
+impl<'a> Fetches<'a> {
+    fn new(io: &'a SliceIo, slice: SliceId, targets: &'a [Option<ShardTarget>]) -> Self {
+        Fetches {
+            io,
+            slice,
+            targets,
+            inflight: FuturesUnordered::new(),
+            pending: HashMap::new(),
+            since: Instant::now(),
+            slowest: None,
+            hedging: true,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn launch(&mut self, index: usize, range: Range<u64>) {
+        let (io, slice, target) = (self.io, self.slice, self.targets[index]);
+        if let Some(t) = target {
+            self.pending.insert(index, t);
+        }
+        self.inflight.push(Box::pin(async move {
+            (index, io.fetch(slice, target, index, range).await)
+        }));
+    }
+
+    /// Waits only for completions from now on.
+    fn stop_hedging(&mut self) {
+        self.hedging = false;
+    }
+
+    async fn next(&mut self) -> Fetched {
+        let h = self.io.hedging;
+        let hedge_after = match self.slowest {
+            Some(d) => (d * h.factor).max(h.floor),
+            None => h.alone,
+        };
+        let next = if self.hedging {
+            match tokio::time::timeout_at((self.since + hedge_after).into(), self.inflight.next())
+                .await
+            {
+                Ok(next) => next,
+                Err(_) => {
+                    let slow: Vec<(usize, ShardProblem)> = self
+                        .pending
+                        .drain()
+                        .map(|(index, t)| {
+                            self.io.suspect(t.addr);
+                            let error = ShardError::Slow(hedge_after);
+                            (
+                                index,
+                                ShardProblem {
+                                    index,
+                                    server: Some(t.server),
+                                    error,
+                                },
+                            )
+                        })
+                        .collect();
+                    self.since = Instant::now();
+                    self.slowest = None;
+                    return Fetched::Slow(slow);
+                }
+            }
+        } else {
+            self.inflight.next().await
+        };
+        match next {
+            None => Fetched::Idle,
+            Some((index, result)) => {
+                self.pending.remove(&index);
+                if result.is_ok() {
+                    self.slowest = Some(self.since.elapsed());
+                }
+                Fetched::Done(index, result)
+            }
+        }
     }
 }
 

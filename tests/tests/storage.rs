@@ -14,7 +14,7 @@ use lattice_tests::{random_bytes, TestCluster};
 use std::path::PathBuf;
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn start(tc: &TestCluster, count: u32) -> Result<Vec<ShardTarget>> {
     (1..=count)
@@ -113,7 +113,6 @@ async fn rs_4_2_survives_two_kill9() -> Result<()> {
             assert_eq!(part.data, &bytes[off as usize..(off + len) as usize]);
         }
     }
-
     // A third loss is one more than rs:4+2 tolerates: a clear error, not wrong bytes.
     tc.cluster.chunkserver(1).kill9();
     let l = layout("rs:4+2", SLICE);
