@@ -1,11 +1,13 @@
 //! `chunkserver`: stores checksummed shards on local directories and serves them over QUIC.
 
+mod membership;
 mod rebuild;
 mod service;
 mod store;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lattice_common::meta_client::MetaClient;
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::slice_io::SliceIo;
 use lattice_common::transport::{Identity, Node};
@@ -13,6 +15,7 @@ use service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use store::shard_file::{ShardHeader, HEADER_BYTES};
 use store::Store;
 use tracing::info;
@@ -55,6 +58,23 @@ struct ServeArgs {
     /// Bytes to keep free on every data directory.
     #[arg(long, default_value_t = 64 << 20)]
     reserve: u64,
+    /// Metaserver addresses, comma separated; without them the server runs standalone.
+    #[arg(long, env = "LATTICE_META", value_delimiter = ',')]
+    meta: Vec<SocketAddr>,
+    /// The address to register (default: the bound address; needed when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// A failure-domain label KEY=VALUE (e.g. host=rack1-a, rack=r1); repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("labels are KEY=VALUE")?;
+    if k.is_empty() || v.is_empty() {
+        return Err("labels are KEY=VALUE with both non-empty".into());
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn main() -> Result<()> {
@@ -88,6 +108,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     info!(%addr, name = %identity.name, disks = args.data.len(), "chunkserver serving");
+    if !args.meta.is_empty() {
+        let advertise = args.advertise.unwrap_or(addr);
+        if advertise.ip().is_unspecified() {
+            anyhow::bail!("listening on {addr}: give --advertise with an address peers can reach");
+        }
+        let membership = membership::Membership {
+            meta: MetaClient::new(node.clone(), args.meta.clone(), Duration::from_secs(10)),
+            service: service.clone(),
+            advertise,
+            labels: args.labels.clone(),
+        };
+        tokio::spawn(membership.run());
+    }
     let server = tokio::spawn(
         node.clone()
             .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),

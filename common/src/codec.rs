@@ -110,6 +110,20 @@ where
     decode_payload(&payload)
 }
 
+/// Encodes durable state (a state machine snapshot, a log command): same encoding as
+/// messages, without the frame and its size limit.
+pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::DefaultOptions::new().serialize(value)?)
+}
+
+/// Decodes durable state, allocating at most `limit` bytes.
+pub fn decode_state<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, CodecError> {
+    Ok(bincode::DefaultOptions::new()
+        .with_limit(limit)
+        .reject_trailing_bytes()
+        .deserialize(bytes)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

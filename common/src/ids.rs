@@ -57,3 +57,32 @@ impl fmt::Display for ChunkserverId {
         write!(f, "cs{}", self.0)
     }
 }
+
+/// A file, directory, symlink or special file in the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InodeId(pub u64);
+
+impl InodeId {
+    pub const ROOT: InodeId = InodeId(1);
+}
+
+/// A member of the metaserver Raft group (its Raft node id, never 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MetaserverId(pub u64);
+
+/// One client session (a mount or a tool); mutations carry it with a sequence number so a
+/// retried request is applied once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ino{}", self.0)
+    }
+}
+
+impl fmt::Display for MetaserverId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ms{}", self.0)
+    }
+}

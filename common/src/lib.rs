@@ -2,16 +2,21 @@
 //!
 //! - [`ids`], [`policy`], [`layout`]: what a slice and its shards are, and where bytes sit.
 //! - [`erasure`]: parity encoding and reconstruction.
+//! - [`fs`], [`chunk_map`]: the POSIX model, and a file's bytes as layered slices.
 //! - [`codec`], [`wire`]: the bounded, versioned message encoding and the messages.
 //! - [`pki`], [`transport`]: the cluster CA and QUIC with mutual TLS.
 //! - [`logging`]: how every process logs.
 //! - [`shard_client`], [`slice_io`]: talking to chunkservers, one shard or a whole slice.
+//! - [`meta_client`]: talking to the metaserver group.
 
+pub mod chunk_map;
 pub mod codec;
 pub mod erasure;
+pub mod fs;
 pub mod ids;
 pub mod layout;
 pub mod logging;
+pub mod meta_client;
 pub mod pki;
 pub mod policy;
 pub mod shard_client;

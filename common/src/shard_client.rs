@@ -81,13 +81,20 @@ impl ShardClient {
         &self.node
     }
 
+    /// Runs one request against `addr` within the client's timeout; a connection that
+    /// timed out is dropped so the next request reconnects (the server may have restarted).
     async fn deadline<T>(
         &self,
+        addr: SocketAddr,
         work: impl Future<Output = Result<T, ShardError>>,
     ) -> Result<T, ShardError> {
-        tokio::time::timeout(self.timeout, work)
+        let result = tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or(Err(ShardError::Timeout(self.timeout)))
+            .unwrap_or(Err(ShardError::Timeout(self.timeout)));
+        if let Err(ShardError::Timeout(_)) = result {
+            self.node.forget(addr);
+        }
+        result
     }
 
     /// Sends a request (and its body) and reads the reply frame; the stream stays open for a
@@ -114,7 +121,7 @@ impl ShardClient {
     }
 
     async fn call(&self, addr: SocketAddr, req: ChunkRequest) -> Result<ChunkResponse, ShardError> {
-        self.deadline(async { Ok(self.exchange(addr, &req, &[]).await?.0) })
+        self.deadline(addr, async { Ok(self.exchange(addr, &req, &[]).await?.0) })
             .await
     }
 
@@ -140,7 +147,7 @@ impl ShardClient {
                 layout.shard_len()
             )));
         }
-        self.deadline(async {
+        self.deadline(addr, async {
             match self
                 .exchange(addr, &ChunkRequest::Put { shard, layout }, data)
                 .await?
@@ -161,7 +168,7 @@ impl ShardClient {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, ShardError> {
-        self.deadline(async {
+        self.deadline(addr, async {
             let req = ChunkRequest::Get { shard, offset, len };
             let (resp, mut recv) = self.exchange(addr, &req, &[]).await?;
             match resp {

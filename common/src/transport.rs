@@ -212,6 +212,19 @@ impl Node {
         Ok(conn)
     }
 
+    /// Drops the pooled connection to `addr` (call after a request on it timed out: the peer
+    /// may have restarted, and a dead connection otherwise lingers until its idle timeout).
+    pub fn forget(&self, addr: SocketAddr) {
+        let slot = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
+        if let Some(conn) = slot.and_then(|s| s.try_lock().ok().and_then(|c| c.clone())) {
+            conn.close(VarInt::from_u32(2), b"unresponsive");
+        }
+    }
+
     /// Opens a request stream to `addr`, reconnecting once if the pooled connection died.
     pub async fn open(&self, addr: SocketAddr) -> Result<(SendStream, RecvStream), TransportError> {
         let mut attempt = 0;

@@ -2,25 +2,46 @@
 //! the integration tests use to create certificates and start, find and stop processes.
 //!
 //! All state lives under one directory: `ca/` (the cluster CA), `certs/<name>/`,
-//! `<role>-<n>/` (a process's data), `<role>-<n>.pid` and `<role>-<n>.log`.
+//! `ports.json` (the metaservers' fixed ports), `<role>-<n>/` (a process's data),
+//! `<role>-<n>.pid`, `<role>-<n>.log` and `<role>-<n>.addr` (where it listens).
 
 pub mod process;
 
 use anyhow::{bail, Context, Result};
+use lattice_common::ids::MetaserverId;
+use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
-use process::{wait_until, Proc};
+use lattice_common::transport::{Identity, Node};
+use lattice_common::wire::meta::{
+    AdminReply, AdminRequest, ChunkserverState, ClusterStatus, MetaRequest, MetaResponse,
+};
+use process::{wait_for, Proc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long a process may take to start serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const METASERVER: &str = "metaserver";
+pub const CHUNKSERVER: &str = "chunkserver";
+
+/// Fixed addresses of the metaservers (Raft members find each other there across restarts).
+#[derive(Default, Serialize, Deserialize)]
+struct Ports {
+    meta: BTreeMap<u32, u16>,
+}
 
 pub struct LocalCluster {
     pub state: PathBuf,
     pub bin_dir: PathBuf,
+    ports: Mutex<Ports>,
+    /// Extra arguments for every metaserver (e.g. shorter failure detection in tests).
+    pub metaserver_args: Vec<String>,
 }
 
 /// Where the cluster's programs are: `$LATTICE_BIN_DIR`, else next to the running program
@@ -40,6 +61,13 @@ pub fn default_bin_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A free UDP port on loopback (the kernel's choice).
+fn free_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 impl LocalCluster {
     /// Opens (creating if needed) the cluster state in `state`, with its CA.
     pub fn open(state: &Path, bin_dir: PathBuf) -> Result<LocalCluster> {
@@ -49,7 +77,16 @@ impl LocalCluster {
         if !ca.join(pki::CA_CERT_FILE).exists() {
             pki::init_ca(&ca, "local")?;
         }
-        Ok(LocalCluster { state, bin_dir })
+        let ports = match std::fs::read_to_string(state.join("ports.json")) {
+            Ok(text) => serde_json::from_str(&text).context("reading ports.json")?,
+            Err(_) => Ports::default(),
+        };
+        Ok(LocalCluster {
+            state,
+            bin_dir,
+            ports: Mutex::new(ports),
+            metaserver_args: Vec::new(),
+        })
     }
 
     pub fn ca_dir(&self) -> PathBuf {
@@ -77,7 +114,11 @@ impl LocalCluster {
     }
 
     pub fn chunkserver(&self, n: u32) -> Proc {
-        Proc::new(&self.state, "chunkserver", n)
+        Proc::new(&self.state, CHUNKSERVER, n)
+    }
+
+    pub fn metaserver(&self, n: u32) -> Proc {
+        Proc::new(&self.state, METASERVER, n)
     }
 
     fn addr_file(&self, p: &Proc) -> PathBuf {
@@ -92,8 +133,71 @@ impl LocalCluster {
         Ok(text.trim().parse()?)
     }
 
-    /// Starts chunkserver `n` unless it runs already, and waits until it serves.
-    pub fn start_chunkserver(&self, n: u32) -> Result<()> {
+    /// The fixed address of metaserver `n` (chosen on first use: `base + n` when a port
+    /// base is given, else a free port).
+    pub fn meta_addr(&self, n: u32, base: Option<u16>) -> Result<SocketAddr> {
+        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        let port = match ports.meta.get(&n) {
+            Some(&p) => p,
+            None => {
+                let p = match base {
+                    Some(b) => b + n as u16,
+                    None => free_port()?,
+                };
+                ports.meta.insert(n, p);
+                std::fs::write(
+                    self.state.join("ports.json"),
+                    serde_json::to_string_pretty(&*ports)?,
+                )?;
+                p
+            }
+        };
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Addresses of every metaserver this cluster has had.
+    pub fn meta_addrs(&self) -> Vec<SocketAddr> {
+        let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        ports
+            .meta
+            .values()
+            .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    /// Starts metaserver `n` unless it runs. Members `1..=founders` found the group
+    /// together; a higher `n` starts empty with `--join` (add it with [`Admin::add_member`]).
+    pub async fn start_metaserver(&self, n: u32, founders: u32, base: Option<u16>) -> Result<()> {
+        let p = self.metaserver(n);
+        if p.pid().is_some() {
+            return Ok(());
+        }
+        let certs = self.certs(Role::Metaserver, &p.name())?;
+        let addr = self.meta_addr(n, base)?;
+        let mut cmd = Command::new(self.binary(METASERVER)?);
+        cmd.arg("serve")
+            .args(["--id", &n.to_string(), "--listen", &addr.to_string()])
+            .arg("--data")
+            .arg(self.state.join(p.name()))
+            .arg("--certs")
+            .arg(&certs)
+            .args(&self.metaserver_args);
+        if n <= founders {
+            for f in 1..=founders {
+                cmd.arg("--peer")
+                    .arg(format!("{f}={}", self.meta_addr(f, base)?));
+            }
+        } else {
+            cmd.arg("--join");
+        }
+        p.spawn(cmd)?;
+        std::fs::write(self.addr_file(&p), addr.to_string())?;
+        Ok(())
+    }
+
+    /// Starts chunkserver `n` unless it runs, and waits until it serves. With metaservers
+    /// configured it registers with them.
+    pub async fn start_chunkserver(&self, n: u32) -> Result<()> {
         let p = self.chunkserver(n);
         if p.pid().is_some() {
             return Ok(());
@@ -102,7 +206,7 @@ impl LocalCluster {
         let data = self.state.join(p.name()).join("data");
         let addr_file = self.addr_file(&p);
         let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(self.binary("chunkserver")?);
+        let mut cmd = Command::new(self.binary(CHUNKSERVER)?);
         cmd.arg("serve")
             .arg("--data")
             .arg(&data)
@@ -111,12 +215,13 @@ impl LocalCluster {
             .arg(&certs)
             .arg("--addr-file")
             .arg(&addr_file);
+        let meta = self.meta_addrs();
+        if !meta.is_empty() {
+            let list: Vec<String> = meta.iter().map(|a| a.to_string()).collect();
+            cmd.arg("--meta").arg(list.join(","));
+        }
         p.spawn(cmd)?;
-        self.wait_serving(&p, &addr_file)
-    }
-
-    fn wait_serving(&self, p: &Proc, ready_file: &Path) -> Result<()> {
-        wait_until(START_TIMEOUT, &format!("{} to serve", p.name()), || {
+        wait_for(START_TIMEOUT, &format!("{} to serve", p.name()), || async {
             if p.pid().is_none() {
                 bail!(
                     "{} exited; log {}:\n{}",
@@ -125,8 +230,9 @@ impl LocalCluster {
                     p.log_tail()
                 );
             }
-            Ok(ready_file.exists())
+            Ok(addr_file.exists().then_some(()))
         })
+        .await
     }
 
     /// Every process slot of `role` that has a pid file.
@@ -150,9 +256,86 @@ impl LocalCluster {
 
     /// Stops every process of the cluster that runs.
     pub fn stop_all(&self) -> Result<()> {
-        for p in self.procs("chunkserver") {
-            p.stop(STOP_GRACE)?;
+        for role in [CHUNKSERVER, METASERVER] {
+            for p in self.procs(role) {
+                p.stop(STOP_GRACE)?;
+            }
         }
         Ok(())
+    }
+
+    /// An admin client of this cluster's metaservers.
+    pub fn admin(&self) -> Result<Admin> {
+        let identity = Identity::load(&self.certs(Role::Admin, "admin")?)?;
+        let node = Node::client(&identity)?;
+        Ok(Admin {
+            meta: MetaClient::new(node, self.meta_addrs(), Duration::from_secs(15)),
+        })
+    }
+}
+
+/// Admin requests to a local cluster (what `metaserver status` and friends send).
+pub struct Admin {
+    pub meta: MetaClient,
+}
+
+impl Admin {
+    async fn call(&self, req: AdminRequest) -> Result<AdminReply> {
+        match self.meta.call(&MetaRequest::Admin(req)).await? {
+            MetaResponse::Admin(reply) => Ok(reply),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        match self.call(AdminRequest::Status).await? {
+            AdminReply::Status(s) => Ok(*s),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// One member's applied index and state checksum.
+    pub async fn digest(&self, addr: SocketAddr) -> Result<(u64, u32)> {
+        match self
+            .meta
+            .call_at(addr, &MetaRequest::Admin(AdminRequest::Digest))
+            .await?
+        {
+            MetaResponse::Admin(AdminReply::Digest {
+                applied, digest, ..
+            }) => Ok((applied, digest)),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub async fn add_member(&self, id: u32, addr: SocketAddr) -> Result<()> {
+        self.call(AdminRequest::AddMember {
+            id: MetaserverId(id as u64),
+            addr,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn snapshot(&self) -> Result<()> {
+        self.call(AdminRequest::Snapshot).await.map(drop)
+    }
+
+    /// Waits until `count` chunkservers are registered and up.
+    pub async fn wait_chunkservers_up(&self, count: usize) -> Result<ClusterStatus> {
+        wait_for(
+            START_TIMEOUT,
+            &format!("{count} chunkservers up"),
+            || async {
+                let s = self.status().await?;
+                let up = s
+                    .chunkservers
+                    .iter()
+                    .filter(|c| c.state == ChunkserverState::Up && c.last_heartbeat_ms.is_some())
+                    .count();
+                Ok((up >= count).then_some(s))
+            },
+        )
+        .await
     }
 }

@@ -1,14 +1,17 @@
 //! Helpers shared by the integration tests: a local cluster in a temporary directory whose
 //! processes are stopped (by pid) when the test ends, pass or fail.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::Role;
 use lattice_common::shard_client::ShardClient;
 use lattice_common::slice_io::SliceIo;
 use lattice_common::transport::{Identity, Node};
-use lattice_harness::{default_bin_dir, LocalCluster};
+use lattice_harness::process::wait_for;
+use lattice_harness::{default_bin_dir, Admin, LocalCluster};
 use rand::{RngCore, SeedableRng};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct TestCluster {
@@ -18,8 +21,14 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn new() -> Result<TestCluster> {
+        Self::with_metaserver_args(&[])
+    }
+
+    /// A cluster whose metaservers all get `args` (e.g. faster failure detection).
+    pub fn with_metaserver_args(args: &[&str]) -> Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("lattice-test-").tempdir()?;
-        let cluster = LocalCluster::open(dir.path(), default_bin_dir()?)?;
+        let mut cluster = LocalCluster::open(dir.path(), default_bin_dir()?)?;
+        cluster.metaserver_args = args.iter().map(|s| s.to_string()).collect();
         Ok(TestCluster { cluster, _dir: dir })
     }
 
@@ -27,8 +36,18 @@ impl TestCluster {
         &self.cluster.state
     }
 
+    /// Starts `count` founding metaservers and waits for a leader.
+    pub async fn start_metaservers(&self, count: u32) -> Result<Admin> {
+        for n in 1..=count {
+            self.cluster.start_metaserver(n, count, None).await?;
+        }
+        let admin = self.cluster.admin()?;
+        admin.status().await?;
+        Ok(admin)
+    }
+
     /// A QUIC client node holding a certificate of `role` from this cluster's CA.
-    pub fn node(&self, role: Role, name: &str) -> Result<std::sync::Arc<Node>> {
+    pub fn node(&self, role: Role, name: &str) -> Result<Arc<Node>> {
         let dir = self.cluster.certs(role, name)?;
         Ok(Node::client(&Identity::load(&dir)?)?)
     }
@@ -39,12 +58,56 @@ impl TestCluster {
             timeout,
         )))
     }
+
+    pub fn meta_client(&self, name: &str) -> Result<MetaClient> {
+        let node = self.node(Role::Client, name)?;
+        Ok(MetaClient::new(
+            node,
+            self.cluster.meta_addrs(),
+            Duration::from_secs(30),
+        ))
+    }
+
+    /// Waits until every running metaserver has applied the same log and holds the same
+    /// state; returns that applied index.
+    pub async fn wait_members_agree(&self, admin: &Admin) -> Result<u64> {
+        let addrs: Vec<_> = self
+            .cluster
+            .procs(lattice_harness::METASERVER)
+            .into_iter()
+            .filter(|p| p.pid().is_some())
+            .map(|p| self.cluster.addr(&p))
+            .collect::<Result<_>>()?;
+        if addrs.is_empty() {
+            bail!("no metaserver runs");
+        }
+        wait_for(Duration::from_secs(60), "every member to agree", || async {
+            let mut views = Vec::new();
+            for &a in &addrs {
+                match admin.digest(a).await {
+                    Ok(v) => views.push(v),
+                    Err(_) => return Ok(None),
+                }
+            }
+            views.dedup();
+            Ok((views.len() == 1).then_some(views[0].0))
+        })
+        .await
+    }
 }
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if let Err(e) = self.cluster.stop_all() {
             eprintln!("stopping the test cluster: {e:#}");
+        }
+        // LATTICE_KEEP_TEST_STATE=1 keeps logs and data for a post-mortem.
+        if std::env::var_os("LATTICE_KEEP_TEST_STATE").is_some() {
+            let dir = std::mem::replace(
+                &mut self._dir,
+                tempfile::tempdir().expect("a temporary directory"),
+            );
+            eprintln!("test cluster state kept in {}", dir.keep().display());
         }
     }
 }

@@ -16,17 +16,17 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn start(tc: &TestCluster, count: u32) -> Result<Vec<ShardTarget>> {
-    (1..=count)
-        .map(|n| {
-            tc.cluster.start_chunkserver(n)?;
-            let addr = tc.cluster.addr(&tc.cluster.chunkserver(n))?;
-            Ok(ShardTarget {
-                server: ChunkserverId(n),
-                addr,
-            })
-        })
-        .collect()
+async fn start(tc: &TestCluster, count: u32) -> Result<Vec<ShardTarget>> {
+    let mut servers = Vec::new();
+    for n in 1..=count {
+        tc.cluster.start_chunkserver(n).await?;
+        let addr = tc.cluster.addr(&tc.cluster.chunkserver(n))?;
+        servers.push(ShardTarget {
+            server: ChunkserverId(n),
+            addr,
+        });
+    }
+    Ok(servers)
 }
 
 /// Shard i of slice s goes to server (s + i) mod N: every server holds some of each role.
@@ -51,7 +51,7 @@ fn shard_file(tc: &TestCluster, server: u32, shard: ShardId) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs_4_2_survives_two_kill9() -> Result<()> {
     let tc = TestCluster::new()?;
-    let servers = start(&tc, 6)?;
+    let servers = start(&tc, 6).await?;
     let io = tc.slice_io(Role::Client, "writer", TIMEOUT)?;
     const SLICE: usize = 4 << 20;
     let data = random_bytes(64 << 20, 42);
@@ -128,7 +128,7 @@ async fn rs_4_2_survives_two_kill9() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_is_read_around_and_reported() -> Result<()> {
     let tc = TestCluster::new()?;
-    let servers = start(&tc, 6)?;
+    let servers = start(&tc, 6).await?;
     let io = tc.slice_io(Role::Client, "reader", TIMEOUT)?;
     let data = random_bytes(3 << 20, 7);
     let l = layout("rs:4+2", data.len());
@@ -166,7 +166,7 @@ async fn flipped_byte_is_read_around_and_reported() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_from_another_ca_is_refused() -> Result<()> {
     let tc = TestCluster::new()?;
-    let servers = start(&tc, 1)?;
+    let servers = start(&tc, 1).await?;
     let addr = servers[0].addr;
 
     let other = tempfile::tempdir()?;
@@ -204,7 +204,7 @@ async fn certificate_from_another_ca_is_refused() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
     let tc = TestCluster::new()?;
-    let servers = start(&tc, 6)?;
+    let servers = start(&tc, 6).await?;
     let io = tc.slice_io(Role::Client, "writer", TIMEOUT)?;
     let data = random_bytes((5 << 20) + 12345, 3);
     let l = layout("rs:3+2", data.len());
@@ -246,7 +246,7 @@ async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_errors_and_the_server_lives_on() -> Result<()> {
     let tc = TestCluster::new()?;
-    let servers = start(&tc, 1)?;
+    let servers = start(&tc, 1).await?;
     let addr = servers[0].addr;
     let node = tc.node(Role::Client, "fuzzer")?;
 
@@ -294,7 +294,7 @@ async fn full_disk_is_an_error_to_the_writer() -> Result<()> {
     let data = tc.state().join("chunkserver-1/data");
     std::fs::create_dir_all(&data)?;
     let _mount = TmpfsMount::new(&data, "4m")?;
-    let servers = start(&tc, 1)?;
+    let servers = start(&tc, 1).await?;
     let addr = servers[0].addr;
     let client = ShardClient::new(tc.node(Role::Client, "writer")?, TIMEOUT);
 

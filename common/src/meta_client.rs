@@ -1,0 +1,209 @@
+//! Talking to the metaserver group: find the leader, follow redirects, retry through
+//! elections and dead members until a deadline. Mutations carry a session id and sequence
+//! number so a retry is applied at most once.
+
+use crate::codec;
+use crate::fs::Errno;
+use crate::ids::ClientId;
+use crate::transport::Node;
+use crate::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
+use crate::wire::ErrorKind;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// How long one attempt may take before another member is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause before trying again when no member knows a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// A member that failed an attempt is tried last for this long.
+const SHUNNED_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MetaError {
+    #[error("no metaserver answered within {0:?} (tried {1})")]
+    Unavailable(Duration, String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+pub struct MetaClient {
+    node: Arc<Node>,
+    servers: Vec<SocketAddr>,
+    leader: Mutex<Option<SocketAddr>>,
+    next_server: AtomicUsize,
+    /// Members that failed an attempt lately, and when; tried only when all others have.
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
+    client: ClientId,
+    seq: AtomicU64,
+    /// Sequence numbers of mutations still waiting for their reply.
+    in_flight: Mutex<BTreeSet<u64>>,
+    deadline: Duration,
+}
+
+impl MetaClient {
+    /// A client of the group whose members include `servers`; each call retries for up to
+    /// `deadline`.
+    pub fn new(node: Arc<Node>, servers: Vec<SocketAddr>, deadline: Duration) -> Self {
+        MetaClient {
+            node,
+            servers,
+            leader: Mutex::new(None),
+            next_server: AtomicUsize::new(0),
+            failed: Mutex::new(HashMap::new()),
+            client: ClientId(rand_u64()),
+            seq: AtomicU64::new(1),
+            in_flight: Mutex::new(BTreeSet::new()),
+            deadline,
+        }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    fn leader(&self) -> std::sync::MutexGuard<'_, Option<SocketAddr>> {
+        self.leader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The member to try next: the known leader, else the next in turn that has not failed
+    /// lately.
+    fn target(&self) -> Option<SocketAddr> {
+        if let Some(l) = *self.leader() {
+            return Some(l);
+        }
+        let n = self.servers.len();
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let recently = |a: &SocketAddr| failed.get(a).is_some_and(|t| t.elapsed() < SHUNNED_FOR);
+        let start = self.next_server.fetch_add(1, Ordering::Relaxed);
+        let order = (0..n).map(|k| self.servers[(start + k) % n]);
+        order
+            .clone()
+            .find(|a| !recently(a))
+            .or_else(|| order.clone().next())
+    }
+
+    async fn attempt(&self, addr: SocketAddr, req: &MetaRequest) -> Result<MetaResponse, String> {
+        let work = async {
+            let (mut send, mut recv) = self.node.open(addr).await.map_err(|e| e.to_string())?;
+            let frame = codec::encode(req).map_err(|e| e.to_string())?;
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            codec::read_frame::<_, MetaResponse>(&mut recv)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(ATTEMPT_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")))
+    }
+
+    /// Sends `req` to one member, once, whether or not it leads.
+    pub async fn call_at(
+        &self,
+        addr: SocketAddr,
+        req: &MetaRequest,
+    ) -> Result<MetaResponse, MetaError> {
+        self.attempt(addr, req)
+            .await
+            .map_err(|e| MetaError::Unavailable(ATTEMPT_TIMEOUT, format!("{addr}: {e}")))
+    }
+
+    /// Sends `req` to the leader, following redirects and retrying until the deadline.
+    pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, MetaError> {
+        let start = Instant::now();
+        let mut tried = Vec::new();
+        loop {
+            let Some(addr) = self.target() else {
+                return Err(MetaError::Unavailable(
+                    self.deadline,
+                    "no metaserver addresses".into(),
+                ));
+            };
+            match self.attempt(addr, req).await {
+                Ok(MetaResponse::NotLeader { leader }) => {
+                    *self.leader() = leader.filter(|&l| l != addr);
+                    if leader.is_none() || leader == Some(addr) {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+                Ok(MetaResponse::Error(e)) if e.kind == ErrorKind::Unavailable => {
+                    debug!(%addr, "metaserver unavailable: {}", e.message);
+                    *self.leader() = None;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(MetaResponse::Error(e)) => return Err(MetaError::Refused(e.to_string())),
+                Ok(resp) => {
+                    *self.leader() = Some(addr);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    debug!(%addr, "metaserver request failed: {e}");
+                    tried.push(format!("{addr}: {e}"));
+                    *self.leader() = None;
+                    self.node.forget(addr);
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(addr, Instant::now());
+                }
+            }
+            if start.elapsed() >= self.deadline {
+                tried.dedup();
+                return Err(MetaError::Unavailable(self.deadline, tried.join("; ")));
+            }
+        }
+    }
+
+    /// Applies a filesystem change (exactly once, however often it is retried).
+    pub async fn mutate(&self, op: FsOp) -> Result<Result<FsReply, Errno>, MetaError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let acked_below = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight.insert(seq);
+            *in_flight.first().unwrap_or(&seq)
+        };
+        let req = MetaRequest::Mutate {
+            client: self.client,
+            seq,
+            acked_below,
+            op,
+        };
+        let result = self.call(&req).await;
+        // Given up or answered: either way this sequence number is never sent again.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+        match result? {
+            MetaResponse::Fs(r) => Ok(r),
+            other => Err(MetaError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn query(&self, q: FsQuery) -> Result<Result<FsReply, Errno>, MetaError> {
+        match self.call(&MetaRequest::Query(q)).await? {
+            MetaResponse::Fs(r) => Ok(r),
+            other => Err(MetaError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,295 @@
+//! The metaserver protocol. Every request opens its own QUIC stream and gets one reply.
+//! Any member answers; a follower replies [`MetaResponse::NotLeader`] with the leader's
+//! address and the client retries there.
+
+use crate::chunk_map::SliceRef;
+use crate::fs::{Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, StatFs, XattrMode};
+use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
+use crate::layout::SliceLayout;
+use crate::policy::Policy;
+use crate::wire::chunk::{DiskStatus, HealthCounters};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Largest body of Raft messages (snapshots included) one request may carry.
+pub const MAX_RAFT_BATCH_BYTES: u64 = 1 << 30;
+
+/// Filesystem changes. Each is applied atomically, once (a retry with the same client id
+/// and sequence number gets the first reply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsOp {
+    /// Creates a regular file, fifo, socket or device node; EEXIST if the name is taken.
+    Mknod {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        caller: Caller,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        perm: u16,
+        caller: Caller,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        caller: Caller,
+    },
+    Link {
+        ino: InodeId,
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    /// Sets the redundancy policy of a file or directory (`None`: inherit the default).
+    SetPolicy {
+        ino: InodeId,
+        policy: Option<Policy>,
+    },
+    /// Reserves a slice id and a placement for `len` bytes of `ino` (its policy decides the
+    /// shape). The slice becomes visible only with [`FsOp::CommitSlice`].
+    AllocateSlice {
+        ino: InodeId,
+        len: u64,
+        /// Servers to leave out (e.g. ones that just failed a write).
+        avoid: Vec<ChunkserverId>,
+    },
+    /// Makes a written slice part of chunk `chunk` of `ino`, growing the file to cover it
+    /// and setting mtime and ctime.
+    CommitSlice {
+        ino: InodeId,
+        chunk: u64,
+        slice: SliceRef,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsQuery {
+    Lookup {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    /// Entries after `cookie` (0: from the start; `.` and `..` are not listed).
+    ReadDir {
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+    },
+    ReadLink {
+        ino: InodeId,
+    },
+    GetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: InodeId,
+    },
+    StatFs,
+    /// The slices of chunks `first..=last` of a file.
+    Slices {
+        ino: InodeId,
+        first: u64,
+        last: u64,
+    },
+}
+
+/// Where a chunkserver is and whether it is worth asking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAddr {
+    pub id: ChunkserverId,
+    pub addr: SocketAddr,
+    pub state: ChunkserverState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsReply {
+    Attr(Attr),
+    Entries(Vec<DirEntry>),
+    Link(Vec<u8>),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    StatFs(StatFs),
+    Allocated {
+        slice: SliceId,
+        layout: SliceLayout,
+        placement: Vec<ServerAddr>,
+    },
+    /// Per chunk, its slices oldest first; plus every server they name.
+    Slices {
+        attr: Attr,
+        chunks: Vec<(u64, Vec<SliceRef>)>,
+        servers: Vec<ServerAddr>,
+    },
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChunkserverState {
+    Up,
+    /// Missed heartbeats; not given new shards.
+    Suspect,
+    Down,
+    /// Its shards are being moved away; not given new shards.
+    Draining,
+    /// Holds nothing any more; may be stopped.
+    Drained,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub addr: SocketAddr,
+    pub disks: Vec<DiskStatus>,
+    /// Failure-domain labels, e.g. `host=a`, `rack=r1`.
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: ChunkserverId,
+    pub addr: SocketAddr,
+    pub disks: Vec<DiskStatus>,
+    pub health: HealthCounters,
+    pub shards: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    Status,
+    /// Adds a metaserver to the Raft group (it must be started with `--join`).
+    AddMember {
+        id: MetaserverId,
+        addr: SocketAddr,
+    },
+    RemoveMember {
+        id: MetaserverId,
+    },
+    /// Takes a state machine snapshot now and compacts the log.
+    Snapshot,
+    /// This member's own view (answered by any member, not only the leader): how far it
+    /// has applied the log and a checksum of its state machine there.
+    Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: MetaserverId,
+    pub addr: SocketAddr,
+    pub leader: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverStatusRow {
+    pub id: ChunkserverId,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: ChunkserverState,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub shards: u64,
+    pub health: HealthCounters,
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader: MetaserverId,
+    pub term: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<MemberStatus>,
+    pub chunkservers: Vec<ChunkserverStatusRow>,
+    pub inodes: u64,
+    pub slices: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminReply {
+    Status(Box<ClusterStatus>),
+    Digest {
+        member: MetaserverId,
+        leader: Option<MetaserverId>,
+        applied: u64,
+        digest: u32,
+    },
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    Mutate {
+        client: ClientId,
+        seq: u64,
+        /// Every request of this client below this sequence number has its reply: the
+        /// metaserver may forget those replies.
+        acked_below: u64,
+        op: FsOp,
+    },
+
+    Query(FsQuery),
+    /// A chunkserver announces itself (its certificate name is its identity).
+    Register(Registration),
+    Heartbeat(Heartbeat),
+    Admin(AdminRequest),
+    /// Raft messages from another member, followed by `sizes.iter().sum()` raw bytes: each
+    /// a protobuf-encoded `eraftpb::Message`. `addr` is where the sender serves (a member
+    /// that has just joined knows nobody's address until it learns them this way).
+    Raft {
+        from: MetaserverId,
+        addr: SocketAddr,
+
+        sizes: Vec<u32>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Fs(Result<FsReply, Errno>),
+    /// Ask the leader instead (`None`: no leader known right now; retry shortly).
+    NotLeader {
+        leader: Option<SocketAddr>,
+    },
+    Registered {
+        id: ChunkserverId,
+    },
+    HeartbeatAck,
+    Admin(AdminReply),
+    RaftAck,
+    /// The request could not be served (no quorum, shutting down, malformed, not allowed).
+    Error(crate::wire::chunk::WireError),
+}

@@ -1,0 +1,119 @@
+//! The replicated cluster map: every chunkserver ever registered, its address, labels and
+//! state. Live figures (free space, health) are soft state on the leader, not here.
+
+use lattice_common::fs::Timestamp;
+use lattice_common::ids::ChunkserverId;
+use lattice_common::wire::meta::{ChunkserverState, Registration, ServerAddr};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: ChunkserverState,
+    pub labels: Vec<(String, String)>,
+    /// Total bytes of its disks when it last registered.
+    pub capacity: u64,
+    pub since: Timestamp,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    servers: BTreeMap<ChunkserverId, ServerRecord>,
+    next_id: u32,
+}
+
+impl ClusterMap {
+    /// Registers a chunkserver by its certificate name; a known name keeps its id and comes
+    /// back up (a draining server stays draining).
+    pub fn register(&mut self, name: &str, reg: &Registration, now: Timestamp) -> ChunkserverId {
+        let capacity = reg.disks.iter().map(|d| d.total_bytes).sum();
+        let known = self
+            .servers
+            .iter()
+            .find(|(_, s)| s.name == name)
+            .map(|(&id, _)| id);
+        let id = known.unwrap_or_else(|| {
+            self.next_id += 1;
+            ChunkserverId(self.next_id)
+        });
+        let state = match self.servers.get(&id).map(|s| s.state) {
+            Some(s @ (ChunkserverState::Draining | ChunkserverState::Drained)) => s,
+            _ => ChunkserverState::Up,
+        };
+        self.servers.insert(
+            id,
+            ServerRecord {
+                name: name.to_string(),
+                addr: reg.addr,
+                state,
+                labels: reg.labels.clone(),
+                capacity,
+                since: now,
+            },
+        );
+        id
+    }
+
+    pub fn set_state(
+        &mut self,
+        id: ChunkserverId,
+        state: ChunkserverState,
+        now: Timestamp,
+    ) -> bool {
+        match self.servers.get_mut(&id) {
+            Some(s) => {
+                s.state = state;
+                s.since = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn get(&self, id: ChunkserverId) -> Option<&ServerRecord> {
+        self.servers.get(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ChunkserverId, &ServerRecord)> {
+        self.servers.iter().map(|(&id, s)| (id, s))
+    }
+
+    pub fn addr_of(&self, id: ChunkserverId) -> Option<ServerAddr> {
+        self.servers.get(&id).map(|s| ServerAddr {
+            id,
+            addr: s.addr,
+            state: s.state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(port: u16) -> Registration {
+        Registration {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            disks: vec![],
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn names_keep_their_ids_and_come_back_up() {
+        let mut map = ClusterMap::default();
+        let a = map.register("cs-a", &reg(1), Timestamp::default());
+        let b = map.register("cs-b", &reg(2), Timestamp::default());
+        assert_ne!(a, b);
+        map.set_state(a, ChunkserverState::Down, Timestamp::default());
+        assert_eq!(map.register("cs-a", &reg(3), Timestamp::default()), a);
+        assert_eq!(map.get(a).unwrap().state, ChunkserverState::Up);
+        assert_eq!(map.get(a).unwrap().addr.port(), 3);
+        map.set_state(b, ChunkserverState::Draining, Timestamp::default());
+        map.register("cs-b", &reg(2), Timestamp::default());
+        assert_eq!(map.get(b).unwrap().state, ChunkserverState::Draining);
+    }
+}

@@ -1,0 +1,594 @@
+//! The metaserver's core: one thread that owns the Raft replica, the state machine and the
+//! leader's soft state (chunkserver liveness and capacity), and serves every request in
+//! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
+
+use crate::cluster_map::ServerRecord;
+use crate::peers::Peers;
+use crate::placement::{self, Candidate};
+use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
+use crate::state_machine::{Command, Outcome};
+use lattice_common::codec;
+use lattice_common::fs::{Errno, StatFs, Timestamp};
+use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId};
+use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
+use lattice_common::wire::meta::{
+    AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
+    MemberStatus, Registration,
+};
+use lattice_common::wire::HealthCounters;
+use raft::prelude::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+/// One Raft tick.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Most inputs handled between two Raft rounds (bounds latency under load).
+const BATCH: usize = 4096;
+
+/// Why a request was not served here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Ask the leader (if one is known).
+    NotLeader(Option<SocketAddr>),
+    /// Retry shortly (e.g. leadership changed while it was in flight).
+    Retry(String),
+}
+
+pub type Answer<T> = Result<T, Reject>;
+
+/// Timing of failure detection.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// A chunkserver silent this long is suspect (gets no new data).
+    pub suspect_after: Duration,
+    /// A chunkserver silent this long is down.
+    pub down_after: Duration,
+}
+
+pub enum Input {
+    Step(Message),
+    /// A member serves at this address (learned from its messages).
+    PeerAddr(MetaserverId, SocketAddr),
+    Unreachable(u64),
+    SnapshotReport {
+        to: u64,
+        delivered: bool,
+    },
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Answer<Outcome>>,
+    },
+    Allocate {
+        client: ClientId,
+        seq: u64,
+        acked_below: u64,
+        ino: InodeId,
+        len: u64,
+        avoid: Vec<ChunkserverId>,
+        reply: oneshot::Sender<Answer<Outcome>>,
+    },
+    Query {
+        query: FsQuery,
+        reply: oneshot::Sender<Answer<Result<FsReply, Errno>>>,
+    },
+    Register {
+        name: String,
+        registration: Registration,
+        reply: oneshot::Sender<Answer<Outcome>>,
+    },
+    Heartbeat {
+        name: String,
+        heartbeat: Heartbeat,
+        reply: oneshot::Sender<Answer<()>>,
+    },
+    Member {
+        change: MemberChange,
+        reply: oneshot::Sender<Answer<Result<(), String>>>,
+    },
+    Status {
+        reply: oneshot::Sender<Answer<ClusterStatus>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Digest {
+        reply: oneshot::Sender<AdminReply>,
+    },
+}
+
+enum Waiter {
+    Proposal(oneshot::Sender<Answer<Outcome>>),
+    Member(oneshot::Sender<Answer<Result<(), String>>>),
+    Read(FsQuery, oneshot::Sender<Answer<Result<FsReply, Errno>>>),
+    Status(oneshot::Sender<Answer<ClusterStatus>>),
+}
+
+/// What the leader knows of a chunkserver from its heartbeats.
+struct Live {
+    seen: Instant,
+    heartbeat: Heartbeat,
+}
+
+pub struct Core {
+    replica: Replica,
+    inputs: Receiver<Input>,
+    peers: Peers,
+    waiters: HashMap<Token, Waiter>,
+    next_token: Token,
+    live: HashMap<ChunkserverId, Live>,
+    leader_since: Option<Instant>,
+    liveness: Liveness,
+    rng: rand::rngs::StdRng,
+}
+
+impl Core {
+    pub fn new(
+        replica: Replica,
+        inputs: Receiver<Input>,
+        peers: Peers,
+        liveness: Liveness,
+    ) -> Core {
+        Core {
+            replica,
+            inputs,
+            peers,
+            waiters: HashMap::new(),
+            next_token: 1,
+            live: HashMap::new(),
+            leader_since: None,
+            liveness,
+            rng: rand::SeedableRng::from_entropy(),
+        }
+    }
+
+    /// Runs until every sender of inputs is gone. Returns an error if the Raft log could not
+    /// be written (the member must stop: it cannot promise durability any more).
+    pub fn run(mut self) -> Result<(), String> {
+        let mut next_tick = Instant::now() + TICK;
+        let mut next_duty = Instant::now();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(wait) {
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..BATCH {
+                        match self.inputs.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.replica.tick();
+                next_tick = (next_tick + TICK).max(now);
+            }
+            let out = self.replica.advance()?;
+            self.dispatch(out);
+            if now >= next_duty {
+                self.leader_duties();
+                next_duty = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn token(&mut self, waiter: Waiter) -> Token {
+        let t = self.next_token;
+        self.next_token += 1;
+        self.waiters.insert(t, waiter);
+        t
+    }
+
+    fn reject(&self, refusal: &Refusal) -> Reject {
+        match refusal {
+            Refusal::NotLeader { leader } => {
+                Reject::NotLeader(leader.and_then(|id| self.replica.sm.members.get(&id).copied()))
+            }
+            Refusal::Busy(why) => Reject::Retry(why.to_string()),
+        }
+    }
+
+    fn not_leader(&self) -> Reject {
+        let leader = self.replica.leader().filter(|&l| l != self.replica.id());
+        Reject::NotLeader(leader.and_then(|id| self.replica.sm.members.get(&id).copied()))
+    }
+
+    fn propose(&mut self, cmd: Command, reply: oneshot::Sender<Answer<Outcome>>) {
+        let token = self.token(Waiter::Proposal(reply));
+        if let Err(r) = self.replica.propose(&cmd, token) {
+            let reject = self.reject(&r);
+            if let Some(Waiter::Proposal(reply)) = self.waiters.remove(&token) {
+                let _ = reply.send(Err(reject));
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Step(msg) => self.replica.step(msg),
+            Input::PeerAddr(id, addr) => self.peers.learn(id, addr),
+            Input::Unreachable(id) => self.replica.report_unreachable(id),
+            Input::SnapshotReport { to, delivered } => self.replica.report_snapshot(to, delivered),
+            Input::Propose { cmd, reply } => self.propose(cmd, reply),
+            Input::Allocate {
+                client,
+                seq,
+                acked_below,
+                ino,
+                len,
+                avoid,
+                reply,
+            } => match self.plan_allocation(ino, len, &avoid) {
+                Ok(Ok((layout, placement))) => {
+                    let now = Timestamp::now();
+                    let cmd = Command::Allocate {
+                        client,
+                        seq,
+                        acked_below,
+                        now,
+
+                        ino,
+                        layout,
+                        placement,
+                    };
+                    self.propose(cmd, reply);
+                }
+                Ok(Err(errno)) => {
+                    let _ = reply.send(Ok(Outcome::Fs(Err(errno))));
+                }
+                Err(reject) => {
+                    let _ = reply.send(Err(reject));
+                }
+            },
+            Input::Query { query, reply } => {
+                let token = self.token(Waiter::Read(query, reply));
+                self.read(token);
+            }
+            Input::Register {
+                name,
+                registration,
+                reply,
+            } => {
+                let cmd = Command::Register {
+                    name,
+                    registration,
+                    now: Timestamp::now(),
+                };
+                self.propose(cmd, reply);
+            }
+            Input::Heartbeat {
+                name,
+                heartbeat,
+                reply,
+            } => {
+                let _ = reply.send(self.heartbeat(&name, heartbeat));
+            }
+            Input::Member { change, reply } => {
+                let token = self.token(Waiter::Member(reply));
+                if let Err(r) = self.replica.change_members(&change, token) {
+                    let reject = self.reject(&r);
+                    if let Some(Waiter::Member(reply)) = self.waiters.remove(&token) {
+                        let _ = reply.send(Err(reject));
+                    }
+                }
+            }
+            Input::Status { reply } => {
+                let token = self.token(Waiter::Status(reply));
+                self.read(token);
+            }
+            Input::Snapshot { reply } => {
+                let _ = reply.send(self.replica.snapshot_now());
+            }
+            Input::Digest { reply } => {
+                let sm = &self.replica.sm;
+                let digest = codec::encode_state(sm)
+                    .map(|b| crc32c::crc32c(&b))
+                    .unwrap_or(0);
+                let _ = reply.send(AdminReply::Digest {
+                    member: self.replica.id(),
+                    leader: self.replica.leader(),
+                    applied: sm.applied,
+                    digest,
+                });
+            }
+        }
+    }
+
+    fn read(&mut self, token: Token) {
+        if let Err(r) = self.replica.read(token) {
+            let reject = self.reject(&r);
+            self.fail(token, reject);
+        }
+    }
+
+    fn fail(&mut self, token: Token, reject: Reject) {
+        match self.waiters.remove(&token) {
+            Some(Waiter::Proposal(reply)) => drop(reply.send(Err(reject))),
+            Some(Waiter::Member(reply)) => drop(reply.send(Err(reject))),
+            Some(Waiter::Read(_, reply)) => drop(reply.send(Err(reject))),
+            Some(Waiter::Status(reply)) => drop(reply.send(Err(reject))),
+            None => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: Output) {
+        self.peers.update(&self.replica.sm.members);
+        self.peers.send(out.messages);
+        for event in out.events {
+            match event {
+                Event::Applied { token, outcome } => {
+                    if let Some(Waiter::Proposal(reply)) = self.waiters.remove(&token) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Event::MemberChanged { token, result } => {
+                    if let Some(Waiter::Member(reply)) = self.waiters.remove(&token) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Event::ReadReady { token } => match self.waiters.remove(&token) {
+                    Some(Waiter::Read(query, reply)) => {
+                        let _ = reply.send(Ok(self.answer(&query)));
+                    }
+                    Some(Waiter::Status(reply)) => {
+                        let _ = reply.send(Ok(self.status()));
+                    }
+                    _ => {}
+                },
+                Event::Aborted { token } => {
+                    self.fail(token, Reject::Retry("leadership changed; retry".into()))
+                }
+            }
+        }
+        let leader = self.replica.is_leader();
+        match (leader, self.leader_since) {
+            (true, None) => {
+                info!(term = self.replica.term(), "became leader");
+                self.leader_since = Some(Instant::now());
+            }
+            (false, Some(_)) => {
+                info!(leader = ?self.replica.leader(), "no longer leader");
+                self.leader_since = None;
+                self.live.clear();
+            }
+            _ => {}
+        }
+    }
+
+    fn answer(&self, query: &FsQuery) -> Result<FsReply, Errno> {
+        match query {
+            FsQuery::StatFs => {
+                let (mut total, mut free, mut used) = (0u64, 0u64, 0u64);
+                for l in self.live.values() {
+                    for d in &l.heartbeat.disks {
+                        total += d.total_bytes;
+                        free += d.free_bytes;
+                        used += d.shard_bytes;
+                    }
+                }
+                Ok(FsReply::StatFs(StatFs {
+                    total_bytes: total,
+                    free_bytes: free,
+                    used_bytes: used,
+                    inodes: self.replica.sm.ns.inode_count(),
+                }))
+            }
+            q => self.replica.sm.query(q),
+        }
+    }
+
+    fn heartbeat(&mut self, name: &str, heartbeat: Heartbeat) -> Answer<()> {
+        if !self.replica.is_leader() {
+            return Err(self.not_leader());
+        }
+        match self.replica.sm.cluster.get(heartbeat.id) {
+            Some(rec) if rec.name == name => {}
+            _ => {
+                return Err(Reject::Retry(format!(
+                    "{name} is not registered as {}",
+                    heartbeat.id
+                )))
+            }
+        }
+        let id = heartbeat.id;
+        self.live.insert(
+            id,
+            Live {
+                seen: Instant::now(),
+                heartbeat,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether the leader has heard from a server recently enough to rely on it (a new
+    /// leader trusts the map until it has had time to hear from everyone).
+    fn fresh(&self, id: ChunkserverId) -> bool {
+        let settled = self
+            .leader_since
+            .is_some_and(|t| t.elapsed() > self.liveness.suspect_after);
+        match self.live.get(&id) {
+            Some(l) => l.seen.elapsed() < self.liveness.suspect_after,
+            None => !settled,
+        }
+    }
+
+    fn candidates(&self, avoid: &[ChunkserverId]) -> Vec<Candidate> {
+        self.replica
+            .sm
+            .cluster
+            .iter()
+            .filter(|(id, s)| {
+                s.state == ChunkserverState::Up && !avoid.contains(id) && self.fresh(*id)
+            })
+            .map(|(id, s)| Candidate {
+                id,
+                free_bytes: self.free_bytes(id, s),
+                domain: domain_of(s),
+            })
+            .collect()
+    }
+
+    fn free_bytes(&self, id: ChunkserverId, s: &ServerRecord) -> u64 {
+        match self.live.get(&id) {
+            Some(l) => l.heartbeat.disks.iter().map(|d| d.free_bytes).sum(),
+            None => s.capacity,
+        }
+    }
+
+    /// The layout and servers of a new slice, or the errno to fail it with.
+    fn plan_allocation(
+        &mut self,
+        ino: InodeId,
+        len: u64,
+        avoid: &[ChunkserverId],
+    ) -> Answer<Result<(SliceLayout, Vec<ChunkserverId>), Errno>> {
+        if !self.replica.is_leader() {
+            return Err(self.not_leader());
+        }
+        let live = self.candidates(&[]).len();
+        let policy = match self
+            .replica
+            .sm
+            .policy_of(ino, placement::default_policy(live))
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Ok(layout) = SliceLayout::new(policy, len, DEFAULT_STRIPE_UNIT) else {
+            return Ok(Err(Errno::INVAL));
+        };
+        let candidates = self.candidates(avoid);
+        match placement::place(policy, &candidates, layout.shard_len() * 2, &mut self.rng) {
+            Ok(servers) => Ok(Ok((layout, servers))),
+            Err(e) => {
+                warn!(%ino, "cannot place a slice: {e}");
+                Ok(Err(Errno::NOSPC))
+            }
+        }
+    }
+
+    /// Once a second on the leader: chunkservers that went silent become suspect, then down.
+    fn leader_duties(&mut self) {
+        let Some(since) = self.leader_since else {
+            return;
+        };
+        if since.elapsed() < self.liveness.down_after {
+            return;
+        }
+        let now = Timestamp::now();
+        let changes: Vec<(ChunkserverId, ChunkserverState)> = self
+            .replica
+            .sm
+            .cluster
+            .iter()
+            .filter_map(|(id, s)| {
+                let silent = self
+                    .live
+                    .get(&id)
+                    .map_or(since.elapsed(), |l| l.seen.elapsed());
+                let want = if silent >= self.liveness.down_after {
+                    ChunkserverState::Down
+                } else if silent >= self.liveness.suspect_after {
+                    ChunkserverState::Suspect
+                } else {
+                    ChunkserverState::Up
+                };
+                match (s.state, want) {
+                    (ChunkserverState::Up | ChunkserverState::Suspect, ChunkserverState::Down) => {
+                        Some((id, want))
+                    }
+                    (ChunkserverState::Up, ChunkserverState::Suspect) => Some((id, want)),
+                    (ChunkserverState::Suspect | ChunkserverState::Down, ChunkserverState::Up) => {
+                        Some((id, want))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        for (id, state) in changes {
+            info!(%id, ?state, "chunkserver state changes");
+            let (reply, _) = oneshot::channel();
+            self.propose(Command::SetServerState { id, state, now }, reply);
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let sm = &self.replica.sm;
+        let leader = self.replica.id();
+        let members = sm
+            .members
+            .iter()
+            .map(|(&id, &addr)| MemberStatus {
+                id,
+                addr,
+                leader: id == leader,
+            })
+            .collect();
+        let chunkservers = sm
+            .cluster
+            .iter()
+            .map(|(id, s)| {
+                let live = self.live.get(&id);
+                let disks = live
+                    .map(|l| l.heartbeat.disks.as_slice())
+                    .unwrap_or_default();
+                ChunkserverStatusRow {
+                    id,
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    state: s.state,
+                    used_bytes: disks.iter().map(|d| d.shard_bytes).sum(),
+                    free_bytes: disks.iter().map(|d| d.free_bytes).sum(),
+                    shards: live.map_or(0, |l| l.heartbeat.shards),
+                    health: live.map_or(HealthCounters::default(), |l| l.heartbeat.health),
+                    last_heartbeat_ms: live.map(|l| l.seen.elapsed().as_millis() as u64),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            leader,
+            term: self.replica.term(),
+            applied_index: sm.applied,
+            snapshot_index: self.replica.snapshot_index(),
+            members,
+            chunkservers,
+            inodes: sm.ns.inode_count(),
+            slices: sm.ns.all_slices().count() as u64,
+        }
+    }
+}
+
+fn domain_of(s: &ServerRecord) -> String {
+    s.labels
+        .iter()
+        .find(|(k, _)| k == "host")
+        .map_or_else(|| s.name.clone(), |(_, v)| v.clone())
+}
+
+/// Member ids and addresses from `ID=ADDR` pairs.
+pub fn parse_members(pairs: &[String]) -> Result<BTreeMap<MetaserverId, SocketAddr>, String> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| format!("{p:?} is not ID=ADDR"))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| format!("{p:?}: id is not a number"))?;
+            if id == 0 {
+                return Err(format!("{p:?}: member ids start at 1"));
+            }
+            let addr = addr.parse().map_err(|_| format!("{p:?}: bad address"))?;
+            Ok((MetaserverId(id), addr))
+        })
+        .collect()
+}

@@ -1,0 +1,377 @@
+//! `metaserver`: one member of the Raft group that holds the LatticeFS namespace, slice maps
+//! and cluster map; also the cluster's certificate authority and admin commands.
+
+mod cluster_map;
+mod core;
+mod namespace;
+mod peers;
+mod placement;
+mod raft_log;
+mod raft_tracing;
+mod replica;
+mod service;
+#[cfg(test)]
+mod sim;
+mod state_machine;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use lattice_common::ids::MetaserverId;
+use lattice_common::meta_client::MetaClient;
+use lattice_common::pki::{self, Role};
+use lattice_common::transport::{Identity, Node};
+use lattice_common::wire::meta::{
+    AdminReply, AdminRequest, ClusterStatus, MetaRequest, MetaResponse,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "LatticeFS metaserver: the Raft-replicated namespace, slice maps and cluster map"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member of the metaserver group.
+    Serve(ServeArgs),
+    /// The cluster certificate authority: every process needs a certificate it signed.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Show the cluster: metaserver members, chunkservers, counts.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove a member of the metaserver group.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Snapshot the state machine and compact the Raft log of the leader now.
+    Snapshot {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// This member's id in the group (1, 2, 3, ...); never reuse the id of a removed member.
+    #[arg(long)]
+    id: u64,
+    /// UDP address to serve on; other members and clients reach it here.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Directory for the Raft log and snapshots.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Directory with this member's ca.pem, cert.pem and key.pem (`metaserver ca issue --role metaserver`).
+    #[arg(long, value_name = "DIR")]
+    certs: PathBuf,
+    /// A founding member as ID=ADDR, this one included; repeat for each. Only read when
+    /// the data directory is new: every founding member must get the same list.
+    #[arg(long = "peer", value_name = "ID=ADDR")]
+    peers: Vec<String>,
+    /// Start empty and wait to be added (`metaserver member add`) to a running group.
+    #[arg(long, conflicts_with = "peers")]
+    join: bool,
+    /// Seconds without a heartbeat after which a chunkserver is suspect (no new data).
+    #[arg(long, default_value_t = 5)]
+    suspect_after: u64,
+    /// Seconds without a heartbeat after which a chunkserver is down.
+    #[arg(long, default_value_t = 30)]
+    down_after: u64,
+    /// Take a snapshot after this many applied log entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new cluster CA (refuses to overwrite one).
+    Init {
+        /// Directory for ca.pem and ca-key.pem (keep ca-key.pem secret).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// A name for the cluster, shown in its CA certificate.
+        #[arg(long, default_value = "lattice")]
+        cluster: String,
+    },
+    /// Issue a certificate for a metaserver, chunkserver, client (mount) or admin.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        #[arg(long, value_parser = ["metaserver", "chunkserver", "client", "admin"])]
+        role: String,
+        /// Its name (a chunkserver's name is its identity in the cluster map).
+        #[arg(long)]
+        name: String,
+        /// Directory to write ca.pem, cert.pem and key.pem to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add a member (start it first with `metaserver serve --join`).
+    Add {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Remove a member.
+    Remove {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Metaserver addresses, comma separated (any member will do).
+    #[arg(long, env = "LATTICE_META", value_delimiter = ',', required = true)]
+    meta: Vec<SocketAddr>,
+    /// Directory with an admin certificate (`metaserver ca issue --role admin`).
+    #[arg(long, env = "LATTICE_ADMIN_CERTS", value_name = "DIR")]
+    certs: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            lattice_common::logging::init();
+            serve(args)
+        }
+        Command::Ca(CaCommand::Init { ca, cluster }) => pki::init_ca(&ca, &cluster)
+            .map(|()| println!("created cluster CA in {}", ca.display()))
+            .map_err(Into::into),
+        Command::Ca(CaCommand::Issue {
+            ca,
+            role,
+            name,
+            out,
+        }) => role
+            .parse::<Role>()
+            .and_then(|role| pki::issue(&ca, role, &name, &out))
+            .map(|()| println!("issued {role}:{name} into {}", out.display()))
+            .map_err(Into::into),
+        Command::Status { admin, json } => {
+            admin_call(&admin, AdminRequest::Status).and_then(|r| match r {
+                AdminReply::Status(s) => print_status(&s, json),
+                other => bail!("unexpected reply {other:?}"),
+            })
+        }
+        Command::Member(MemberCommand::Add { admin, id, addr }) => admin_call(
+            &admin,
+            AdminRequest::AddMember {
+                id: MetaserverId(id),
+                addr,
+            },
+        )
+        .map(|_| println!("member {id} at {addr} added")),
+        Command::Member(MemberCommand::Remove { admin, id }) => admin_call(
+            &admin,
+            AdminRequest::RemoveMember {
+                id: MetaserverId(id),
+            },
+        )
+        .map(|_| println!("member {id} removed")),
+        Command::Snapshot { admin } => {
+            admin_call(&admin, AdminRequest::Snapshot).map(|_| println!("snapshot taken"))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("metaserver: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn admin_call(args: &AdminArgs, req: AdminRequest) -> Result<AdminReply> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let identity = Identity::load(&args.certs)?;
+        let node = Node::client(&identity)?;
+        let client = MetaClient::new(node, args.meta.clone(), Duration::from_secs(20));
+        match client.call(&MetaRequest::Admin(req)).await? {
+            MetaResponse::Admin(reply) => Ok(reply),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    })
+}
+
+fn print_status(s: &ClusterStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!(
+        "leader {} (term {}), applied {}, snapshot {}",
+        s.leader, s.term, s.applied_index, s.snapshot_index
+    );
+    println!("{} inodes, {} slices", s.inodes, s.slices);
+    println!("\nMETASERVERS");
+    for m in &s.members {
+        println!(
+            "  {:<6} {:<22} {}",
+            m.id.to_string(),
+            m.addr,
+            if m.leader { "leader" } else { "" }
+        );
+    }
+    println!("\nCHUNKSERVERS");
+    println!(
+        "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6}",
+        "ID", "NAME", "ADDRESS", "STATE", "SHARDS", "USED", "FREE", "IOERR", "CKSUM", "SLOW"
+    );
+    for c in &s.chunkservers {
+        println!(
+            "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6}",
+            c.id.to_string(),
+            c.name,
+            c.addr,
+            format!("{:?}", c.state).to_lowercase(),
+            c.shards,
+            human(c.used_bytes),
+            human(c.free_bytes),
+            c.health.io_errors,
+            c.health.checksum_errors,
+            c.health.slow_ops
+        );
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// Checks (or records, the first time) which member this data directory belongs to.
+fn claim_data_dir(dir: &Path, id: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("member-id");
+    match std::fs::read_to_string(&file) {
+        Ok(text) if text.trim() == id.to_string() => Ok(()),
+        Ok(text) => bail!(
+            "{} belongs to member {}, not {id}",
+            dir.display(),
+            text.trim()
+        ),
+        Err(_) => std::fs::write(&file, format!("{id}\n"))
+            .with_context(|| format!("writing {}", file.display())),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    if args.id == 0 {
+        bail!("member ids start at 1");
+    }
+    let identity = Identity::load(&args.certs)?;
+    if identity.name.role != Role::Metaserver {
+        bail!(
+            "{} holds a {} certificate, not a metaserver one",
+            args.certs.display(),
+            identity.name.role
+        );
+    }
+    claim_data_dir(&args.data, args.id)?;
+    let (disk, persisted) =
+        raft_log::DiskLog::open(&args.data.join("raft")).context("opening the raft log")?;
+    let fresh = persisted.snapshot.get_metadata().index == 0 && persisted.entries.is_empty();
+    let bootstrap = core::parse_members(&args.peers).map_err(anyhow::Error::msg)?;
+    if fresh && bootstrap.is_empty() && !args.join {
+        bail!("{} is empty: give the founding members with --peer ID=ADDR, or --join to be added to a running group", args.data.display());
+    }
+    if fresh && !bootstrap.is_empty() && !bootstrap.contains_key(&MetaserverId(args.id)) {
+        bail!(
+            "--peer lists the founding members; it must include this member ({})",
+            args.id
+        );
+    }
+    let log = raft_log::RaftLog::new(persisted, Box::new(disk));
+    let tuning = replica::Tuning {
+        snapshot_every: args.snapshot_every,
+        ..Default::default()
+    };
+    let replica = replica::Replica::new(
+        MetaserverId(args.id),
+        log,
+        &bootstrap,
+        tuning,
+        &raft_tracing::logger(),
+        rand::random(),
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _guard = runtime.enter();
+    let node = Node::server(args.listen, &identity)?;
+    let (inputs, receiver) = std::sync::mpsc::channel();
+    let peers = peers::Peers::new(
+        MetaserverId(args.id),
+        args.listen,
+        node.clone(),
+        runtime.handle().clone(),
+        inputs.clone(),
+    );
+    let liveness = core::Liveness {
+        suspect_after: Duration::from_secs(args.suspect_after),
+        down_after: Duration::from_secs(args.down_after),
+    };
+    let core = core::Core::new(replica, receiver, peers, liveness);
+    std::thread::Builder::new()
+        .name("raft-core".into())
+        .spawn(move || {
+            if let Err(e) = core.run() {
+                error!("the raft log cannot be written, stopping: {e}");
+                std::process::exit(2);
+            }
+        })?;
+    let service = Arc::new(service::Service::new(inputs));
+    info!(id = args.id, addr = %node.local_addr()?, "metaserver serving");
+    runtime.block_on(async {
+        let server = tokio::spawn(
+            node.clone()
+                .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),
+        );
+        shutdown_signal().await;
+        info!("shutting down");
+        node.close();
+        server.abort();
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

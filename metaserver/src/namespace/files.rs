@@ -1,0 +1,140 @@
+//! File data as slices: committing a written slice, truncating, and reading the slice map.
+
+use super::{Content, Namespace};
+use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
+use lattice_common::fs::{Attr, Errno, FileKind, Timestamp, MAX_FILE_SIZE};
+use lattice_common::ids::InodeId;
+use std::collections::BTreeMap;
+
+/// Most slices one chunk may hold before compaction must catch up.
+pub const MAX_SLICES_PER_CHUNK: usize = 16_384;
+/// Most chunks one slice-map query may ask for.
+pub const MAX_CHUNKS_PER_QUERY: u64 = 64;
+
+impl Namespace {
+    fn chunks(&self, ino: InodeId) -> Result<&BTreeMap<u64, Vec<SliceRef>>, Errno> {
+        match &self.get(ino)?.content {
+            Content::File(chunks) => Ok(chunks),
+            Content::Dir(_) => Err(Errno::ISDIR),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    fn chunks_mut(&mut self, ino: InodeId) -> Result<&mut BTreeMap<u64, Vec<SliceRef>>, Errno> {
+        match &mut self.get_mut(ino)?.content {
+            Content::File(chunks) => Ok(chunks),
+            Content::Dir(_) => Err(Errno::ISDIR),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    /// Sets a file's size; data past it is cut away. Returns slices nothing shows any more.
+    pub(super) fn truncate(&mut self, ino: InodeId, size: u64) -> Result<Vec<SliceRef>, Errno> {
+        let chunks = self.chunks_mut(ino)?;
+        let mut released = Vec::new();
+        // Chunks wholly past the new end go; the chunk the end falls in is cut.
+        let first_gone = size.div_ceil(CHUNK_SIZE);
+        for (_, slices) in chunks.split_off(&first_gone) {
+            released.extend(slices);
+        }
+        if size % CHUNK_SIZE != 0 {
+            let last = size / CHUNK_SIZE;
+            if let Some(slices) = chunks.get_mut(&last) {
+                released.extend(chunk_map::truncate(slices, size % CHUNK_SIZE));
+                if slices.is_empty() {
+                    chunks.remove(&last);
+                }
+            }
+        }
+        self.get_mut(ino)?.size = size;
+        Ok(released)
+    }
+
+    /// Adds a written slice on top of chunk `chunk`; returns the new attributes and older
+    /// slices it hides completely.
+    pub fn commit_slice(
+        &mut self,
+        ino: InodeId,
+        chunk: u64,
+        slice: SliceRef,
+        now: Timestamp,
+    ) -> Result<(Attr, Vec<SliceRef>), Errno> {
+        if !slice.is_valid() {
+            return Err(Errno::INVAL);
+        }
+        let end = chunk
+            .checked_mul(CHUNK_SIZE)
+            .and_then(|base| base.checked_add(slice.chunk_end()))
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(Errno::FBIG)?;
+        if self.get(ino)?.nlink == 0 && !self.orphans.contains_key(&ino) {
+            return Err(Errno::NOENT);
+        }
+        let slices = self.chunks_mut(ino)?.entry(chunk).or_default();
+        if slices.len() >= MAX_SLICES_PER_CHUNK {
+            return Err(Errno::NOSPC);
+        }
+        let (a, b) = (slice.chunk_offset, slice.chunk_end());
+        slices.push(slice);
+        // Only slices under the new one can have become hidden.
+        let top = slices.len() - 1;
+        let hidden: Vec<usize> = (0..top)
+            .filter(|&i| {
+                let s = &slices[i];
+                s.chunk_offset < b
+                    && a < s.chunk_end()
+                    && chunk_map::resolve(&slices[i + 1..], s.chunk_offset, s.chunk_end())
+                        .iter()
+                        .all(|seg| seg.source.is_some())
+            })
+            .collect();
+        let released: Vec<SliceRef> = hidden
+            .iter()
+            .rev()
+            .map(|&i| slices.remove(i))
+            .rev()
+            .collect();
+        let inode = self.get_mut(ino)?;
+        inode.size = inode.size.max(end);
+        inode.touch(now);
+        Ok((self.attr(ino)?, released))
+    }
+
+    /// The slices of chunks `first..=last` that hold any data.
+    pub fn slices(
+        &self,
+        ino: InodeId,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, Vec<SliceRef>)>, Errno> {
+        if last < first || last - first >= MAX_CHUNKS_PER_QUERY {
+            return Err(Errno::INVAL);
+        }
+        Ok(self
+            .chunks(ino)?
+            .range(first..=last)
+            .map(|(&c, s)| (c, s.clone()))
+            .collect())
+    }
+
+    /// Every slice of every file (for status and repair).
+    pub fn all_slices(&self) -> impl Iterator<Item = (InodeId, u64, &SliceRef)> {
+        self.inodes
+            .iter()
+            .flat_map(|(&ino, inode)| match &inode.content {
+                Content::File(chunks) => chunks
+                    .iter()
+                    .flat_map(move |(&c, slices)| slices.iter().map(move |s| (ino, c, s)))
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+    }
+
+    pub fn is_file(&self, ino: InodeId) -> Result<(), Errno> {
+        match self.get(ino)?.kind {
+            FileKind::File => Ok(()),
+            FileKind::Dir => Err(Errno::ISDIR),
+            _ => Err(Errno::INVAL),
+        }
+    }
+}

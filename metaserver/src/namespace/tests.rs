@@ -1,0 +1,414 @@
+use super::*;
+use lattice_common::chunk_map::SliceRef;
+use lattice_common::ids::{ChunkserverId, SliceId};
+use lattice_common::layout::SliceLayout;
+use proptest::prelude::*;
+
+const ROOT: InodeId = InodeId::ROOT;
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp { secs, nanos: 0 }
+}
+
+impl Namespace {
+    /// Structural invariants that every operation must keep.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let mut links: BTreeMap<InodeId, u32> = BTreeMap::new();
+        for (&ino, inode) in &self.inodes {
+            if let Content::Dir(d) = &inode.content {
+                let subdirs = d
+                    .entries
+                    .values()
+                    .filter(|(c, _)| self.inodes.get(c).is_some_and(|i| i.kind == FileKind::Dir))
+                    .count() as u32;
+                if inode.nlink != 2 + subdirs {
+                    return Err(format!(
+                        "{ino}: nlink {} but {subdirs} subdirectories",
+                        inode.nlink
+                    ));
+                }
+                if d.entries.len() != d.by_cookie.len() {
+                    return Err(format!("{ino}: cookie index out of step"));
+                }
+                for (name, (child, cookie)) in &d.entries {
+                    if d.by_cookie.get(cookie) != Some(name) {
+                        return Err(format!("{ino}: entry {name:?} has a stale cookie"));
+                    }
+                    let c = self
+                        .inodes
+                        .get(child)
+                        .ok_or(format!("{ino}: entry {name:?} dangles"))?;
+                    if let Content::Dir(cd) = &c.content {
+                        if cd.parent != ino {
+                            return Err(format!("{child}: parent is {} not {ino}", cd.parent));
+                        }
+                    } else {
+                        *links.entry(*child).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for (&ino, inode) in &self.inodes {
+            if inode.kind != FileKind::Dir {
+                let n = links.get(&ino).copied().unwrap_or(0);
+                if n != inode.nlink {
+                    return Err(format!("{ino}: nlink {} but {n} names", inode.nlink));
+                }
+                if n == 0 && !self.orphans.contains_key(&ino) {
+                    return Err(format!("{ino}: no name and not an orphan"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn names(ns: &Namespace, dir: InodeId) -> Vec<String> {
+    ns.readdir(dir, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect()
+}
+
+fn file(ns: &mut Namespace, parent: InodeId, name: &str) -> InodeId {
+    ns.mknod(parent, name.as_bytes(), FileKind::File, 0o644, 0, ME, t(1))
+        .unwrap()
+        .ino
+}
+
+fn dir(ns: &mut Namespace, parent: InodeId, name: &str) -> InodeId {
+    ns.mkdir(parent, name.as_bytes(), 0o755, ME, t(1))
+        .unwrap()
+        .ino
+}
+
+#[test]
+fn create_lookup_and_errors() {
+    let mut ns = Namespace::new(t(0));
+    let a = file(&mut ns, ROOT, "a");
+    assert_eq!(ns.lookup(ROOT, b"a").unwrap().ino, a);
+    assert_eq!(
+        ns.mknod(ROOT, b"a", FileKind::File, 0o644, 0, ME, t(2)),
+        Err(Errno::EXIST)
+    );
+    assert_eq!(ns.lookup(ROOT, b"nope"), Err(Errno::NOENT));
+    assert_eq!(ns.lookup(a, b"x"), Err(Errno::NOTDIR));
+    let long = vec![b'x'; 256];
+    assert_eq!(
+        ns.mknod(ROOT, &long, FileKind::File, 0o644, 0, ME, t(2)),
+        Err(Errno::NAMETOOLONG)
+    );
+    assert_eq!(ns.lookup(ROOT, &long), Err(Errno::NAMETOOLONG));
+    assert!(ns
+        .mknod(ROOT, &vec![b'x'; 255], FileKind::File, 0o644, 0, ME, t(2))
+        .is_ok());
+    assert_eq!(
+        ns.mknod(ROOT, b"a/b", FileKind::File, 0o644, 0, ME, t(2)),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(ns.attr(ROOT).unwrap().mtime, t(2));
+    ns.check_invariants().unwrap();
+}
+
+#[test]
+fn readdir_cookies_are_stable_across_changes() {
+    let mut ns = Namespace::new(t(0));
+    for n in ["a", "b", "c", "d"] {
+        file(&mut ns, ROOT, n);
+    }
+    let first = ns.readdir(ROOT, 0, 2).unwrap();
+    assert_eq!(first.len(), 2);
+    ns.unlink(ROOT, b"c", t(2)).unwrap();
+    file(&mut ns, ROOT, "0");
+    let rest = ns.readdir(ROOT, first[1].cookie, 100).unwrap();
+    let rest: Vec<&[u8]> = rest.iter().map(|e| e.name.as_slice()).collect();
+    assert_eq!(rest, vec![&b"d"[..], b"0"]);
+}
+
+#[test]
+fn rename_rules() {
+    let mut ns = Namespace::new(t(0));
+    let d1 = dir(&mut ns, ROOT, "d1");
+    let d2 = dir(&mut ns, ROOT, "d2");
+    let sub = dir(&mut ns, d1, "sub");
+    let f = file(&mut ns, d1, "f");
+    let g = file(&mut ns, d2, "g");
+    // Into its own subtree.
+    assert_eq!(
+        ns.rename(ROOT, b"d1", sub, b"x", RenameMode::Replace, t(2)),
+        Err(Errno::INVAL)
+    );
+    // File over directory, directory over file, directory over non-empty directory.
+    assert_eq!(
+        ns.rename(d1, b"f", ROOT, b"d2", RenameMode::Replace, t(2)),
+        Err(Errno::ISDIR)
+    );
+    assert_eq!(
+        ns.rename(ROOT, b"d2", d1, b"f", RenameMode::Replace, t(2)),
+        Err(Errno::NOTDIR)
+    );
+    assert_eq!(
+        ns.rename(d1, b"sub", ROOT, b"d2", RenameMode::Replace, t(2)),
+        Err(Errno::NOTEMPTY)
+    );
+    assert_eq!(
+        ns.rename(d1, b"f", d2, b"g", RenameMode::NoReplace, t(2)),
+        Err(Errno::EXIST)
+    );
+    // Over an existing file: the old one becomes an orphan.
+    ns.rename(d1, b"f", d2, b"g", RenameMode::Replace, t(3))
+        .unwrap();
+    assert_eq!(ns.lookup(d2, b"g").unwrap().ino, f);
+    assert!(ns.orphans().contains_key(&g));
+    assert_eq!(ns.attr(f).unwrap().ctime, t(3));
+    // A directory over an empty one, across parents.
+    let empty = dir(&mut ns, d2, "empty");
+    ns.rename(d1, b"sub", d2, b"empty", RenameMode::Replace, t(4))
+        .unwrap();
+    assert_eq!(ns.lookup(d2, b"empty").unwrap().ino, sub);
+    assert_eq!(ns.attr(empty), Err(Errno::NOENT));
+    assert_eq!(ns.lookup(sub, b"..").unwrap().ino, d2);
+    ns.check_invariants().unwrap();
+    // Exchange a file and a directory in different parents.
+    let h = file(&mut ns, d1, "h");
+    ns.rename(d1, b"h", d2, b"empty", RenameMode::Exchange, t(5))
+        .unwrap();
+    assert_eq!(ns.lookup(d1, b"h").unwrap().ino, sub);
+    assert_eq!(ns.lookup(d2, b"empty").unwrap().ino, h);
+    assert_eq!(ns.lookup(sub, b"..").unwrap().ino, d1);
+    assert_eq!(
+        ns.rename(d1, b"h", d2, b"nope", RenameMode::Exchange, t(5)),
+        Err(Errno::NOENT)
+    );
+    ns.check_invariants().unwrap();
+}
+
+#[test]
+fn rmdir_unlink_and_links() {
+    let mut ns = Namespace::new(t(0));
+    let d = dir(&mut ns, ROOT, "d");
+    let f = file(&mut ns, d, "f");
+    assert_eq!(ns.rmdir(ROOT, b"d", t(1)), Err(Errno::NOTEMPTY));
+    assert_eq!(ns.rmdir(d, b"f", t(1)), Err(Errno::NOTDIR));
+    assert_eq!(ns.unlink(ROOT, b"d", t(1)), Err(Errno::ISDIR));
+    assert_eq!(ns.link(d, ROOT, b"dl", t(1)), Err(Errno::PERM));
+    ns.link(f, ROOT, b"hard", t(2)).unwrap();
+    assert_eq!(ns.attr(f).unwrap().nlink, 2);
+    ns.unlink(d, b"f", t(3)).unwrap();
+    assert_eq!(ns.attr(f).unwrap().nlink, 1);
+    ns.rmdir(ROOT, b"d", t(4)).unwrap();
+    assert_eq!(ns.attr(ROOT).unwrap().nlink, 2);
+    ns.unlink(ROOT, b"hard", t(5)).unwrap();
+    assert!(ns.orphans().contains_key(&f));
+    assert_eq!(ns.link(f, ROOT, b"back", t(6)), Err(Errno::NOENT));
+    assert_eq!(ns.reap(f).unwrap(), vec![]);
+    assert_eq!(ns.attr(f), Err(Errno::NOENT));
+    ns.check_invariants().unwrap();
+    assert_eq!(names(&ns, ROOT), Vec::<String>::new());
+}
+
+#[test]
+fn setgid_directories_hand_down_their_group() {
+    let mut ns = Namespace::new(t(0));
+    let d = dir(&mut ns, ROOT, "d");
+    ns.setattr(
+        d,
+        &SetAttr {
+            perm: Some(0o2775),
+            gid: Some(50),
+            ..Default::default()
+        },
+        t(1),
+    )
+    .unwrap();
+    let sub = dir(&mut ns, d, "sub");
+    let a = ns.attr(sub).unwrap();
+    assert_eq!((a.gid, a.perm & 0o2000), (50, 0o2000));
+    let f = ns
+        .mknod(d, b"f", FileKind::File, 0o2755, 0, ME, t(2))
+        .unwrap();
+    assert_eq!((f.gid, f.perm & 0o2000), (50, 0));
+}
+
+#[test]
+fn xattrs_follow_create_and_replace_flags_and_limits() {
+    let mut ns = Namespace::new(t(0));
+    let f = file(&mut ns, ROOT, "f");
+    assert_eq!(
+        ns.setxattr(f, b"user.a", b"1", XattrMode::Replace, t(1)),
+        Err(Errno::NODATA)
+    );
+    ns.setxattr(f, b"user.a", b"1", XattrMode::Create, t(1))
+        .unwrap();
+    assert_eq!(
+        ns.setxattr(f, b"user.a", b"2", XattrMode::Create, t(1)),
+        Err(Errno::EXIST)
+    );
+    ns.setxattr(f, b"user.a", b"2", XattrMode::Replace, t(2))
+        .unwrap();
+    assert_eq!(ns.getxattr(f, b"user.a").unwrap(), b"2");
+    assert_eq!(ns.listxattr(f).unwrap(), vec![b"user.a".to_vec()]);
+    assert_eq!(
+        ns.setxattr(f, &[b'n'; 256], b"", XattrMode::Either, t(2)),
+        Err(Errno::RANGE)
+    );
+    assert_eq!(
+        ns.setxattr(
+            f,
+            b"user.big",
+            &vec![0; MAX_XATTR_VALUE_LEN + 1],
+            XattrMode::Either,
+            t(2)
+        ),
+        Err(Errno::E2BIG)
+    );
+    ns.removexattr(f, b"user.a", t(3)).unwrap();
+    assert_eq!(ns.removexattr(f, b"user.a", t(3)), Err(Errno::NODATA));
+}
+
+fn slice_ref(id: u64, at: u64, len: u64) -> SliceRef {
+    SliceRef {
+        slice: SliceId(id),
+        layout: SliceLayout::new("mirror:1".parse().unwrap(), len, 65536).unwrap(),
+        placement: vec![Some(ChunkserverId(1))],
+        chunk_offset: at,
+        skip: 0,
+        len,
+    }
+}
+
+#[test]
+fn slices_commit_hide_and_truncate() {
+    let mut ns = Namespace::new(t(0));
+    let f = file(&mut ns, ROOT, "f");
+    let (attr, gone) = ns.commit_slice(f, 1, slice_ref(1, 100, 50), t(1)).unwrap();
+    assert_eq!(attr.size, CHUNK + 150);
+    assert!(gone.is_empty());
+    let (_, gone) = ns.commit_slice(f, 1, slice_ref(2, 90, 100), t(2)).unwrap();
+    assert_eq!(gone, vec![slice_ref(1, 100, 50)]);
+    ns.commit_slice(f, 0, slice_ref(3, 0, 10), t(3)).unwrap();
+    // Cut inside chunk 1: slice 2 keeps 10 bytes; then cut to chunk 0: slice 2 goes.
+    let (a, gone) = ns
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(CHUNK + 100),
+                ..Default::default()
+            },
+            t(4),
+        )
+        .unwrap();
+    assert!(gone.is_empty());
+    assert_eq!((a.size, a.mtime), (CHUNK + 100, t(4)));
+    assert_eq!(ns.slices(f, 1, 1).unwrap()[0].1[0].len, 10);
+    let (_, gone) = ns
+        .setattr(
+            f,
+            &SetAttr {
+                size: Some(5),
+                ..Default::default()
+            },
+            t(5),
+        )
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        ns.slices(f, 0, 1).unwrap(),
+        vec![(
+            0,
+            vec![SliceRef {
+                len: 5,
+                ..slice_ref(3, 0, 10)
+            }]
+        )]
+    );
+    assert_eq!(
+        ns.commit_slice(ROOT, 0, slice_ref(4, 0, 1), t(6)),
+        Err(Errno::ISDIR)
+    );
+    assert_eq!(
+        ns.setattr(
+            ROOT,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+            t(6)
+        )
+        .map(|_| ()),
+        Err(Errno::ISDIR)
+    );
+}
+
+const CHUNK: u64 = lattice_common::chunk_map::CHUNK_SIZE;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mknod(usize, u8),
+    Mkdir(usize, u8),
+    Symlink(usize, u8),
+    Link(usize, usize, u8),
+    Unlink(usize, u8),
+    Rmdir(usize, u8),
+    Rename(usize, u8, usize, u8, u8),
+    Truncate(usize, u64),
+    Reap(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = 0usize..12;
+    let name = 0u8..6;
+    prop_oneof![
+        (n.clone(), name.clone()).prop_map(|(a, b)| Op::Mknod(a, b)),
+        (n.clone(), name.clone()).prop_map(|(a, b)| Op::Mkdir(a, b)),
+        (n.clone(), name.clone()).prop_map(|(a, b)| Op::Symlink(a, b)),
+        (n.clone(), n.clone(), name.clone()).prop_map(|(a, b, c)| Op::Link(a, b, c)),
+        (n.clone(), name.clone()).prop_map(|(a, b)| Op::Unlink(a, b)),
+        (n.clone(), name.clone()).prop_map(|(a, b)| Op::Rmdir(a, b)),
+        (n.clone(), name.clone(), n.clone(), name.clone(), 0u8..3)
+            .prop_map(|(a, b, c, d, m)| Op::Rename(a, b, c, d, m)),
+        (n.clone(), 0u64..1000).prop_map(|(a, s)| Op::Truncate(a, s)),
+        n.prop_map(Op::Reap),
+    ]
+}
+
+proptest! {
+    /// Random operations keep every structural invariant, and a failed operation changes
+    /// nothing at all.
+    #[test]
+    fn random_operations_keep_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut ns = Namespace::new(t(0));
+        for (step, op) in ops.into_iter().enumerate() {
+            let now = t(step as i64 + 1);
+            let inos: Vec<InodeId> = ns.inodes.keys().copied().collect();
+            let pick = |i: usize| inos[i % inos.len()];
+            let nm = |n: u8| vec![b'a' + n];
+            let before = ns.clone();
+            let result: Result<(), Errno> = match op {
+                Op::Mknod(p, n) => ns.mknod(pick(p), &nm(n), FileKind::File, 0o644, 0, ME, now).map(drop),
+                Op::Mkdir(p, n) => ns.mkdir(pick(p), &nm(n), 0o755, ME, now).map(drop),
+                Op::Symlink(p, n) => ns.symlink(pick(p), &nm(n), b"target", ME, now).map(drop),
+                Op::Link(i, p, n) => ns.link(pick(i), pick(p), &nm(n), now).map(drop),
+                Op::Unlink(p, n) => ns.unlink(pick(p), &nm(n), now),
+                Op::Rmdir(p, n) => ns.rmdir(pick(p), &nm(n), now),
+                Op::Rename(p, n, q, m, mode) => {
+                    let mode = [RenameMode::Replace, RenameMode::NoReplace, RenameMode::Exchange][mode as usize];
+                    ns.rename(pick(p), &nm(n), pick(q), &nm(m), mode, now)
+                }
+                Op::Truncate(i, s) => ns.setattr(pick(i), &SetAttr { size: Some(s), ..Default::default() }, now).map(drop),
+                Op::Reap(i) => ns.reap(pick(i)).map(drop),
+            };
+            if result.is_err() {
+                prop_assert_eq!(&ns, &before, "a failed operation changed the namespace");
+            }
+            if let Err(e) = ns.check_invariants() {
+                return Err(TestCaseError::fail(format!("after step {step}: {e}")));
+            }
+        }
+    }
+}

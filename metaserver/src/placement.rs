@@ -1,0 +1,148 @@
+//! Choosing servers for a new slice: K+M distinct live servers, spread over failure domains
+//! where there are enough, favouring free space so usage evens out.
+
+use lattice_common::ids::ChunkserverId;
+use lattice_common::policy::Policy;
+use rand::Rng;
+use std::collections::BTreeSet;
+
+/// A server that may take new shards.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub id: ChunkserverId,
+    pub free_bytes: u64,
+    /// Its failure domain (e.g. the host); servers sharing one fail together.
+    pub domain: String,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("policy {policy} needs {need} distinct servers, only {have} can take new data")]
+pub struct PlacementError {
+    pub policy: Policy,
+    pub need: usize,
+    pub have: usize,
+}
+
+/// The policy a file without its own gets: Reed-Solomon 4+2 once six servers are up,
+/// mirroring on smaller clusters.
+pub fn default_policy(live_servers: usize) -> Policy {
+    match live_servers {
+        n if n >= 6 => Policy::ReedSolomon { data: 4, parity: 2 },
+        n => Policy::Mirror {
+            copies: n.clamp(1, 3) as u8,
+        },
+    }
+}
+
+/// Picks `policy.total_shards()` distinct servers, each shard's server drawn with
+/// probability proportional to its free space, first from failure domains not used yet.
+pub fn place(
+    policy: Policy,
+    candidates: &[Candidate],
+    needed_bytes: u64,
+    rng: &mut impl Rng,
+) -> Result<Vec<ChunkserverId>, PlacementError> {
+    let need = policy.total_shards();
+    let mut pool: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.free_bytes >= needed_bytes)
+        .collect();
+    if pool.len() < need {
+        return Err(PlacementError {
+            policy,
+            need,
+            have: pool.len(),
+        });
+    }
+    let mut chosen = Vec::with_capacity(need);
+    let mut domains = BTreeSet::new();
+    while chosen.len() < need {
+        let fresh: Vec<usize> = (0..pool.len())
+            .filter(|&i| !domains.contains(&pool[i].domain))
+            .collect();
+        let from = if fresh.is_empty() {
+            (0..pool.len()).collect()
+        } else {
+            fresh
+        };
+        let total: u128 = from.iter().map(|&i| pool[i].free_bytes as u128 + 1).sum();
+        let mut ticket = rng.gen_range(0..total);
+        let mut pick = from[0];
+        for &i in &from {
+            let weight = pool[i].free_bytes as u128 + 1;
+            if ticket < weight {
+                pick = i;
+                break;
+            }
+            ticket -= weight;
+        }
+        let c = pool.swap_remove(pick);
+        domains.insert(c.domain.clone());
+        chosen.push(c.id);
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn candidates(n: u32, domains: u32) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                id: ChunkserverId(i),
+                free_bytes: 1 << 30,
+                domain: format!("host{}", i % domains),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_policy_grows_with_the_cluster() {
+        assert_eq!(default_policy(1).to_string(), "mirror:1");
+        assert_eq!(default_policy(2).to_string(), "mirror:2");
+        assert_eq!(default_policy(5).to_string(), "mirror:3");
+        assert_eq!(default_policy(6).to_string(), "rs:4+2");
+    }
+
+    #[test]
+    fn too_few_servers_is_an_error() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let err = place("rs:4+2".parse().unwrap(), &candidates(5, 5), 1, &mut rng).unwrap_err();
+        assert_eq!((err.need, err.have), (6, 5));
+        let full = vec![Candidate {
+            id: ChunkserverId(1),
+            free_bytes: 10,
+            domain: "a".into(),
+        }];
+        assert!(place("mirror:1".parse().unwrap(), &full, 11, &mut rng).is_err());
+    }
+
+    #[test]
+    fn free_space_attracts_shards() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut c = candidates(4, 4);
+        c[0].free_bytes = 100 << 30;
+        let hits = (0..1000)
+            .filter(|_| {
+                place("mirror:1".parse().unwrap(), &c, 1, &mut rng).unwrap()[0] == ChunkserverId(0)
+            })
+            .count();
+        assert!(hits > 900, "the emptiest server got {hits} of 1000");
+    }
+
+    proptest! {
+        #[test]
+        fn shards_land_on_distinct_servers_and_domains_first(n in 6u32..20, domains in 1u32..8, seed: u64) {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let policy: Policy = "rs:4+2".parse().unwrap();
+            let chosen = place(policy, &candidates(n, domains), 1, &mut rng).unwrap();
+            let distinct: BTreeSet<_> = chosen.iter().collect();
+            prop_assert_eq!(distinct.len(), 6);
+            let used: BTreeSet<u32> = chosen.iter().map(|id| id.0 % domains).collect();
+            prop_assert_eq!(used.len(), 6.min(domains as usize));
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! One member of the Raft group with its state machine, free of I/O except through its
+//! [`Durable`](crate::raft_log::Durable) log: the caller feeds it ticks, messages from
+//! peers and requests, and [`Replica::advance`] hands back messages to send and events to
+//! deliver. The deterministic simulation drives exactly this code.
+
+use crate::raft_log::RaftLog;
+use crate::state_machine::{Command, Outcome, StateMachine};
+use lattice_common::codec;
+use lattice_common::ids::MetaserverId;
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, ReadState, Snapshot,
+};
+use raft::{RawNode, StateRole};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// A caller's handle on a request in flight.
+pub type Token = u64;
+
+/// Largest state machine snapshot accepted from a peer.
+const MAX_STATE_BYTES: u64 = 8 << 30;
+/// A read index request unanswered for this many ticks is asked again (raft-rs drops read
+/// requests a new leader gets before it has committed in its term).
+const READ_RETRY_TICKS: u32 = 10;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub snapshot_every: u64,
+    /// Election timeouts are drawn from `election_tick..max_election_tick` (0: twice the
+    /// election tick). The simulation pins it to make runs replayable.
+    pub max_election_tick: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_every: 10_000,
+            max_election_tick: 0,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The request's command was committed and applied.
+    Applied { token: Token, outcome: Outcome },
+    /// A membership change was applied (or refused by Raft).
+    MemberChanged {
+        token: Token,
+        result: Result<(), String>,
+    },
+    /// The state machine now reflects everything committed before the read arrived: answer it.
+    ReadReady { token: Token },
+    /// Leadership was lost before the request completed; it may or may not take effect
+    /// (a retry with the same client sequence number is safe).
+    Aborted { token: Token },
+}
+
+#[derive(Debug, Default)]
+pub struct Output {
+    pub messages: Vec<Message>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<MetaserverId> },
+    #[error("{0}")]
+    Busy(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    Add(MetaserverId, SocketAddr),
+    Remove(MetaserverId),
+}
+
+pub struct Replica {
+    id: u64,
+    node: RawNode<RaftLog>,
+    pub sm: StateMachine,
+    snapshot_every: u64,
+    /// Proposal ids (in entry contexts) of this member's requests in flight.
+    proposals: BTreeMap<u64, Token>,
+    next_proposal: u64,
+    reads_waiting: Vec<Token>,
+    reads_inflight: BTreeMap<u64, (Vec<Token>, u32)>,
+    reads_ready: Vec<(u64, Vec<Token>)>,
+    next_read: u64,
+    was_leader: bool,
+}
+
+fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: t.election_tick,
+        heartbeat_tick: t.heartbeat_tick,
+        applied,
+        max_size_per_msg: 4 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        max_election_tick: t.max_election_tick,
+        ..Default::default()
+    }
+}
+
+fn context(id: u64, n: u64) -> Vec<u8> {
+    [id.to_le_bytes(), n.to_le_bytes()].concat()
+}
+
+fn parse_context(ctx: &[u8]) -> Option<(u64, u64)> {
+    let id = u64::from_le_bytes(ctx.get(0..8)?.try_into().ok()?);
+    let n = u64::from_le_bytes(ctx.get(8..16)?.try_into().ok()?);
+    Some((id, n))
+}
+
+impl Replica {
+    /// Starts a member from its log. A member with an empty log and `bootstrap` members
+    /// starts a new group with them (every founding member must be given the same list); a
+    /// member with an empty log and none waits to be added and sent a snapshot.
+    pub fn new(
+        id: MetaserverId,
+        mut log: RaftLog,
+        bootstrap: &BTreeMap<MetaserverId, SocketAddr>,
+        tuning: Tuning,
+        logger: &slog::Logger,
+        proposal_seed: u64,
+    ) -> Result<Replica, String> {
+        let empty =
+            log.snapshot_metadata().index == 0 && raft::Storage::last_index(&log).unwrap_or(0) == 0;
+        if empty && !bootstrap.is_empty() {
+            log.apply_snapshot(founding_snapshot(bootstrap)?)
+                .map_err(|e| format!("writing the founding snapshot: {e}"))?;
+        }
+        let sm: StateMachine = if log.snapshot_data().is_empty() {
+            StateMachine::default()
+        } else {
+            codec::decode_state(log.snapshot_data(), MAX_STATE_BYTES)
+                .map_err(|e| format!("reading the snapshot: {e}"))?
+        };
+        let applied = log.snapshot_metadata().index;
+        let node = RawNode::new(&raft_config(id.0, applied, &tuning), log, logger)
+            .map_err(|e| e.to_string())?;
+        Ok(Replica {
+            id: id.0,
+            node,
+            sm,
+            snapshot_every: tuning.snapshot_every,
+            proposals: BTreeMap::new(),
+            next_proposal: proposal_seed,
+            reads_waiting: Vec::new(),
+            reads_inflight: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            next_read: 0,
+            was_leader: false,
+        })
+    }
+
+    pub fn id(&self) -> MetaserverId {
+        MetaserverId(self.id)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader(&self) -> Option<MetaserverId> {
+        match self.node.raft.leader_id {
+            0 => None,
+            id => Some(MetaserverId(id)),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn describe(&self) -> String {
+        let r = &self.node.raft;
+        format!(
+            "role {:?} term {} leader {} commit {} last {} applied {} snapshot {} voters {:?} progress4 {:?}",
+            r.state,
+            r.term,
+            r.leader_id,
+            r.raft_log.committed,
+            r.raft_log.last_index(),
+            self.sm.applied,
+            self.snapshot_index(),
+            self.node.store().conf_state().voters,
+            r.prs().get(4).map(|p| format!("{:?} matched {} next {} pending_snap {}", p.state, p.matched, p.next_idx, p.pending_snapshot))
+        )
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.node.store().snapshot_metadata().index
+    }
+
+    fn not_leader(&self) -> Refusal {
+        Refusal::NotLeader {
+            leader: self.leader(),
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+        let mut retry = Vec::new();
+        self.reads_inflight.retain(|_, (tokens, age)| {
+            *age += 1;
+            if *age > READ_RETRY_TICKS {
+                retry.append(tokens);
+                false
+            } else {
+                true
+            }
+        });
+        self.reads_waiting.extend(retry);
+    }
+
+    /// Hands a message from a peer to Raft; malformed or stale messages are dropped.
+    pub fn step(&mut self, msg: Message) {
+        let _ = self.node.step(msg);
+    }
+
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    pub fn report_snapshot(&mut self, id: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(id, status);
+    }
+
+    pub fn propose(&mut self, cmd: &Command, token: Token) -> Result<(), Refusal> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let data = codec::encode_state(cmd).map_err(|_| self.not_leader())?;
+        let n = self.next_proposal;
+        self.next_proposal = self.next_proposal.wrapping_add(1);
+        self.node
+            .propose(context(self.id, n), data)
+            .map_err(|_| self.not_leader())?;
+        self.proposals.insert(n, token);
+        Ok(())
+    }
+
+    pub fn change_members(&mut self, change: &MemberChange, token: Token) -> Result<(), Refusal> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        // Raft would quietly turn a second change into an empty entry.
+        if self.node.raft.has_pending_conf() {
+            return Err(Refusal::Busy(
+                "a membership change is still being applied; retry shortly",
+            ));
+        }
+        let mut single = ConfChangeSingle::default();
+        let mut cc = ConfChangeV2::default();
+        match change {
+            MemberChange::Add(id, addr) => {
+                single.change_type = ConfChangeType::AddNode;
+                single.node_id = id.0;
+                cc.set_context(addr.to_string().into_bytes().into());
+            }
+            MemberChange::Remove(id) => {
+                single.change_type = ConfChangeType::RemoveNode;
+                single.node_id = id.0;
+            }
+        }
+        cc.mut_changes().push(single);
+        let n = self.next_proposal;
+        self.next_proposal = self.next_proposal.wrapping_add(1);
+        self.node
+            .propose_conf_change(context(self.id, n), cc)
+            .map_err(|_| self.not_leader())?;
+        self.proposals.insert(n, token);
+        Ok(())
+    }
+
+    /// Queues a linearizable read: [`Event::ReadReady`] comes once the state machine has
+    /// applied everything committed before now.
+    pub fn read(&mut self, token: Token) -> Result<(), Refusal> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.reads_waiting.push(token);
+        Ok(())
+    }
+
+    fn issue_reads(&mut self) {
+        if self.reads_waiting.is_empty() {
+            return;
+        }
+        let ctx = self.next_read;
+        self.next_read += 1;
+        let tokens = std::mem::take(&mut self.reads_waiting);
+        self.reads_inflight.insert(ctx, (tokens, 0));
+        self.node.read_index(ctx.to_le_bytes().to_vec());
+    }
+
+    fn read_state(&mut self, rs: ReadState) {
+        let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            return;
+        };
+        if let Some((tokens, _)) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
+            self.reads_ready.push((rs.index, tokens));
+        }
+    }
+
+    /// Persists, applies and collects whatever Raft has ready. An error means the log could
+    /// not be written: the member must stop.
+    pub fn advance(&mut self) -> Result<Output, String> {
+        let mut out = Output::default();
+        self.issue_reads();
+        if self.node.has_ready() {
+            self.handle_ready(&mut out)?;
+        }
+        self.after(&mut out)?;
+        Ok(out)
+    }
+
+    fn handle_ready(&mut self, out: &mut Output) -> Result<(), String> {
+        let mut ready = self.node.ready();
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        self.apply(ready.take_committed_entries(), out)?;
+        let store_err = |e: raft::Error| format!("raft log: {e}");
+        if !ready.entries().is_empty() {
+            self.node
+                .mut_store()
+                .append(ready.entries())
+                .map_err(store_err)?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.node
+                .mut_store()
+                .set_hard_state(hs.clone())
+                .map_err(store_err)?;
+        }
+        for rs in ready.take_read_states() {
+            self.read_state(rs);
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .mut_store()
+                .set_commit(commit)
+                .map_err(store_err)?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), out)?;
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), String> {
+        let sm: StateMachine = codec::decode_state(snap.get_data(), MAX_STATE_BYTES)
+            .map_err(|e| format!("snapshot from the leader is unreadable: {e}"))?;
+        self.node
+            .mut_store()
+            .apply_snapshot(snap)
+            .map_err(|e| format!("installing a snapshot: {e}"))?;
+        self.sm = sm;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), String> {
+        for entry in entries {
+            if entry.index <= self.sm.applied {
+                continue;
+            }
+            let mine = parse_context(&entry.context)
+                .filter(|(id, _)| *id == self.id)
+                .and_then(|(_, n)| self.proposals.remove(&n));
+            match entry.get_entry_type() {
+                // A new leader's empty entry, or a proposal Raft refused (a second membership
+                // change while one is pending becomes an empty entry).
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.sm.applied = entry.index;
+                    if let Some(token) = mine {
+                        out.events.push(Event::Aborted { token });
+                    }
+                }
+                EntryType::EntryNormal => {
+                    let outcome = match codec::decode_state::<Command>(&entry.data, MAX_STATE_BYTES)
+                    {
+                        Ok(cmd) => self.sm.apply(entry.index, cmd),
+                        // Every member skips the same undecodable entry the same way.
+                        Err(_) => {
+                            self.sm.applied = entry.index;
+                            Outcome::Done
+                        }
+                    };
+                    if let Some(token) = mine {
+                        out.events.push(Event::Applied { token, outcome });
+                    }
+                }
+                EntryType::EntryConfChangeV2 | EntryType::EntryConfChange => {
+                    let result = self.apply_conf_change(&entry);
+                    self.sm.applied = entry.index;
+                    if let Some(token) = mine {
+                        out.events.push(Event::MemberChanged { token, result });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?
+        } else {
+            let v1 = raft::prelude::ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())?;
+            raft_proto::ConfChangeI::into_v2(v1)
+        };
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .map_err(|e| e.to_string())?;
+        self.node
+            .mut_store()
+            .set_conf_state(cs)
+            .map_err(|e| e.to_string())?;
+        let addr = std::str::from_utf8(&cc.context)
+            .ok()
+            .and_then(|s| s.parse().ok());
+        for change in cc.get_changes() {
+            let id = MetaserverId(change.node_id);
+            match (change.get_change_type(), addr) {
+                (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, Some(addr)) => {
+                    self.sm.members.insert(id, addr);
+                }
+                (ConfChangeType::RemoveNode, _) => {
+                    self.sm.members.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Housekeeping after each round: reads that may now be answered, requests orphaned by a
+    /// lost leadership, and snapshots.
+    fn after(&mut self, out: &mut Output) -> Result<(), String> {
+        let applied = self.sm.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
+        self.reads_ready = waiting;
+        for (_, tokens) in ready {
+            out.events
+                .extend(tokens.into_iter().map(|token| Event::ReadReady { token }));
+        }
+        let leader = self.is_leader();
+        if self.was_leader && !leader {
+            let aborted = std::mem::take(&mut self.proposals)
+                .into_values()
+                .chain(self.reads_waiting.drain(..))
+                .chain(
+                    std::mem::take(&mut self.reads_inflight)
+                        .into_values()
+                        .flat_map(|(t, _)| t),
+                )
+                .chain(self.reads_ready.drain(..).flat_map(|(_, t)| t));
+            out.events
+                .extend(aborted.map(|token| Event::Aborted { token }));
+        }
+        self.was_leader = leader;
+        let due = applied >= self.snapshot_index() + self.snapshot_every;
+        if (due || self.node.store().take_snapshot_wanted()) && applied > self.snapshot_index() {
+            self.snapshot_now()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the state machine and compacts the log up to it.
+    pub fn snapshot_now(&mut self) -> Result<(), String> {
+        let data = codec::encode_state(&self.sm).map_err(|e| e.to_string())?;
+        let applied = self.sm.applied;
+        self.node
+            .mut_store()
+            .compact(applied, data)
+            .map_err(|e| format!("compacting the raft log: {e}"))
+    }
+}
+
+/// The snapshot every founding member starts from: index 1, the founding voters, and an
+/// empty state machine that knows their addresses. New members catch up from the leader's
+/// snapshots, never from an empty log.
+fn founding_snapshot(members: &BTreeMap<MetaserverId, SocketAddr>) -> Result<Snapshot, String> {
+    let mut sm = StateMachine::new(members.clone());
+    sm.applied = 1;
+    let data = codec::encode_state(&sm).map_err(|e| e.to_string())?;
+    let mut snap = Snapshot::default();
+    snap.set_data(data.into());
+    let meta = snap.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = members.keys().map(|m| m.0).collect();
+    Ok(snap)
+}

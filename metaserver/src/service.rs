@@ -1,0 +1,262 @@
+//! The metaserver's request handlers: decode, check who may ask, hand to the core, answer.
+
+use crate::core::{Answer, Input, Reject};
+use crate::replica::MemberChange;
+use crate::state_machine::{Command, Outcome};
+use lattice_common::codec;
+use lattice_common::fs::Timestamp;
+use lattice_common::pki::{PeerName, Role};
+use lattice_common::wire::meta::{
+    AdminReply, AdminRequest, FsOp, MetaRequest, MetaResponse, MAX_RAFT_BATCH_BYTES,
+};
+use lattice_common::wire::{ErrorKind, WireError};
+use protobuf::Message as _;
+use quinn::{RecvStream, SendStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+/// A request not answered in this long (no quorum) gets "unavailable"; the client retries.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most Raft messages one request may carry.
+const MAX_RAFT_BATCH: usize = 1024;
+
+pub struct Service {
+    core: Mutex<mpsc::Sender<Input>>,
+}
+
+/// A request that ends early, with the response that says why.
+type Early = Box<MetaResponse>;
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Early {
+    Box::new(MetaResponse::Error(WireError::new(kind, message)))
+}
+
+fn unavailable(message: impl Into<String>) -> Early {
+    error(ErrorKind::Unavailable, message)
+}
+
+fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
+    if roles.contains(&peer.role) {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorKind::Denied,
+            format!("{peer} may not make this request"),
+        ))
+    }
+}
+
+impl Service {
+    pub fn new(core: mpsc::Sender<Input>) -> Service {
+        Service {
+            core: Mutex::new(core),
+        }
+    }
+
+    fn input(&self, input: Input) -> Result<(), Early> {
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(input)
+            .map_err(|_| unavailable("metaserver is shutting down"))
+    }
+
+    /// Hands a request to the core and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Answer<T>>) -> Input,
+    ) -> Result<T, Early> {
+        let (tx, rx) = oneshot::channel();
+        self.input(make(tx))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(Reject::NotLeader(leader)))) => {
+                Err(Box::new(MetaResponse::NotLeader { leader }))
+            }
+            Ok(Ok(Err(Reject::Retry(why)))) => Err(unavailable(why)),
+            Ok(Err(_)) => Err(unavailable("metaserver core stopped")),
+            Err(_) => Err(unavailable(format!(
+                "no quorum answered within {REQUEST_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        peer: Arc<PeerName>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
+        let resp = match codec::read_frame::<_, MetaRequest>(&mut recv).await {
+            Ok(req) => self
+                .serve(&peer, req, &mut recv)
+                .await
+                .unwrap_or_else(|e| *e),
+            Err(e) => {
+                debug!(%peer, "bad request: {e}");
+                *error(ErrorKind::Invalid, e.to_string())
+            }
+
+        };
+        if let Ok(frame) = codec::encode(&resp) {
+            let _ = send.write_all(&frame).await;
+        }
+        let _ = send.finish();
+    }
+
+    async fn serve(
+        &self,
+        peer: &PeerName,
+        req: MetaRequest,
+        recv: &mut RecvStream,
+    ) -> Result<MetaResponse, Early> {
+        let fs_users = [Role::Client, Role::Admin];
+        match req {
+            MetaRequest::Mutate {
+                client,
+                seq,
+                acked_below,
+                op,
+            } => {
+                allow(peer, &fs_users)?;
+                let outcome = match op {
+                    FsOp::AllocateSlice { ino, len, avoid } => {
+                        self.ask(|reply| Input::Allocate {
+                            client,
+                            seq,
+                            acked_below,
+                            ino,
+                            len,
+                            avoid,
+                            reply,
+                        })
+                        .await?
+                    }
+                    op => {
+                        let cmd = Command::Fs {
+                            client,
+                            seq,
+                            acked_below,
+
+                            now: Timestamp::now(),
+                            op,
+                        };
+                        self.ask(|reply| Input::Propose { cmd, reply }).await?
+                    }
+                };
+                match outcome {
+                    Outcome::Fs(r) => Ok(MetaResponse::Fs(r)),
+                    other => Err(error(
+                        ErrorKind::Invalid,
+                        format!("unexpected outcome {other:?}"),
+                    )),
+                }
+            }
+            MetaRequest::Query(query) => {
+                allow(peer, &fs_users)?;
+                let r = self.ask(|reply| Input::Query { query, reply }).await?;
+                Ok(MetaResponse::Fs(r))
+            }
+            MetaRequest::Register(registration) => {
+                allow(peer, &[Role::Chunkserver])?;
+                let name = peer.name.clone();
+                match self
+                    .ask(|reply| Input::Register {
+                        name,
+                        registration,
+                        reply,
+                    })
+                    .await?
+                {
+                    Outcome::Registered(id) => Ok(MetaResponse::Registered { id }),
+                    other => Err(error(
+                        ErrorKind::Invalid,
+                        format!("unexpected outcome {other:?}"),
+                    )),
+                }
+            }
+            MetaRequest::Heartbeat(heartbeat) => {
+                allow(peer, &[Role::Chunkserver])?;
+                let name = peer.name.clone();
+                self.ask(|reply| Input::Heartbeat {
+                    name,
+                    heartbeat,
+                    reply,
+                })
+                .await?;
+                Ok(MetaResponse::HeartbeatAck)
+            }
+            MetaRequest::Admin(req) => {
+                allow(peer, &[Role::Admin])?;
+                self.admin(req).await
+            }
+            MetaRequest::Raft { from, addr, sizes } => {
+                allow(peer, &[Role::Metaserver])?;
+                self.input(Input::PeerAddr(from, addr))?;
+                self.raft(from, sizes, recv).await
+            }
+        }
+    }
+
+    async fn admin(&self, req: AdminRequest) -> Result<MetaResponse, Early> {
+        let change = match req {
+            AdminRequest::Status => {
+                let status = self.ask(|reply| Input::Status { reply }).await?;
+                return Ok(MetaResponse::Admin(AdminReply::Status(Box::new(status))));
+            }
+            AdminRequest::Snapshot => {
+                let (tx, rx) = oneshot::channel();
+                self.input(Input::Snapshot { reply: tx })?;
+                return match rx.await {
+                    Ok(Ok(())) => Ok(MetaResponse::Admin(AdminReply::Done)),
+                    Ok(Err(e)) => Err(error(ErrorKind::Io, e)),
+                    Err(_) => Err(unavailable("metaserver core stopped")),
+                };
+            }
+            AdminRequest::Digest => {
+                let (tx, rx) = oneshot::channel();
+                self.input(Input::Digest { reply: tx })?;
+                return rx
+                    .await
+                    .map(MetaResponse::Admin)
+                    .map_err(|_| unavailable("metaserver core stopped"));
+            }
+            AdminRequest::AddMember { id, addr } => MemberChange::Add(id, addr),
+            AdminRequest::RemoveMember { id } => MemberChange::Remove(id),
+        };
+        match self.ask(|reply| Input::Member { change, reply }).await? {
+            Ok(()) => Ok(MetaResponse::Admin(AdminReply::Done)),
+            Err(e) => Err(error(ErrorKind::Invalid, e)),
+        }
+    }
+
+    async fn raft(
+        &self,
+        from: lattice_common::ids::MetaserverId,
+        sizes: Vec<u32>,
+        recv: &mut RecvStream,
+    ) -> Result<MetaResponse, Early> {
+        let total: u64 = sizes.iter().map(|&s| s as u64).sum();
+        if sizes.len() > MAX_RAFT_BATCH || total > MAX_RAFT_BATCH_BYTES {
+            return Err(error(ErrorKind::Invalid, "raft batch too large"));
+        }
+        for size in sizes {
+            let mut buf = vec![0u8; size as usize];
+            recv.read_exact(&mut buf)
+                .await
+                .map_err(|e| error(ErrorKind::Invalid, format!("raft batch cut short: {e}")))?;
+            let msg = raft::prelude::Message::parse_from_bytes(&buf)
+                .map_err(|e| error(ErrorKind::Invalid, format!("bad raft message: {e}")))?;
+            if msg.from != from.0 {
+                return Err(error(
+                    ErrorKind::Invalid,
+                    "raft message from another member",
+                ));
+            }
+            self.input(Input::Step(msg))?;
+        }
+        Ok(MetaResponse::RaftAck)
+    }
+}

@@ -1,0 +1,349 @@
+//! The replicated state machine: namespace, slice maps, cluster map, Raft members, client
+//! sessions. `apply` is deterministic: the same commands in the same order give the same
+//! state on every member (times and placements travel inside the commands).
+
+use crate::cluster_map::ClusterMap;
+use crate::namespace::Namespace;
+use lattice_common::chunk_map::SliceRef;
+use lattice_common::fs::{Errno, Timestamp};
+use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
+use lattice_common::layout::SliceLayout;
+use lattice_common::policy::Policy;
+use lattice_common::wire::meta::{
+    ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+/// Most replies remembered per client session; a client that keeps more requests than
+/// this unanswered loses the protection against double application of its oldest ones.
+const MAX_REMEMBERED_REPLIES: usize = 100_000;
+/// A session unheard of for this long is forgotten.
+const SESSION_IDLE_SECS: i64 = 3600;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A filesystem change from a client, timestamped by the leader.
+    Fs {
+        client: ClientId,
+        seq: u64,
+        acked_below: u64,
+        now: Timestamp,
+        op: FsOp,
+    },
+    /// A slice allocation with the placement the leader chose.
+    Allocate {
+        client: ClientId,
+        seq: u64,
+        acked_below: u64,
+        now: Timestamp,
+        ino: InodeId,
+        layout: SliceLayout,
+        placement: Vec<ChunkserverId>,
+    },
+    Register {
+        name: String,
+        registration: Registration,
+        now: Timestamp,
+    },
+    SetServerState {
+        id: ChunkserverId,
+        state: ChunkserverState,
+        now: Timestamp,
+    },
+    /// Removes an unlinked file nobody has open any more.
+    Reap { ino: InodeId, now: Timestamp },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Fs(Result<FsReply, Errno>),
+    Registered(ChunkserverId),
+    Done,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    replies: BTreeMap<u64, Result<FsReply, Errno>>,
+    last_active: Timestamp,
+}
+
+/// A slice id handed out but not yet committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSlice {
+    pub ino: InodeId,
+    pub layout: SliceLayout,
+    pub placement: Vec<ChunkserverId>,
+    pub since: Timestamp,
+}
+
+/// A slice no file shows any more; its shards are to be deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Garbage {
+    pub layout: SliceLayout,
+    pub placement: Vec<Option<ChunkserverId>>,
+    pub since: Timestamp,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    pub ns: Namespace,
+    pub cluster: ClusterMap,
+    /// Raft members and their addresses.
+    pub members: BTreeMap<MetaserverId, SocketAddr>,
+    sessions: BTreeMap<ClientId, Session>,
+    pub pending: BTreeMap<SliceId, PendingSlice>,
+    pub garbage: BTreeMap<SliceId, Garbage>,
+    next_slice: u64,
+    /// The Raft index of the last command applied.
+    pub applied: u64,
+}
+
+impl StateMachine {
+    pub fn new(members: BTreeMap<MetaserverId, SocketAddr>) -> Self {
+        StateMachine {
+            members,
+            ..Default::default()
+        }
+    }
+
+    pub fn apply(&mut self, index: u64, cmd: Command) -> Outcome {
+        self.applied = index;
+        match cmd {
+            Command::Fs {
+                client,
+                seq,
+                acked_below,
+                now,
+                op,
+            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| sm.apply_fs(op, now))),
+            Command::Allocate {
+                client,
+                seq,
+                acked_below,
+                now,
+                ino,
+                layout,
+                placement,
+            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+                sm.allocate(ino, layout, placement, now)
+            })),
+
+            Command::Register {
+                name,
+                registration,
+                now,
+            } => Outcome::Registered(self.cluster.register(&name, &registration, now)),
+            Command::SetServerState { id, state, now } => {
+                self.cluster.set_state(id, state, now);
+                Outcome::Done
+            }
+            Command::Reap { ino, now } => {
+                if let Ok(slices) = self.ns.reap(ino) {
+                    self.discard(slices, now);
+                }
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Applies a client's request once: a retry gets the reply of the first attempt.
+    /// Replies are kept until the client says it has them (`acked_below`).
+    fn once(
+        &mut self,
+        (client, seq, acked_below): (ClientId, u64, u64),
+        now: Timestamp,
+        f: impl FnOnce(&mut Self) -> Result<FsReply, Errno>,
+    ) -> Result<FsReply, Errno> {
+        let session = self.sessions.entry(client).or_default();
+        session.last_active = now;
+        session.replies = session.replies.split_off(&acked_below);
+        if let Some(reply) = session.replies.get(&seq) {
+            return reply.clone();
+        }
+        let reply = f(self);
+        let session = self.sessions.entry(client).or_default();
+        session.replies.insert(seq, reply.clone());
+        while session.replies.len() > MAX_REMEMBERED_REPLIES {
+            session.replies.pop_first();
+        }
+        if self.applied % 1024 == 0 {
+            self.sessions
+                .retain(|_, s| now.secs - s.last_active.secs < SESSION_IDLE_SECS);
+        }
+        reply
+    }
+
+    fn discard(&mut self, slices: Vec<SliceRef>, now: Timestamp) {
+        for s in slices {
+            self.garbage.insert(
+                s.slice,
+                Garbage {
+                    layout: s.layout,
+                    placement: s.placement,
+                    since: now,
+                },
+            );
+        }
+    }
+
+    fn apply_fs(&mut self, op: FsOp, now: Timestamp) -> Result<FsReply, Errno> {
+        let ns = &mut self.ns;
+        match op {
+            FsOp::Mknod {
+                parent,
+                name,
+                kind,
+                perm,
+                rdev,
+                caller,
+            } => ns
+                .mknod(parent, &name, kind, perm, rdev, caller, now)
+                .map(FsReply::Attr),
+            FsOp::Mkdir {
+                parent,
+                name,
+                perm,
+                caller,
+            } => ns
+                .mkdir(parent, &name, perm, caller, now)
+                .map(FsReply::Attr),
+            FsOp::Symlink {
+                parent,
+                name,
+                target,
+                caller,
+            } => ns
+                .symlink(parent, &name, &target, caller, now)
+                .map(FsReply::Attr),
+            FsOp::Link { ino, parent, name } => ns.link(ino, parent, &name, now).map(FsReply::Attr),
+            FsOp::Unlink { parent, name } => ns.unlink(parent, &name, now).map(|()| FsReply::Done),
+            FsOp::Rmdir { parent, name } => ns.rmdir(parent, &name, now).map(|()| FsReply::Done),
+            FsOp::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode,
+            } => ns
+                .rename(parent, &name, new_parent, &new_name, mode, now)
+                .map(|()| FsReply::Done),
+            FsOp::SetAttr { ino, set } => {
+                let (attr, released) = ns.setattr(ino, &set, now)?;
+                self.discard(released, now);
+                Ok(FsReply::Attr(attr))
+            }
+            FsOp::SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+            } => ns
+                .setxattr(ino, &name, &value, mode, now)
+                .map(|()| FsReply::Done),
+            FsOp::RemoveXattr { ino, name } => {
+                ns.removexattr(ino, &name, now).map(|()| FsReply::Done)
+            }
+            FsOp::SetPolicy { ino, policy } => ns.set_policy(ino, policy, now).map(FsReply::Attr),
+            // The leader turns allocations into `Command::Allocate`.
+            FsOp::AllocateSlice { .. } => Err(Errno::INVAL),
+            FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, slice, now),
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        ino: InodeId,
+        layout: SliceLayout,
+        placement: Vec<ChunkserverId>,
+        now: Timestamp,
+    ) -> Result<FsReply, Errno> {
+        self.ns.is_file(ino)?;
+        let distinct: BTreeSet<_> = placement.iter().collect();
+        if placement.len() != layout.policy.total_shards() || distinct.len() != placement.len() {
+            return Err(Errno::INVAL);
+        }
+        let servers: Vec<ServerAddr> = placement
+            .iter()
+            .map(|&id| self.cluster.addr_of(id).ok_or(Errno::INVAL))
+            .collect::<Result<_, _>>()?;
+        self.next_slice += 1;
+        let slice = SliceId(self.next_slice);
+        self.pending.insert(
+            slice,
+            PendingSlice {
+                ino,
+                layout,
+                placement,
+                since: now,
+            },
+        );
+        Ok(FsReply::Allocated {
+            slice,
+            layout,
+            placement: servers,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        ino: InodeId,
+        chunk: u64,
+        slice: SliceRef,
+        now: Timestamp,
+    ) -> Result<FsReply, Errno> {
+        let pending = self.pending.get(&slice.slice).ok_or(Errno::STALE)?;
+        let placed: Vec<Option<ChunkserverId>> =
+            pending.placement.iter().copied().map(Some).collect();
+        if pending.ino != ino || pending.layout != slice.layout || placed != slice.placement {
+            return Err(Errno::INVAL);
+        }
+        let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
+        self.pending.remove(&slice.slice);
+        self.discard(hidden, now);
+        Ok(FsReply::Attr(attr))
+    }
+
+    /// Answers a read-only request (statfs needs live capacity and is answered elsewhere).
+    pub fn query(&self, q: &FsQuery) -> Result<FsReply, Errno> {
+        let ns = &self.ns;
+        match q {
+            FsQuery::Lookup { parent, name } => ns.lookup(*parent, name).map(FsReply::Attr),
+            FsQuery::GetAttr { ino } => ns.attr(*ino).map(FsReply::Attr),
+            FsQuery::ReadDir { ino, cookie, limit } => {
+                ns.readdir(*ino, *cookie, *limit).map(FsReply::Entries)
+            }
+            FsQuery::ReadLink { ino } => ns.readlink(*ino).map(FsReply::Link),
+            FsQuery::GetXattr { ino, name } => ns.getxattr(*ino, name).map(FsReply::Xattr),
+            FsQuery::ListXattr { ino } => ns.listxattr(*ino).map(FsReply::XattrNames),
+            FsQuery::StatFs => Err(Errno::INVAL),
+            FsQuery::Slices { ino, first, last } => {
+                let chunks = ns.slices(*ino, *first, *last)?;
+                let ids: BTreeSet<ChunkserverId> = chunks
+                    .iter()
+                    .flat_map(|(_, slices)| {
+                        slices
+                            .iter()
+                            .flat_map(|s| s.placement.iter().flatten().copied())
+                    })
+                    .collect();
+                let servers = ids
+                    .into_iter()
+                    .filter_map(|id| self.cluster.addr_of(id))
+                    .collect();
+                Ok(FsReply::Slices {
+                    attr: ns.attr(*ino)?,
+                    chunks,
+                    servers,
+                })
+            }
+        }
+    }
+
+    /// The policy new data of `ino` gets: its own, else `default`.
+    pub fn policy_of(&self, ino: InodeId, default: Policy) -> Result<Policy, Errno> {
+        self.ns.is_file(ino)?;
+        Ok(self.ns.attr(ino)?.policy.unwrap_or(default))
+    }
+}
