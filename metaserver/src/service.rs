@@ -98,7 +98,6 @@ impl Service {
                 debug!(%peer, "bad request: {e}");
                 *error(ErrorKind::Invalid, e.to_string())
             }
-
         };
         if let Ok(frame) = codec::encode(&resp) {
             let _ = send.write_all(&frame).await;

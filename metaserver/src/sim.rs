@@ -310,7 +310,6 @@ impl Sim {
             });
             self.start(4, false);
         }
-
     }
 
     /// Heals everything and runs until every member has applied the same log.
