@@ -127,6 +127,23 @@ pub enum XattrMode {
     Replace,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte-range lock (POSIX `fcntl`; `flock` is a whole-file range with its own owner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRange {
+    pub kind: LockKind,
+    pub start: u64,
+    /// Inclusive; `u64::MAX` reaches to the end of any file.
+    pub end: u64,
+    pub pid: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
     pub name: Vec<u8>,

@@ -68,6 +68,11 @@ impl MetaClient {
         &self.node
     }
 
+    /// This client's session id (locks and retried requests belong to it).
+    pub fn client_id(&self) -> ClientId {
+        self.client
+    }
+
     fn leader(&self) -> std::sync::MutexGuard<'_, Option<SocketAddr>> {
         self.leader.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -29,6 +29,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 pub const METASERVER: &str = "metaserver";
 pub const CHUNKSERVER: &str = "chunkserver";
+pub const FS_CLIENT: &str = "fs-client";
 
 /// Fixed addresses of the metaservers (Raft members find each other there across restarts).
 #[derive(Default, Serialize, Deserialize)]
@@ -42,6 +43,8 @@ pub struct LocalCluster {
     ports: Mutex<Ports>,
     /// Extra arguments for every metaserver (e.g. shorter failure detection in tests).
     pub metaserver_args: Vec<String>,
+    /// Print each command before running it (what `scripts/cluster.sh` shows admins).
+    pub echo: bool,
 }
 
 /// Where the cluster's programs are: `$LATTICE_BIN_DIR`, else next to the running program
@@ -59,6 +62,17 @@ pub fn default_bin_dir() -> Result<PathBuf> {
         dir.pop();
     }
     Ok(dir)
+}
+
+/// Whether something is mounted at `path` (as /proc/self/mounts shows it).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 /// A free UDP port on loopback (the kernel's choice).
@@ -86,6 +100,7 @@ impl LocalCluster {
             bin_dir,
             ports: Mutex::new(ports),
             metaserver_args: Vec::new(),
+            echo: false,
         })
     }
 
@@ -119,6 +134,21 @@ impl LocalCluster {
 
     pub fn metaserver(&self, n: u32) -> Proc {
         Proc::new(&self.state, METASERVER, n)
+    }
+
+    pub fn mount_proc(&self, n: u32) -> Proc {
+        Proc::new(&self.state, FS_CLIENT, n)
+    }
+
+    fn spawn(&self, p: &Proc, cmd: Command) -> Result<i32> {
+        if self.echo {
+            let args: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            println!("+ {}   # log: {}", args.join(" "), p.log_file().display());
+        }
+        p.spawn(cmd)
     }
 
     fn addr_file(&self, p: &Proc) -> PathBuf {
@@ -190,7 +220,7 @@ impl LocalCluster {
         } else {
             cmd.arg("--join");
         }
-        p.spawn(cmd)?;
+        self.spawn(&p, cmd)?;
         std::fs::write(self.addr_file(&p), addr.to_string())?;
         Ok(())
     }
@@ -220,7 +250,7 @@ impl LocalCluster {
             let list: Vec<String> = meta.iter().map(|a| a.to_string()).collect();
             cmd.arg("--meta").arg(list.join(","));
         }
-        p.spawn(cmd)?;
+        self.spawn(&p, cmd)?;
         wait_for(START_TIMEOUT, &format!("{} to serve", p.name()), || async {
             if p.pid().is_none() {
                 bail!(
@@ -254,8 +284,77 @@ impl LocalCluster {
         found
     }
 
-    /// Stops every process of the cluster that runs.
+    /// Mounts the cluster at `mountpoint` with mount `n` (in the foreground, so its pid is
+    /// known) unless it runs, and waits until the mount is there.
+    pub async fn start_mount(&self, n: u32, mountpoint: &Path, extra_options: &str) -> Result<()> {
+        let p = self.mount_proc(n);
+        if p.pid().is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(mountpoint)?;
+        let mountpoint = mountpoint.canonicalize()?;
+        if is_mounted(&mountpoint) {
+            // A mount left behind by a killed client: clear it.
+            let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+        }
+        let certs = self.certs(Role::Client, &p.name())?;
+        let meta: Vec<String> = self.meta_addrs().iter().map(|a| a.to_string()).collect();
+        let mut options = format!("certs={},allow_other", certs.display());
+        if !extra_options.is_empty() {
+            options = format!("{options},{extra_options}");
+        }
+        let mut cmd = Command::new(self.binary(FS_CLIENT)?);
+        cmd.arg("-f")
+            .arg(meta.join(","))
+            .arg(&mountpoint)
+            .arg("-o")
+            .arg(options);
+        std::fs::write(
+            self.mountpoint_file(&p),
+            mountpoint.as_os_str().as_encoded_bytes(),
+        )?;
+        self.spawn(&p, cmd)?;
+        wait_for(START_TIMEOUT, &format!("{} to mount", p.name()), || async {
+            if p.pid().is_none() {
+                bail!(
+                    "{} exited; log {}:\n{}",
+                    p.name(),
+                    p.log_file().display(),
+                    p.log_tail()
+                );
+            }
+            Ok(is_mounted(&mountpoint).then_some(()))
+        })
+        .await
+    }
+
+    fn mountpoint_file(&self, p: &Proc) -> PathBuf {
+        self.state.join(format!("{}.mountpoint", p.name()))
+    }
+
+    /// Where mount `p` mounts (or last mounted).
+    pub fn mountpoint(&self, p: &Proc) -> Option<PathBuf> {
+        std::fs::read_to_string(self.mountpoint_file(p))
+            .ok()
+            .map(PathBuf::from)
+    }
+
+    /// Stops a mount: SIGTERM (it writes out its buffers and unmounts); a mount left behind
+    /// by a client that died is detached.
+    pub fn stop_mount(&self, p: &Proc) -> Result<()> {
+        p.stop(STOP_GRACE)?;
+        if let Some(mp) = self.mountpoint(p).filter(|mp| is_mounted(mp)) {
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+        Ok(())
+    }
+
+    /// Stops every process of the cluster that runs: mounts first (they write out their
+    /// buffers), then chunkservers, then metaservers.
     pub fn stop_all(&self) -> Result<()> {
+        for p in self.procs(FS_CLIENT) {
+            self.stop_mount(&p)?;
+        }
         for role in [CHUNKSERVER, METASERVER] {
             for p in self.procs(role) {
                 p.stop(STOP_GRACE)?;

@@ -17,7 +17,7 @@ use lattice_common::wire::meta::{
 };
 use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub struct Liveness {
     pub suspect_after: Duration,
     /// A chunkserver silent this long is down.
     pub down_after: Duration,
+    /// A client silent this long loses its session (locks, open files).
+    pub session_timeout: Duration,
 }
 
 pub enum Input {
@@ -85,6 +87,11 @@ pub enum Input {
         heartbeat: Heartbeat,
         reply: oneshot::Sender<Answer<()>>,
     },
+    KeepAlive {
+        client: ClientId,
+        open: Vec<InodeId>,
+        reply: oneshot::Sender<Answer<()>>,
+    },
     Member {
         change: MemberChange,
         reply: oneshot::Sender<Answer<Result<(), String>>>,
@@ -107,6 +114,12 @@ enum Waiter {
     Status(oneshot::Sender<Answer<ClusterStatus>>),
 }
 
+/// What the leader knows of a client from its keepalives.
+struct ClientSession {
+    seen: Instant,
+    open: HashSet<InodeId>,
+}
+
 /// What the leader knows of a chunkserver from its heartbeats.
 struct Live {
     seen: Instant,
@@ -120,6 +133,7 @@ pub struct Core {
     waiters: HashMap<Token, Waiter>,
     next_token: Token,
     live: HashMap<ChunkserverId, Live>,
+    sessions: HashMap<ClientId, ClientSession>,
     leader_since: Option<Instant>,
     liveness: Liveness,
     rng: rand::rngs::StdRng,
@@ -139,6 +153,7 @@ impl Core {
             waiters: HashMap::new(),
             next_token: 1,
             live: HashMap::new(),
+            sessions: HashMap::new(),
             leader_since: None,
             liveness,
             rng: rand::SeedableRng::from_entropy(),
@@ -270,6 +285,26 @@ impl Core {
             } => {
                 let _ = reply.send(self.heartbeat(&name, heartbeat));
             }
+            Input::KeepAlive {
+                client,
+                open,
+                reply,
+            } => {
+                let answer = if self.replica.is_leader() {
+                    let open = open.into_iter().collect();
+                    self.sessions.insert(
+                        client,
+                        ClientSession {
+                            seen: Instant::now(),
+                            open,
+                        },
+                    );
+                    Ok(())
+                } else {
+                    Err(self.not_leader())
+                };
+                let _ = reply.send(answer);
+            }
             Input::Member { change, reply } => {
                 let token = self.token(Waiter::Member(reply));
                 if let Err(r) = self.replica.change_members(&change, token) {
@@ -357,6 +392,7 @@ impl Core {
                 info!(leader = ?self.replica.leader(), "no longer leader");
                 self.leader_since = None;
                 self.live.clear();
+                self.sessions.clear();
             }
             _ => {}
         }
@@ -475,15 +511,20 @@ impl Core {
         }
     }
 
-    /// Once a second on the leader: chunkservers that went silent become suspect, then down.
+    /// Once a second on the leader: silent chunkservers become suspect then down, silent
+    /// clients lose their sessions, and unlinked files nobody has open are removed.
     fn leader_duties(&mut self) {
         let Some(since) = self.leader_since else {
             return;
         };
+        let now = Timestamp::now();
+        // A new leader first waits a full timeout so every live client can be heard from.
+        if since.elapsed() >= self.liveness.session_timeout {
+            self.session_duties(now);
+        }
         if since.elapsed() < self.liveness.down_after {
             return;
         }
-        let now = Timestamp::now();
         let changes: Vec<(ChunkserverId, ChunkserverState)> = self
             .replica
             .sm
@@ -517,6 +558,49 @@ impl Core {
             info!(%id, ?state, "chunkserver state changes");
             let (reply, _) = oneshot::channel();
             self.propose(Command::SetServerState { id, state, now }, reply);
+        }
+    }
+
+    fn live_session(&self, client: &ClientId) -> bool {
+        self.sessions
+            .get(client)
+            .is_some_and(|s| s.seen.elapsed() < self.liveness.session_timeout)
+    }
+
+    fn session_duties(&mut self, now: Timestamp) {
+        let sm = &self.replica.sm;
+        let ended: Vec<ClientId> = sm
+            .locks
+            .clients()
+            .into_iter()
+            .filter(|c| !self.live_session(c))
+            .collect();
+        let grace = self.liveness.session_timeout.as_secs() as i64;
+        let reap: Vec<InodeId> = sm
+            .ns
+            .orphans()
+            .iter()
+            .filter(|(ino, since)| {
+                now.secs - since.secs >= grace
+                    && !self
+                        .sessions
+                        .iter()
+                        .any(|(c, s)| s.open.contains(ino) && self.live_session(c))
+            })
+            .map(|(&ino, _)| ino)
+            .collect();
+        for client in ended {
+            info!(
+                ?client,
+                "client silent: its session ends and its locks are released"
+            );
+            self.sessions.remove(&client);
+            let (reply, _) = oneshot::channel();
+            self.propose(Command::EndSession { client }, reply);
+        }
+        for ino in reap {
+            let (reply, _) = oneshot::channel();
+            self.propose(Command::Reap { ino, now }, reply);
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod cluster_map;
 mod core;
+mod locks;
 mod namespace;
 mod peers;
 mod placement;
@@ -91,6 +92,10 @@ struct ServeArgs {
     /// Seconds without a heartbeat after which a chunkserver is down.
     #[arg(long, default_value_t = 30)]
     down_after: u64,
+    /// Seconds without a keepalive after which a client session ends: its locks are
+    /// released and the unlinked files it had open are removed.
+    #[arg(long, default_value_t = 15)]
+    session_timeout: u64,
     /// Take a snapshot after this many applied log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -342,6 +347,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let liveness = core::Liveness {
         suspect_after: Duration::from_secs(args.suspect_after),
         down_after: Duration::from_secs(args.down_after),
+        session_timeout: Duration::from_secs(args.session_timeout),
     };
     let core = core::Core::new(replica, receiver, peers, liveness);
     std::thread::Builder::new()

@@ -187,6 +187,22 @@ impl Service {
                 .await?;
                 Ok(MetaResponse::HeartbeatAck)
             }
+            MetaRequest::KeepAlive { client, open } => {
+                allow(peer, &fs_users)?;
+                self.ask(|reply| Input::KeepAlive {
+                    client,
+                    open,
+                    reply,
+                })
+                .await?;
+                Ok(MetaResponse::KeepAliveAck)
+            }
+            MetaRequest::Goodbye { client } => {
+                allow(peer, &fs_users)?;
+                let cmd = Command::EndSession { client };
+                self.ask(|reply| Input::Propose { cmd, reply }).await?;
+                Ok(MetaResponse::KeepAliveAck)
+            }
             MetaRequest::Admin(req) => {
                 allow(peer, &[Role::Admin])?;
                 self.admin(req).await

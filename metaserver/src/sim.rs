@@ -184,6 +184,7 @@ impl Sim {
                 parent: InodeId::ROOT,
                 name: name.clone().into_bytes(),
                 perm: 0o755,
+                umask: 0,
                 caller: Caller::ROOT,
             },
         };

@@ -3,6 +3,7 @@
 //! state on every member (times and placements travel inside the commands).
 
 use crate::cluster_map::ClusterMap;
+use crate::locks::LockTable;
 use crate::namespace::Namespace;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, Timestamp};
@@ -54,6 +55,8 @@ pub enum Command {
     },
     /// Removes an unlinked file nobody has open any more.
     Reap { ino: InodeId, now: Timestamp },
+    /// A client unmounted or went silent: its locks and its retry memory go.
+    EndSession { client: ClientId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +96,7 @@ pub struct StateMachine {
     /// Raft members and their addresses.
     pub members: BTreeMap<MetaserverId, SocketAddr>,
     sessions: BTreeMap<ClientId, Session>,
+    pub locks: LockTable,
     pub pending: BTreeMap<SliceId, PendingSlice>,
     pub garbage: BTreeMap<SliceId, Garbage>,
     next_slice: u64,
@@ -117,7 +121,9 @@ impl StateMachine {
                 acked_below,
                 now,
                 op,
-            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| sm.apply_fs(op, now))),
+            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+                sm.apply_fs(client, op, now)
+            })),
             Command::Allocate {
                 client,
                 seq,
@@ -141,8 +147,14 @@ impl StateMachine {
             }
             Command::Reap { ino, now } => {
                 if let Ok(slices) = self.ns.reap(ino) {
+                    self.locks.remove_inode(ino);
                     self.discard(slices, now);
                 }
+                Outcome::Done
+            }
+            Command::EndSession { client } => {
+                self.locks.release_client(client);
+                self.sessions.remove(&client);
                 Outcome::Done
             }
         }
@@ -188,7 +200,7 @@ impl StateMachine {
         }
     }
 
-    fn apply_fs(&mut self, op: FsOp, now: Timestamp) -> Result<FsReply, Errno> {
+    fn apply_fs(&mut self, client: ClientId, op: FsOp, now: Timestamp) -> Result<FsReply, Errno> {
         let ns = &mut self.ns;
         match op {
             FsOp::Mknod {
@@ -196,18 +208,20 @@ impl StateMachine {
                 name,
                 kind,
                 perm,
+                umask,
                 rdev,
                 caller,
             } => ns
-                .mknod(parent, &name, kind, perm, rdev, caller, now)
+                .mknod(parent, &name, kind, (perm, umask), rdev, caller, now)
                 .map(FsReply::Attr),
             FsOp::Mkdir {
                 parent,
                 name,
                 perm,
+                umask,
                 caller,
             } => ns
-                .mkdir(parent, &name, perm, caller, now)
+                .mkdir(parent, &name, (perm, umask), caller, now)
                 .map(FsReply::Attr),
             FsOp::Symlink {
                 parent,
@@ -249,6 +263,16 @@ impl StateMachine {
             // The leader turns allocations into `Command::Allocate`.
             FsOp::AllocateSlice { .. } => Err(Errno::INVAL),
             FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, slice, now),
+            FsOp::SetLock { ino, owner, lock } => {
+                self.ns.attr(ino)?;
+                self.locks
+                    .set(ino, client, owner, lock)
+                    .map(|()| FsReply::Done)
+            }
+            FsOp::ReleaseLocks { ino, owner } => {
+                self.locks.release_owner(ino, client, owner);
+                Ok(FsReply::Done)
+            }
         }
     }
 
@@ -318,6 +342,17 @@ impl StateMachine {
             FsQuery::GetXattr { ino, name } => ns.getxattr(*ino, name).map(FsReply::Xattr),
             FsQuery::ListXattr { ino } => ns.listxattr(*ino).map(FsReply::XattrNames),
             FsQuery::StatFs => Err(Errno::INVAL),
+            FsQuery::GetLock {
+                ino,
+                client,
+                owner,
+                lock,
+            } => {
+                ns.attr(*ino)?;
+                Ok(FsReply::Lock(
+                    self.locks.conflict(*ino, *client, *owner, lock),
+                ))
+            }
             FsQuery::Slices { ino, first, last } => {
                 let chunks = ns.slices(*ino, *first, *last)?;
                 let ids: BTreeSet<ChunkserverId> = chunks

@@ -27,6 +27,7 @@ async fn main() -> Result<()> {
                 parent: InodeId::ROOT,
                 name: format!("c{concurrency}").into_bytes(),
                 perm: 0o755,
+                umask: 0,
                 caller: ME,
             })
             .await??
@@ -45,6 +46,7 @@ async fn main() -> Result<()> {
                         name,
                         kind: FileKind::File,
                         perm: 0o644,
+                        umask: 0,
                         rdev: 0,
                         caller: ME,
                     };
@@ -84,6 +86,7 @@ async fn main() -> Result<()> {
                 parent: InodeId::ROOT,
                 name: format!("after-kill-{round}").into_bytes(),
                 perm: 0o755,
+                umask: 0,
                 caller: ME,
             })
             .await??;

@@ -24,6 +24,7 @@ fn mkdir(name: &str) -> FsOp {
         parent: ROOT,
         name: name.as_bytes().to_vec(),
         perm: 0o755,
+        umask: 0,
         caller: ME,
     }
 }
@@ -153,6 +154,7 @@ async fn members_restarted_from_disk_agree() -> Result<()> {
             name: name.clone(),
             kind: FileKind::File,
             perm: 0o644,
+            umask: 0,
             rdev: 0,
             caller: ME,
         })
@@ -252,6 +254,7 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
             name: b"f".to_vec(),
             kind: FileKind::File,
             perm: 0o644,
+            umask: 0,
             rdev: 0,
             caller: ME,
         })
@@ -370,6 +373,7 @@ async fn bad_requests_get_errors() -> Result<()> {
         parent: d,
         name: b"sub".to_vec(),
         perm: 0o755,
+        umask: 0,
         caller: ME,
     })
     .await??;

@@ -3,7 +3,10 @@
 //! address and the client retries there.
 
 use crate::chunk_map::SliceRef;
-use crate::fs::{Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, StatFs, XattrMode};
+use crate::fs::{
+    Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
+};
+
 use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use crate::layout::SliceLayout;
 use crate::policy::Policy;
@@ -19,11 +22,13 @@ pub const MAX_RAFT_BATCH_BYTES: u64 = 1 << 30;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
     /// Creates a regular file, fifo, socket or device node; EEXIST if the name is taken.
+    /// `umask` applies unless the parent directory has a default ACL, which applies instead.
     Mknod {
         parent: InodeId,
         name: Vec<u8>,
         kind: FileKind,
         perm: u16,
+        umask: u16,
         rdev: u32,
         caller: Caller,
     },
@@ -31,6 +36,7 @@ pub enum FsOp {
         parent: InodeId,
         name: Vec<u8>,
         perm: u16,
+        umask: u16,
         caller: Caller,
     },
     Symlink {
@@ -93,6 +99,18 @@ pub enum FsOp {
         chunk: u64,
         slice: SliceRef,
     },
+    /// Takes, changes or drops a lock of `owner` (within the requesting client); fails with
+    /// EAGAIN when another owner's lock is in the way.
+    SetLock {
+        ino: InodeId,
+        owner: u64,
+        lock: LockRange,
+    },
+    /// Drops every lock `owner` holds on `ino` (a close).
+    ReleaseLocks {
+        ino: InodeId,
+        owner: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +145,13 @@ pub enum FsQuery {
         first: u64,
         last: u64,
     },
+    /// The first lock of another owner that conflicts with `lock`, if any.
+    GetLock {
+        ino: InodeId,
+        client: ClientId,
+        owner: u64,
+        lock: LockRange,
+    },
 }
 
 /// Where a chunkserver is and whether it is worth asking.
@@ -156,6 +181,7 @@ pub enum FsReply {
         chunks: Vec<(u64, Vec<SliceRef>)>,
         servers: Vec<ServerAddr>,
     },
+    Lock(Option<LockRange>),
     Done,
 }
 
@@ -265,6 +291,16 @@ pub enum MetaRequest {
     /// A chunkserver announces itself (its certificate name is its identity).
     Register(Registration),
     Heartbeat(Heartbeat),
+    /// A client is alive and has these files open (the metaserver keeps unlinked files
+    /// while someone has them open, and drops the locks of clients that go silent).
+    KeepAlive {
+        client: ClientId,
+        open: Vec<InodeId>,
+    },
+    /// A client unmounts: its locks go at once.
+    Goodbye {
+        client: ClientId,
+    },
     Admin(AdminRequest),
     /// Raft messages from another member, followed by `sizes.iter().sum()` raw bytes: each
     /// a protobuf-encoded `eraftpb::Message`. `addr` is where the sender serves (a member
@@ -288,6 +324,7 @@ pub enum MetaResponse {
         id: ChunkserverId,
     },
     HeartbeatAck,
+    KeepAliveAck,
     Admin(AdminReply),
     RaftAck,
     /// The request could not be served (no quorum, shutting down, malformed, not allowed).

@@ -3,6 +3,7 @@
 //! Every operation checks all its preconditions before changing anything, so a failed
 //! operation changes nothing.
 
+pub mod acl;
 mod files;
 #[cfg(test)]
 mod tests;
@@ -124,6 +125,8 @@ impl Inode {
 struct NewInode {
     kind: FileKind,
     perm: u16,
+    /// Applies unless the directory has a default ACL.
+    umask: u16,
     caller: Caller,
     content: Content,
 }
@@ -170,7 +173,6 @@ impl Namespace {
         self.inodes.len() as u64
     }
 
-    #[cfg(test)]
     pub fn orphans(&self) -> &BTreeMap<InodeId, Timestamp> {
         &self.orphans
     }
@@ -288,6 +290,7 @@ impl Namespace {
         let NewInode {
             kind,
             perm,
+            umask,
             caller,
             content,
         } = new;
@@ -305,6 +308,25 @@ impl Namespace {
             {
                 perm &= !S_ISGID;
             }
+        }
+        // A default ACL of the directory replaces the umask and is inherited.
+        let mut xattrs = BTreeMap::new();
+        let inherited = p
+            .xattrs
+            .get(acl::DEFAULT)
+            .and_then(|d| acl::Acl::parse(d).ok());
+        match inherited.filter(|_| kind != FileKind::Symlink) {
+            Some(default) => {
+                let mut access = default.clone();
+                perm = (perm & !0o777) | access.create_masq(perm & 0o777);
+                if !access.is_equivalent_to_mode() {
+                    xattrs.insert(acl::ACCESS.to_vec(), access.encode());
+                }
+                if kind == FileKind::Dir {
+                    xattrs.insert(acl::DEFAULT.to_vec(), default.encode());
+                }
+            }
+            None => perm &= !umask,
         }
         let policy = p.policy;
         let ino = InodeId(self.next_ino);
@@ -324,7 +346,7 @@ impl Namespace {
             ctime: now,
             rdev: 0,
             policy,
-            xattrs: BTreeMap::new(),
+            xattrs,
             content,
         };
         self.inodes.insert(ino, inode);
@@ -343,7 +365,7 @@ impl Namespace {
         parent: InodeId,
         name: &[u8],
         kind: FileKind,
-        perm: u16,
+        (perm, umask): (u16, u16),
         rdev: u32,
         caller: Caller,
         now: Timestamp,
@@ -361,6 +383,7 @@ impl Namespace {
             NewInode {
                 kind,
                 perm,
+                umask,
                 caller,
                 content,
             },
@@ -375,7 +398,7 @@ impl Namespace {
         &mut self,
         parent: InodeId,
         name: &[u8],
-        perm: u16,
+        (perm, umask): (u16, u16),
         caller: Caller,
         now: Timestamp,
     ) -> Result<Attr, Errno> {
@@ -389,6 +412,7 @@ impl Namespace {
             NewInode {
                 kind: FileKind::Dir,
                 perm,
+                umask,
                 caller,
                 content,
             },
@@ -414,6 +438,7 @@ impl Namespace {
         let new = NewInode {
             kind: FileKind::Symlink,
             perm: 0o777,
+            umask: 0,
             caller,
             content,
         };
@@ -673,6 +698,15 @@ impl Namespace {
         let inode = self.get_mut(ino)?;
         if let Some(perm) = set.perm {
             inode.perm = perm & 0o7777;
+            // chmod rewrites the access ACL so the two agree.
+            if let Some(mut a) = inode
+                .xattrs
+                .get(acl::ACCESS)
+                .and_then(|v| acl::Acl::parse(v).ok())
+            {
+                a.chmod(inode.perm);
+                inode.xattrs.insert(acl::ACCESS.to_vec(), a.encode());
+            }
         }
         if let Some(uid) = set.uid {
             inode.uid = uid;
@@ -723,12 +757,25 @@ impl Namespace {
         if value.len() > MAX_XATTR_VALUE_LEN {
             return Err(Errno::E2BIG);
         }
-        let inode = self.get_mut(ino)?;
+        let inode = self.get(ino)?;
         let exists = inode.xattrs.contains_key(name);
         match mode {
             XattrMode::Create if exists => return Err(Errno::EXIST),
             XattrMode::Replace if !exists => return Err(Errno::NODATA),
             _ => {}
+        }
+        // ACLs must be well formed; an access ACL sets the mode, and is not kept when the
+        // mode alone says the same.
+        let (mut new_perm, mut keep) = (None, true);
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            if name == acl::DEFAULT && inode.kind != FileKind::Dir {
+                return Err(Errno::ACCES);
+            }
+            let parsed = acl::Acl::parse(value)?;
+            if name == acl::ACCESS {
+                new_perm = Some((inode.perm & !0o777) | parsed.mode_bits());
+                keep = !parsed.is_equivalent_to_mode();
+            }
         }
         let total: usize = inode
             .xattrs
@@ -736,10 +783,18 @@ impl Namespace {
             .filter(|(k, _)| k.as_slice() != name)
             .map(|(k, v)| k.len() + v.len())
             .sum();
-        if total + name.len() + value.len() > MAX_XATTR_TOTAL {
+        if keep && total + name.len() + value.len() > MAX_XATTR_TOTAL {
             return Err(Errno::NOSPC);
         }
-        inode.xattrs.insert(name.to_vec(), value.to_vec());
+        let inode = self.get_mut(ino)?;
+        if let Some(perm) = new_perm {
+            inode.perm = perm;
+        }
+        if keep {
+            inode.xattrs.insert(name.to_vec(), value.to_vec());
+        } else {
+            inode.xattrs.remove(name);
+        }
         inode.ctime = now;
         Ok(())
     }

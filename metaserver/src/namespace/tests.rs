@@ -76,13 +76,21 @@ fn names(ns: &Namespace, dir: InodeId) -> Vec<String> {
 }
 
 fn file(ns: &mut Namespace, parent: InodeId, name: &str) -> InodeId {
-    ns.mknod(parent, name.as_bytes(), FileKind::File, 0o644, 0, ME, t(1))
-        .unwrap()
-        .ino
+    ns.mknod(
+        parent,
+        name.as_bytes(),
+        FileKind::File,
+        (0o644, 0),
+        0,
+        ME,
+        t(1),
+    )
+    .unwrap()
+    .ino
 }
 
 fn dir(ns: &mut Namespace, parent: InodeId, name: &str) -> InodeId {
-    ns.mkdir(parent, name.as_bytes(), 0o755, ME, t(1))
+    ns.mkdir(parent, name.as_bytes(), (0o755, 0), ME, t(1))
         .unwrap()
         .ino
 }
@@ -93,22 +101,30 @@ fn create_lookup_and_errors() {
     let a = file(&mut ns, ROOT, "a");
     assert_eq!(ns.lookup(ROOT, b"a").unwrap().ino, a);
     assert_eq!(
-        ns.mknod(ROOT, b"a", FileKind::File, 0o644, 0, ME, t(2)),
+        ns.mknod(ROOT, b"a", FileKind::File, (0o644, 0), 0, ME, t(2)),
         Err(Errno::EXIST)
     );
     assert_eq!(ns.lookup(ROOT, b"nope"), Err(Errno::NOENT));
     assert_eq!(ns.lookup(a, b"x"), Err(Errno::NOTDIR));
     let long = vec![b'x'; 256];
     assert_eq!(
-        ns.mknod(ROOT, &long, FileKind::File, 0o644, 0, ME, t(2)),
+        ns.mknod(ROOT, &long, FileKind::File, (0o644, 0), 0, ME, t(2)),
         Err(Errno::NAMETOOLONG)
     );
     assert_eq!(ns.lookup(ROOT, &long), Err(Errno::NAMETOOLONG));
     assert!(ns
-        .mknod(ROOT, &vec![b'x'; 255], FileKind::File, 0o644, 0, ME, t(2))
+        .mknod(
+            ROOT,
+            &vec![b'x'; 255],
+            FileKind::File,
+            (0o644, 0),
+            0,
+            ME,
+            t(2)
+        )
         .is_ok());
     assert_eq!(
-        ns.mknod(ROOT, b"a/b", FileKind::File, 0o644, 0, ME, t(2)),
+        ns.mknod(ROOT, b"a/b", FileKind::File, (0o644, 0), 0, ME, t(2)),
         Err(Errno::INVAL)
     );
     assert_eq!(ns.attr(ROOT).unwrap().mtime, t(2));
@@ -230,9 +246,69 @@ fn setgid_directories_hand_down_their_group() {
     let a = ns.attr(sub).unwrap();
     assert_eq!((a.gid, a.perm & 0o2000), (50, 0o2000));
     let f = ns
-        .mknod(d, b"f", FileKind::File, 0o2755, 0, ME, t(2))
+        .mknod(d, b"f", FileKind::File, (0o2755, 0), 0, ME, t(2))
         .unwrap();
     assert_eq!((f.gid, f.perm & 0o2000), (50, 0));
+}
+
+#[test]
+fn umask_applies_unless_a_default_acl_is_inherited() {
+    let mut ns = Namespace::new(t(0));
+    let f = ns
+        .mknod(ROOT, b"f", FileKind::File, (0o666, 0o022), 0, ME, t(1))
+        .unwrap();
+    assert_eq!(f.perm, 0o644);
+    let d = dir(&mut ns, ROOT, "d");
+    // u::rwx, u:1000:rwx, g::r-x, m::rwx, o::---
+    let default = [
+        2u32.to_le_bytes().to_vec(),
+        vec![1, 0, 7, 0, 0, 0, 0, 0],
+        vec![2, 0, 7, 0, 0xe8, 3, 0, 0],
+        vec![4, 0, 5, 0, 0, 0, 0, 0],
+        vec![0x10, 0, 7, 0, 0, 0, 0, 0],
+        vec![0x20, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    assert_eq!(
+        ns.setxattr(f.ino, acl::DEFAULT, &default, XattrMode::Either, t(2)),
+        Err(Errno::ACCES)
+    );
+    ns.setxattr(d, acl::DEFAULT, &default, XattrMode::Either, t(2))
+        .unwrap();
+    let g = ns
+        .mknod(d, b"g", FileKind::File, (0o666, 0o077), 0, ME, t(3))
+        .unwrap();
+    assert_eq!(g.perm, 0o660, "the default ACL, not the umask, decides");
+    assert!(ns.getxattr(g.ino, acl::ACCESS).is_ok());
+    let sub = ns.mkdir(d, b"sub", (0o777, 0o077), ME, t(3)).unwrap();
+    assert_eq!(ns.getxattr(sub.ino, acl::DEFAULT).unwrap(), default);
+    // chmod rewrites the ACL; an ACL equal to a mode is kept as the mode alone.
+    let (a, _) = ns
+        .setattr(
+            g.ino,
+            &SetAttr {
+                perm: Some(0o600),
+                ..Default::default()
+            },
+            t(4),
+        )
+        .unwrap();
+    assert_eq!(a.perm, 0o600);
+    let plain = [
+        2u32.to_le_bytes().to_vec(),
+        vec![1, 0, 6, 0, 0, 0, 0, 0],
+        vec![4, 0, 4, 0, 0, 0, 0, 0],
+        vec![0x20, 0, 4, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    ns.setxattr(f.ino, acl::ACCESS, &plain, XattrMode::Either, t(5))
+        .unwrap();
+    assert_eq!(ns.attr(f.ino).unwrap().perm, 0o644);
+    assert_eq!(ns.getxattr(f.ino, acl::ACCESS), Err(Errno::NODATA));
+    assert_eq!(
+        ns.setxattr(f.ino, acl::ACCESS, b"junk", XattrMode::Either, t(5)),
+        Err(Errno::INVAL)
+    );
 }
 
 #[test]
@@ -390,8 +466,8 @@ proptest! {
             let nm = |n: u8| vec![b'a' + n];
             let before = ns.clone();
             let result: Result<(), Errno> = match op {
-                Op::Mknod(p, n) => ns.mknod(pick(p), &nm(n), FileKind::File, 0o644, 0, ME, now).map(drop),
-                Op::Mkdir(p, n) => ns.mkdir(pick(p), &nm(n), 0o755, ME, now).map(drop),
+                Op::Mknod(p, n) => ns.mknod(pick(p), &nm(n), FileKind::File, (0o644, 0o022), 0, ME, now).map(drop),
+                Op::Mkdir(p, n) => ns.mkdir(pick(p), &nm(n), (0o755, 0o022), ME, now).map(drop),
                 Op::Symlink(p, n) => ns.symlink(pick(p), &nm(n), b"target", ME, now).map(drop),
                 Op::Link(i, p, n) => ns.link(pick(i), pick(p), &nm(n), now).map(drop),
                 Op::Unlink(p, n) => ns.unlink(pick(p), &nm(n), now),

@@ -1,0 +1,556 @@
+//! The filesystem as the kernel sees it, one async method per operation: metadata goes to
+//! the metaserver group, data through per-file write buffers and the slice reader.
+
+use crate::file_state::{Backend, FileState};
+use crate::reader;
+use lattice_common::fs::{
+    Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
+};
+use lattice_common::ids::InodeId;
+use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// How long attributes may be trusted without asking the metaserver.
+    pub attr_ttl: Duration,
+    /// Bytes buffered per file before they are written out as a slice.
+    pub write_buffer: u64,
+    /// Buffered bytes older than this are written out even if the file stays open.
+    pub flush_after: Duration,
+}
+
+/// An open file.
+struct Handle {
+    file: Arc<FileState>,
+}
+
+pub struct Client {
+    pub backend: Arc<Backend>,
+    tuning: Tuning,
+    attrs: Mutex<HashMap<InodeId, (Attr, Instant)>>,
+    files: Mutex<HashMap<InodeId, Arc<FileState>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> Errno {
+    warn!("{what}: {e}");
+    Errno::IO
+}
+
+impl Client {
+    pub fn new(backend: Backend, tuning: Tuning) -> Arc<Client> {
+        Arc::new(Client {
+            backend: Arc::new(backend),
+            tuning,
+            attrs: Mutex::default(),
+            files: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    async fn mutate(&self, op: FsOp) -> Result<FsReply, Errno> {
+        self.backend
+            .meta
+            .mutate(op)
+            .await
+            .map_err(|e| io_error("metaserver", e))?
+    }
+
+    async fn query(&self, q: FsQuery) -> Result<FsReply, Errno> {
+        self.backend
+            .meta
+            .query(q)
+            .await
+            .map_err(|e| io_error("metaserver", e))?
+    }
+
+    fn file(&self, ino: InodeId) -> Option<Arc<FileState>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned()
+    }
+
+    /// Attributes as this client sees them: a file's size includes bytes written here and
+    /// not committed yet.
+    fn remember(&self, mut attr: Attr) -> Attr {
+        if let Some(f) = self.file(attr.ino) {
+            attr.size = attr.size.max(f.local_end());
+        }
+        self.attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(attr.ino, (attr.clone(), Instant::now()));
+        attr
+    }
+
+    async fn attr_reply(&self, op: FsOp) -> Result<Attr, Errno> {
+        match self.mutate(op).await? {
+            FsReply::Attr(a) => Ok(self.remember(a)),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    async fn done_reply(&self, op: FsOp) -> Result<(), Errno> {
+        match self.mutate(op).await? {
+            FsReply::Done => Ok(()),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, Errno> {
+        match self
+            .query(FsQuery::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?
+        {
+            FsReply::Attr(a) => Ok(self.remember(a)),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    /// Fresh attributes (the kernel asks only when its own cache has expired).
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        match self.query(FsQuery::GetAttr { ino }).await? {
+            FsReply::Attr(a) => Ok(self.remember(a)),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    /// Attributes from the cache while they are fresh.
+    async fn cached_attr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        let cached = self
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned();
+        match cached {
+            Some((a, t)) if t.elapsed() < self.tuning.attr_ttl => Ok(a),
+            _ => self.getattr(ino).await,
+        }
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr, Errno> {
+        if let (Some(size), Some(file)) = (set.size, self.file(ino)) {
+            // Buffered bytes go first, so the truncation lands after them.
+            file.flush(&self.backend).await?;
+            file.truncate_buffers(size);
+            file.invalidate_slices();
+        }
+        self.attr_reply(FsOp::SetAttr { ino, set }).await
+    }
+
+    /// Creates a file or special file; `umask` applies unless the directory has a default ACL.
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        (perm, umask): (u16, u16),
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
+        let op = FsOp::Mknod {
+            parent,
+            name: name.to_vec(),
+            kind,
+            perm,
+            umask,
+            rdev,
+            caller,
+        };
+        self.attr_reply(op).await
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        (perm, umask): (u16, u16),
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
+        self.attr_reply(FsOp::Mkdir {
+            parent,
+            name: name.to_vec(),
+            perm,
+            umask,
+            caller,
+        })
+        .await
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
+        self.attr_reply(FsOp::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            caller,
+        })
+        .await
+    }
+
+    pub async fn link(&self, ino: InodeId, parent: InodeId, name: &[u8]) -> Result<Attr, Errno> {
+        self.attr_reply(FsOp::Link {
+            ino,
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
+        self.done_reply(FsOp::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
+        self.done_reply(FsOp::Rmdir {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        let op = FsOp::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            mode,
+        };
+        self.done_reply(op).await
+    }
+
+    pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
+        match self.query(FsQuery::ReadLink { ino }).await? {
+            FsReply::Link(t) => Ok(t),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        match self.query(FsQuery::ReadDir { ino, cookie, limit }).await? {
+            FsReply::Entries(e) => Ok(e),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn statfs(&self) -> Result<StatFs, Errno> {
+        match self.query(FsQuery::StatFs).await? {
+            FsReply::StatFs(s) => Ok(s),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        match self
+            .query(FsQuery::GetXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await?
+        {
+            FsReply::Xattr(v) => Ok(v),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, Errno> {
+        match self.query(FsQuery::ListXattr { ino }).await? {
+            FsReply::XattrNames(n) => Ok(n),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> Result<(), Errno> {
+        self.done_reply(FsOp::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            mode,
+        })
+        .await
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<(), Errno> {
+        self.done_reply(FsOp::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        })
+        .await
+    }
+
+    /// Opens a file; returns the handle.
+    pub fn open(&self, ino: InodeId) -> u64 {
+        let file = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino)
+            .or_insert_with(|| Arc::new(FileState::new(ino)))
+            .clone();
+        file.opened();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Handle { file });
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<FileState>, Errno> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .map(|h| h.file.clone())
+            .ok_or(Errno::INVAL)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let file = self.handle(fh)?;
+        let attr = self.cached_attr(file.ino).await?;
+        let size = attr.size.max(file.local_end());
+        reader::read(&self.backend, &file, offset, len, size).await
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let file = self.handle(fh)?;
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > lattice_common::fs::MAX_FILE_SIZE)
+        {
+            return Err(Errno::FBIG);
+        }
+        file.write(&self.backend, offset, data, self.tuning.write_buffer)
+            .await;
+        let end = offset + data.len() as u64;
+        if let Some((a, _)) = self
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&file.ino)
+        {
+            a.size = a.size.max(end);
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Writes out what the handle's file has buffered (fsync); reports the first write
+    /// error not yet reported.
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let file = self.handle(fh)?;
+        file.flush(&self.backend).await
+    }
+
+    /// A close of a descriptor: writes out the file's buffers and drops the POSIX locks the
+    /// closing process (`lock_owner`) held on it, as POSIX wants of any close.
+    pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let file = self.handle(fh)?;
+        let result = file.flush(&self.backend).await;
+        self.drop_locks(&file, lock_owner).await?;
+        result
+    }
+
+    async fn drop_locks(&self, file: &FileState, owner: u64) -> Result<(), Errno> {
+        if file.take_locker(owner) {
+            self.done_reply(FsOp::ReleaseLocks {
+                ino: file.ino,
+                owner,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The last close of an open file; `flock_owner` is given when flock locks go with it.
+    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
+        let Some(handle) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+        else {
+            return Err(Errno::INVAL);
+        };
+        let file = handle.file;
+        let mut result = file.flush(&self.backend).await;
+        if let Some(owner) = flock_owner {
+            result = result.and(self.drop_locks(&file, owner).await);
+        }
+        if file.released() && !file.has_unflushed() {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            if files
+                .get(&file.ino)
+                .is_some_and(|f| Arc::ptr_eq(f, &file) && !f.is_open())
+            {
+                files.remove(&file.ino);
+            }
+        }
+        result
+    }
+
+    /// Writes out buffers that have waited too long (run periodically).
+    pub fn flush_old(&self) {
+        let files: Vec<Arc<FileState>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for f in files {
+            if f.dirty_for(self.tuning.flush_after) {
+                f.start_flush(&self.backend);
+            }
+        }
+    }
+
+    /// Writes out every buffer and waits (before unmounting).
+    pub async fn flush_all(&self) {
+        let files: Vec<Arc<FileState>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for f in files {
+            if let Err(e) = f.flush(&self.backend).await {
+                warn!(ino = %f.ino, "data not written out before unmount: {e}");
+            }
+        }
+    }
+}
+
+/// How often a mount tells the metaservers it is alive and which files it has open.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+/// Longest pause between attempts at a lock someone else holds.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(500);
+
+impl Client {
+    /// The first lock of another owner (anywhere in the cluster) in the way of `lock`.
+    pub async fn getlk(
+        &self,
+        ino: InodeId,
+        owner: u64,
+        lock: LockRange,
+    ) -> Result<Option<LockRange>, Errno> {
+        let client = self.backend.meta.client_id();
+        match self
+            .query(FsQuery::GetLock {
+                ino,
+                client,
+                owner,
+                lock,
+            })
+            .await?
+        {
+            FsReply::Lock(l) => Ok(l),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    /// Takes, changes or drops a lock; with `wait`, keeps trying while someone else holds it.
+    pub async fn setlk(
+        &self,
+        ino: InodeId,
+        owner: u64,
+        lock: LockRange,
+        wait: bool,
+    ) -> Result<(), Errno> {
+        if let Some(file) = self.file(ino) {
+            file.note_locker(owner);
+        }
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.done_reply(FsOp::SetLock { ino, owner, lock }).await {
+                Err(Errno::AGAIN) if wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LOCK_POLL_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Tells the metaservers, once a second, that this mount lives and what it has open.
+    pub async fn keep_alive(self: Arc<Self>) {
+        let client = self.backend.meta.client_id();
+        let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+        loop {
+            tick.tick().await;
+            let open = self
+                .files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            if let Err(e) = self
+                .backend
+                .meta
+                .call(&MetaRequest::KeepAlive { client, open })
+                .await
+            {
+                warn!("keepalive: {e}");
+            }
+        }
+    }
+
+    /// Ends this mount's session (its locks go at once).
+    pub async fn goodbye(&self) {
+        let client = self.backend.meta.client_id();
+        if let Err(e) = self
+            .backend
+            .meta
+            .call(&MetaRequest::Goodbye { client })
+            .await
+        {
+            warn!("ending the session: {e}");
+        }
+    }
+}

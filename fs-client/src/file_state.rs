@@ -1,0 +1,303 @@
+//! What the client keeps per file: buffered writes, the batches being flushed (still
+//! visible to reads until committed), the first write error not yet reported, and a short
+//! cache of the file's slice map.
+
+use crate::extents::Extents;
+use crate::writer;
+use futures::future::join_all;
+use lattice_common::chunk_map::SliceRef;
+use lattice_common::fs::Errno;
+use lattice_common::ids::{ChunkserverId, InodeId};
+use lattice_common::meta_client::MetaClient;
+use lattice_common::slice_io::SliceIo;
+use lattice_common::wire::meta::{FsQuery, FsReply, ServerAddr};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Most flush batches of one file in flight before writers wait.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Most chunks asked for in one slice-map query (the metaserver's limit).
+const CHUNKS_PER_QUERY: u64 = 64;
+
+/// Where the client's data goes: shared by every file.
+pub struct Backend {
+    pub meta: MetaClient,
+    pub io: SliceIo,
+    /// How long a fetched slice map is trusted (other mounts may change the file).
+    pub slice_ttl: Duration,
+}
+
+struct Batch {
+    id: u64,
+    data: Arc<Extents>,
+    done: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    dirty: Extents,
+    /// Being written, oldest first.
+    flushing: Vec<Batch>,
+    next_batch: u64,
+    /// The first write error since it was last reported (at fsync or close).
+    error: Option<Errno>,
+    dirty_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct SliceCache {
+    chunks: HashMap<u64, (Instant, Vec<SliceRef>)>,
+    servers: HashMap<ChunkserverId, ServerAddr>,
+}
+
+pub struct FileState {
+    pub ino: InodeId,
+    opens: AtomicU32,
+    /// Lock owners that took a lock on this file here (only they have locks to drop).
+    lockers: Mutex<HashSet<u64>>,
+    buffers: Mutex<Buffers>,
+    slices: Mutex<SliceCache>,
+}
+
+/// A file's slices for a range of chunks, with the servers they name.
+pub struct SliceMap {
+    pub chunks: HashMap<u64, Vec<SliceRef>>,
+    pub servers: HashMap<ChunkserverId, ServerAddr>,
+}
+
+impl FileState {
+    pub fn new(ino: InodeId) -> Self {
+        FileState {
+            ino,
+            opens: AtomicU32::new(0),
+            lockers: Mutex::default(),
+            buffers: Mutex::default(),
+            slices: Mutex::default(),
+        }
+    }
+
+    fn buffers(&self) -> MutexGuard<'_, Buffers> {
+        self.buffers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn opened(&self) {
+        self.opens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns whether this was the last open.
+    pub fn released(&self) -> bool {
+        self.opens.fetch_sub(1, Ordering::Relaxed) <= 1
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opens.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn note_locker(&self, owner: u64) {
+        self.lockers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(owner);
+    }
+
+    /// Whether `owner` may hold locks here (forgets it: the caller drops them).
+    pub fn take_locker(&self, owner: u64) -> bool {
+        self.lockers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&owner)
+    }
+
+    /// One past the last byte written here but not committed yet (0 if none).
+    pub fn local_end(&self) -> u64 {
+        let b = self.buffers();
+        b.flushing
+            .iter()
+            .map(|f| f.data.end())
+            .chain([b.dirty.end()])
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn has_unflushed(&self) -> bool {
+        let b = self.buffers();
+        !b.dirty.is_empty() || !b.flushing.is_empty()
+    }
+
+    /// Whether buffered data has waited longer than `age`.
+    pub fn dirty_for(&self, age: Duration) -> bool {
+        self.buffers()
+            .dirty_since
+            .is_some_and(|t| t.elapsed() >= age)
+    }
+
+    /// Buffers a write; starts a flush once `limit` bytes are buffered, and waits while too
+    /// many flushes of this file are in flight.
+    pub async fn write(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        offset: u64,
+        data: &[u8],
+        limit: u64,
+    ) {
+        let wait = {
+            let mut b = self.buffers();
+            b.dirty.write(offset, data);
+            b.dirty_since.get_or_insert_with(Instant::now);
+            if b.dirty.bytes() < limit {
+                return;
+            }
+            drop(b);
+            self.start_flush(backend);
+            let b = self.buffers();
+            (b.flushing.len() > MAX_BATCHES_IN_FLIGHT).then(|| b.flushing[0].done.clone())
+        };
+        if let Some(mut done) = wait {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Moves the buffered bytes into a new batch and starts writing it as slices. Uploads
+    /// run at once; the commit waits for the previous batch's commit.
+    pub fn start_flush(self: &Arc<Self>, backend: &Arc<Backend>) {
+        let mut b = self.buffers();
+        if b.dirty.is_empty() {
+            return;
+        }
+        let data = Arc::new(std::mem::take(&mut b.dirty));
+        b.dirty_since = None;
+        let id = b.next_batch;
+        b.next_batch += 1;
+        let previous = b.flushing.last().map(|f| f.done.clone());
+        let (tx, rx) = watch::channel(false);
+        b.flushing.push(Batch {
+            id,
+            data: data.clone(),
+            done: rx,
+        });
+        drop(b);
+        let (file, backend) = (self.clone(), backend.clone());
+        tokio::spawn(async move {
+            let uploads = writer::pieces(&data)
+                .into_iter()
+                .map(|p| writer::store(&backend.meta, &backend.io, file.ino, p));
+            let stored = join_all(uploads).await;
+            if let Some(mut previous) = previous {
+                let _ = previous.wait_for(|d| *d).await;
+            }
+            let mut error = None;
+            for s in stored {
+                let result = match s {
+                    Ok(s) => writer::commit(&backend.meta, file.ino, s).await,
+                    Err(e) => Err(e),
+                };
+                error = error.or(result.err());
+            }
+            // The slice map must show the new slices before the batch stops being overlaid.
+            file.invalidate_slices();
+            let mut b = file.buffers();
+            b.flushing.retain(|f| f.id != id);
+            if b.error.is_none() {
+                b.error = error;
+            }
+            drop(b);
+            let _ = tx.send(true);
+        });
+    }
+
+    /// Writes out everything buffered and waits until it is committed; reports the first
+    /// write error since the last report.
+    pub async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<(), Errno> {
+        self.start_flush(backend);
+        let last = self.buffers().flushing.last().map(|f| f.done.clone());
+        if let Some(mut done) = last {
+            let _ = done.wait_for(|d| *d).await;
+        }
+        match self.buffers().error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops buffered bytes at or past `size` (after a truncation).
+    pub fn truncate_buffers(&self, size: u64) {
+        self.buffers().dirty.truncate(size);
+    }
+
+    /// The not-yet-committed bytes in `offset..end`, oldest batch first, newest on top.
+    pub fn overlay(&self, offset: u64, end: u64) -> Extents {
+        let b = self.buffers();
+        let mut out = Extents::default();
+        for layer in b.flushing.iter().map(|f| f.data.as_ref()).chain([&b.dirty]) {
+            for (s, d) in layer.clip(offset, end).iter() {
+                out.write(s, d);
+            }
+        }
+        out
+    }
+
+    pub fn invalidate_slices(&self) {
+        *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = SliceCache::default();
+    }
+
+    /// The slices of chunks `first..=last`, from the cache while fresh.
+    pub async fn slice_map(
+        &self,
+        backend: &Backend,
+        first: u64,
+        last: u64,
+    ) -> Result<SliceMap, Errno> {
+        let missing: Vec<u64> = {
+            let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+            (first..=last)
+                .filter(|c| {
+                    cache
+                        .chunks
+                        .get(c)
+                        .is_none_or(|(t, _)| t.elapsed() > backend.slice_ttl)
+                })
+                .collect()
+        };
+        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+            let mut start = lo;
+            while start <= hi {
+                let end = hi.min(start + CHUNKS_PER_QUERY - 1);
+                let reply = backend
+                    .meta
+                    .query(FsQuery::Slices {
+                        ino: self.ino,
+                        first: start,
+                        last: end,
+                    })
+                    .await
+                    .map_err(|_| Errno::IO)??;
+                let FsReply::Slices {
+                    chunks, servers, ..
+                } = reply
+                else {
+                    return Err(Errno::IO);
+                };
+                let now = Instant::now();
+                let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+                for c in start..=end {
+                    cache.chunks.insert(c, (now, Vec::new()));
+                }
+                for (c, slices) in chunks {
+                    cache.chunks.insert(c, (now, slices));
+                }
+                cache.servers.extend(servers.into_iter().map(|s| (s.id, s)));
+                start = end + 1;
+            }
+        }
+        let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(SliceMap {
+            chunks: (first..=last)
+                .filter_map(|c| cache.chunks.get(&c).map(|(_, s)| (c, s.clone())))
+                .collect(),
+            servers: cache.servers.clone(),
+        })
+    }
+}

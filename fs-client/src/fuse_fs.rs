@@ -1,0 +1,749 @@
+//! The FUSE glue: each kernel request becomes a task on the async runtime, so a slow
+//! request never holds up the others; the task answers the kernel when done.
+
+use crate::client::Client;
+use fuser::consts::{
+    FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_DONT_MASK, FUSE_FLOCK_LOCKS, FUSE_MAX_PAGES,
+    FUSE_PARALLEL_DIROPS, FUSE_POSIX_ACL, FUSE_POSIX_LOCKS,
+};
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
+};
+use lattice_common::fs::{
+    Attr, Caller, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, TimeSet, Timestamp,
+    XattrMode,
+};
+use lattice_common::ids::InodeId;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::debug;
+
+/// Largest read or write request the kernel sends.
+pub const MAX_IO: u32 = 1 << 20;
+const BLOCK: u32 = 4096;
+const READDIR_BATCH: u32 = 512;
+
+pub struct LatticeFs {
+    client: Arc<Client>,
+    runtime: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+impl LatticeFs {
+    pub fn new(client: Arc<Client>, runtime: tokio::runtime::Handle) -> Self {
+        let ttl = client.tuning().attr_ttl;
+        LatticeFs {
+            client,
+            runtime,
+            ttl,
+        }
+    }
+
+    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(f);
+    }
+}
+
+fn ino(i: u64) -> InodeId {
+    InodeId(i)
+}
+
+fn caller(req: &Request<'_>) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::new(t.secs.unsigned_abs(), 0) + Duration::new(0, t.nanos)
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            Timestamp { secs, nanos }
+        }
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::File,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFSOCK => FileKind::Socket,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        _ => return None,
+    })
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: a.ino.0,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: MAX_IO,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(timestamp(t)),
+    }
+}
+
+/// The requested permission bits and the umask; the kernel leaves the umask to us because
+/// a directory's default ACL, when there is one, applies instead.
+fn perm_umask(mode: u32, umask: u32) -> (u16, u16) {
+    ((mode & 0o7777) as u16, (umask & 0o777) as u16)
+}
+
+fn lock_range(start: u64, end: u64, typ: i32, pid: u32) -> Result<LockRange, Errno> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return Err(Errno::INVAL),
+    };
+    Ok(LockRange {
+        kind,
+        start,
+        end,
+        pid,
+    })
+}
+
+impl Filesystem for LatticeFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let wanted = FUSE_ASYNC_READ
+            | FUSE_BIG_WRITES
+            | FUSE_DONT_MASK
+            | FUSE_PARALLEL_DIROPS
+            | FUSE_MAX_PAGES
+            | FUSE_POSIX_LOCKS
+            | FUSE_FLOCK_LOCKS
+            | FUSE_POSIX_ACL;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            debug!("kernel lacks FUSE capabilities {missing:#x}");
+            let _ = config.add_capabilities(wanted & !missing);
+        }
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let (c, ttl, name) = (self.client.clone(), self.ttl, name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.lookup(ino(parent), &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, i: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let (c, ttl) = (self.client.clone(), self.ttl);
+        self.spawn(async move {
+            match c.getattr(ino(i)).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(timestamp),
+        };
+        let (c, ttl) = (self.client.clone(), self.ttl);
+        self.spawn(async move {
+            match c.setattr(ino(i), set).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, i: u64, reply: ReplyData) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.readlink(ino(i)).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = kind_of_mode(mode) else {
+            return reply.error(libc::EINVAL);
+        };
+        let (c, ttl, name, who) = (
+            self.client.clone(),
+            self.ttl,
+            name.as_bytes().to_vec(),
+            caller(req),
+        );
+        self.spawn(async move {
+            match c
+                .mknod(ino(parent), &name, kind, perm_umask(mode, umask), rdev, who)
+                .await
+            {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (c, ttl, name, who) = (
+            self.client.clone(),
+            self.ttl,
+            name.as_bytes().to_vec(),
+            caller(req),
+        );
+        self.spawn(async move {
+            match c
+                .mkdir(ino(parent), &name, perm_umask(mode, umask), who)
+                .await
+            {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.unlink(ino(parent), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.rmdir(ino(parent), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let (c, ttl, who) = (self.client.clone(), self.ttl, caller(req));
+        let (name, target) = (
+            name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match c.symlink(ino(parent), &name, &target, who).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => RenameMode::Replace,
+            f if f == libc::RENAME_NOREPLACE => RenameMode::NoReplace,
+            f if f == libc::RENAME_EXCHANGE => RenameMode::Exchange,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (c, name, newname) = (
+            self.client.clone(),
+            name.as_bytes().to_vec(),
+            newname.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match c
+                .rename(ino(parent), &name, ino(newparent), &newname, mode)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (c, ttl, name) = (self.client.clone(), self.ttl, newname.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.link(ino(i), ino(newparent), &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, i: u64, _flags: i32, reply: ReplyOpen) {
+        reply.opened(self.client.open(ino(i)), 0);
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _i: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.read(fh, offset.max(0) as u64, size as u64).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _i: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let (c, data) = (self.client.clone(), data.to_vec());
+        self.spawn(async move {
+            match c.write(fh, offset.max(0) as u64, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _i: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.flush(fh, lock_owner).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _i: u64,
+        fh: u64,
+        _flags: i32,
+        flock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.release(fh, flock_owner).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _i: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.fsync(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            let dir = ino(i);
+            if offset < 1 && reply.add(i, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset < 2 {
+                let parent = c.lookup(dir, b"..").await.map_or(i, |a| a.ino.0);
+                if reply.add(parent, 2, FileType::Directory, "..") {
+                    return reply.ok();
+                }
+            }
+            let cookie = if offset <= 2 { 0 } else { offset as u64 };
+            match c.readdir(dir, cookie, READDIR_BATCH).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(
+                            e.ino.0,
+                            e.cookie as i64,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _i: u64, reply: ReplyStatfs) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.statfs().await {
+                Ok(s) => {
+                    let b = BLOCK as u64;
+                    let blocks = s.total_bytes / b;
+                    let free = s.free_bytes / b;
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        s.inodes + (1 << 32),
+                        1 << 32,
+                        BLOCK,
+                        255,
+                        BLOCK,
+                    )
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Either,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (c, name, value) = (
+            self.client.clone(),
+            name.as_bytes().to_vec(),
+            value.to_vec(),
+        );
+        self.spawn(async move {
+            match c.setxattr(ino(i), &name, &value, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.getxattr(ino(i), &name).await {
+                Ok(v) => sized(reply, size, &v),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, i: u64, size: u32, reply: ReplyXattr) {
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.listxattr(ino(i)).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    sized(reply, size, &buf)
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.removexattr(ino(i), &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (c, ttl, name, who) = (
+            self.client.clone(),
+            self.ttl,
+            name.as_bytes().to_vec(),
+            caller(req),
+        );
+        self.spawn(async move {
+            match c
+                .mknod(
+                    ino(parent),
+                    &name,
+                    FileKind::File,
+                    perm_umask(mode, umask),
+                    0,
+                    who,
+                )
+                .await
+            {
+                Ok(a) => {
+                    let fh = c.open(a.ino);
+                    reply.created(&ttl, &file_attr(&a), 0, fh, 0)
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let want = match lock_range(start, end, typ, pid) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e.0),
+        };
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.getlk(ino(i), lock_owner, want).await {
+                Ok(Some(l)) => {
+                    let typ = if l.kind == LockKind::Write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(l.start, l.end, typ, l.pid)
+                }
+                Ok(None) => reply.locked(0, 0, libc::F_UNLCK, 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn setlk(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = match lock_range(start, end, typ, pid) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e.0),
+        };
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.setlk(ino(i), lock_owner, lock, sleep).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(libc::EOPNOTSUPP);
+        }
+        let c = self.client.clone();
+        self.spawn(async move {
+            let end = (offset.max(0) as u64).saturating_add(length.max(0) as u64);
+            let grow = async {
+                let a = c.getattr(ino(i)).await?;
+                if end > a.size {
+                    c.setattr(
+                        ino(i),
+                        SetAttr {
+                            size: Some(end),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+                Ok::<(), Errno>(())
+            };
+            match grow.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+}
+
+/// Answers an xattr request: the size when asked for it, ERANGE when it does not fit.
+fn sized(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32)
+    } else if data.len() > size as usize {
+        reply.error(libc::ERANGE)
+    } else {
+        reply.data(data)
+    }
+}

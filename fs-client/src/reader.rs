@@ -1,0 +1,100 @@
+//! Reading a byte range of a file: the slice map says which slices show where; each slice's
+//! needed span is read (in parallel, reconstructing around lost or slow shards); holes read
+//! as zeros; bytes written here but not committed yet are laid on top.
+
+use crate::file_state::{Backend, FileState};
+use futures::future::join_all;
+use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
+use lattice_common::fs::Errno;
+use lattice_common::slice_io::ShardTarget;
+use lattice_common::wire::meta::ChunkserverState;
+use tracing::warn;
+
+/// One slice's part of a read: read `len` bytes from slice offset `from`, put them at
+/// `dest` in the output.
+struct Span<'a> {
+    slice: &'a SliceRef,
+    from: u64,
+    len: u64,
+    dest: u64,
+}
+
+/// Reads `offset..offset+len` of a file whose size is `size`.
+pub async fn read(
+    backend: &Backend,
+    file: &FileState,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<Vec<u8>, Errno> {
+    let end = (offset + len).min(size);
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    // Taken before the slice map: a batch committed meanwhile is then in one or the other.
+    let overlay = file.overlay(offset, end);
+    let (first, last) = (offset / CHUNK_SIZE, (end - 1) / CHUNK_SIZE);
+    let map = file.slice_map(backend, first, last).await?;
+    let mut spans: Vec<Span> = Vec::new();
+    for chunk in first..=last {
+        let Some(slices) = map.chunks.get(&chunk).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let base = chunk * CHUNK_SIZE;
+        let (a, b) = (offset.max(base) - base, end.min(base + CHUNK_SIZE) - base);
+        for seg in chunk_map::resolve(slices, a, b) {
+            if let Some((i, from)) = seg.source {
+                spans.push(Span {
+                    slice: &slices[i],
+                    from,
+                    len: seg.end - seg.start,
+                    dest: base + seg.start - offset,
+                });
+            }
+        }
+    }
+    let reads = spans.iter().map(|span| {
+        let targets: Vec<Option<ShardTarget>> = span
+            .slice
+            .placement
+            .iter()
+            .map(|p| {
+                let s = map.servers.get(p.as_ref()?)?;
+                (s.state != ChunkserverState::Down).then_some(ShardTarget {
+                    server: s.id,
+                    addr: s.addr,
+                })
+            })
+            .collect();
+        async move {
+            backend
+                .io
+                .read(
+                    span.slice.slice,
+                    span.slice.layout,
+                    &targets,
+                    span.from,
+                    span.len,
+                )
+                .await
+        }
+    });
+    let mut out = vec![0u8; (end - offset) as usize];
+    for (span, result) in spans.iter().zip(join_all(reads).await) {
+        match result {
+            Ok(read) => {
+                if !read.problems.is_empty() {
+                    tracing::debug!(ino = %file.ino, slice = %span.slice.slice, "read around: {:?}", read.problems);
+                }
+                let at = span.dest as usize;
+                out[at..at + read.data.len()].copy_from_slice(&read.data);
+            }
+            Err(e) => {
+                warn!(ino = %file.ino, slice = %span.slice.slice, "read failed, returning EIO: {e}");
+                return Err(Errno::IO);
+            }
+        }
+    }
+    overlay.overlay(offset, &mut out);
+    Ok(out)
+}

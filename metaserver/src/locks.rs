@@ -1,0 +1,233 @@
+//! Cluster-wide file locks, held in the replicated state: byte ranges per (client session,
+//! lock owner), shared or exclusive, split and merged like POSIX record locks. A client
+//! that goes silent loses all its locks.
+
+use lattice_common::fs::{Errno, LockKind, LockRange};
+use lattice_common::ids::{ClientId, InodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub client: ClientId,
+    pub owner: u64,
+    pub range: LockRange,
+}
+
+impl Held {
+    fn mine(&self, client: ClientId, owner: u64) -> bool {
+        self.client == client && self.owner == owner
+    }
+
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.range.start <= end && start <= self.range.end
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockTable {
+    by_inode: BTreeMap<InodeId, Vec<Held>>,
+}
+
+impl LockTable {
+    /// The first lock of another owner that `want` would conflict with.
+    pub fn conflict(
+        &self,
+        ino: InodeId,
+        client: ClientId,
+        owner: u64,
+        want: &LockRange,
+    ) -> Option<LockRange> {
+        if want.kind == LockKind::Unlock {
+            return None;
+        }
+        self.by_inode.get(&ino)?.iter().find_map(|h| {
+            let clash = !h.mine(client, owner)
+                && h.overlaps(want.start, want.end)
+                && (h.range.kind == LockKind::Write || want.kind == LockKind::Write);
+            clash.then_some(h.range)
+        })
+    }
+
+    /// Takes, converts or drops `lock` for an owner; EAGAIN if another owner is in the way.
+    pub fn set(
+        &mut self,
+        ino: InodeId,
+        client: ClientId,
+        owner: u64,
+        lock: LockRange,
+    ) -> Result<(), Errno> {
+        if lock.start > lock.end {
+            return Err(Errno::INVAL);
+        }
+        if self.conflict(ino, client, owner, &lock).is_some() {
+            return Err(Errno::AGAIN);
+        }
+        let held = self.by_inode.entry(ino).or_default();
+        // Cut the range out of the owner's own locks, keeping what lies either side.
+        let mut kept = Vec::with_capacity(held.len() + 2);
+        for h in held.drain(..) {
+            if !h.mine(client, owner) || !h.overlaps(lock.start, lock.end) {
+                kept.push(h);
+                continue;
+            }
+            if h.range.start < lock.start {
+                kept.push(Held {
+                    range: LockRange {
+                        end: lock.start - 1,
+                        ..h.range
+                    },
+                    ..h
+                });
+            }
+            if h.range.end > lock.end {
+                kept.push(Held {
+                    range: LockRange {
+                        start: lock.end + 1,
+                        ..h.range
+                    },
+                    ..h
+                });
+            }
+        }
+        if lock.kind != LockKind::Unlock {
+            kept.push(Held {
+                client,
+                owner,
+                range: lock,
+            });
+        }
+        *held = merge(kept, client, owner);
+        if held.is_empty() {
+            self.by_inode.remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// Drops every lock an owner holds on a file.
+    pub fn release_owner(&mut self, ino: InodeId, client: ClientId, owner: u64) {
+        if let Some(held) = self.by_inode.get_mut(&ino) {
+            held.retain(|h| !h.mine(client, owner));
+            if held.is_empty() {
+                self.by_inode.remove(&ino);
+            }
+        }
+    }
+
+    /// Drops every lock of a client (it unmounted, or went silent).
+    pub fn release_client(&mut self, client: ClientId) {
+        self.by_inode.retain(|_, held| {
+            held.retain(|h| h.client != client);
+            !held.is_empty()
+        });
+    }
+
+    pub fn remove_inode(&mut self, ino: InodeId) {
+        self.by_inode.remove(&ino);
+    }
+
+    /// Clients holding any lock.
+    pub fn clients(&self) -> BTreeSet<ClientId> {
+        self.by_inode.values().flatten().map(|h| h.client).collect()
+    }
+}
+
+/// Joins an owner's adjacent or overlapping locks of the same kind.
+fn merge(mut held: Vec<Held>, client: ClientId, owner: u64) -> Vec<Held> {
+    held.sort_by_key(|h| (h.client, h.owner, h.range.start));
+    let mut out: Vec<Held> = Vec::with_capacity(held.len());
+    for h in held {
+        if let Some(last) = out.last_mut() {
+            let joins = last.mine(client, owner)
+                && h.mine(client, owner)
+                && last.range.kind == h.range.kind
+                && last.range.end.saturating_add(1) >= h.range.start;
+            if joins {
+                last.range.end = last.range.end.max(h.range.end);
+                last.range.pid = h.range.pid;
+                continue;
+            }
+        }
+        out.push(h);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const F: InodeId = InodeId(7);
+
+    fn range(kind: LockKind, start: u64, end: u64) -> LockRange {
+        LockRange {
+            kind,
+            start,
+            end,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn shared_locks_share_and_exclusive_ones_do_not() {
+        let mut t = LockTable::default();
+        let (a, b) = (ClientId(1), ClientId(2));
+        t.set(F, a, 1, range(LockKind::Read, 0, 99)).unwrap();
+        t.set(F, b, 1, range(LockKind::Read, 50, 150)).unwrap();
+        assert_eq!(
+            t.set(F, b, 1, range(LockKind::Write, 0, 10)),
+            Err(Errno::AGAIN)
+        );
+        assert_eq!(
+            t.conflict(F, b, 1, &range(LockKind::Write, 0, 10)),
+            Some(range(LockKind::Read, 0, 99))
+        );
+        // Same client, other owner: still a conflict (two processes on one mount).
+        assert_eq!(
+            t.set(F, a, 2, range(LockKind::Write, 120, 130)),
+            Err(Errno::AGAIN)
+        );
+        t.set(F, a, 1, range(LockKind::Unlock, 0, u64::MAX))
+            .unwrap();
+        t.release_client(b);
+        t.set(F, a, 2, range(LockKind::Write, 0, u64::MAX)).unwrap();
+        assert_eq!(t.clients(), BTreeSet::from([a]));
+    }
+
+    proptest! {
+        /// Any sequence of lock changes by two owners matches a per-byte model, and a
+        /// refused change changes nothing.
+        #[test]
+        fn matches_a_byte_model(ops in proptest::collection::vec((0u64..2, 0u8..3, 0u64..40, 0u64..40), 1..60)) {
+            let mut t = LockTable::default();
+            let mut model: Vec<Vec<Option<LockKind>>> = vec![vec![None; 40]; 2];
+            for (owner, kind, a, b) in ops {
+                let kind = [LockKind::Read, LockKind::Write, LockKind::Unlock][kind as usize];
+                let (start, end) = (a.min(b), a.max(b));
+                let other = 1 - owner as usize;
+                let clash = kind != LockKind::Unlock && (start..=end).any(|x| match model[other][x as usize] {
+                    Some(LockKind::Write) => true,
+                    Some(_) => kind == LockKind::Write,
+                    None => false,
+                });
+                let before = t.clone();
+                let r = t.set(F, ClientId(owner), 0, range(kind, start, end));
+                prop_assert_eq!(r.is_err(), clash);
+                if clash {
+                    prop_assert_eq!(&t, &before);
+                    continue;
+                }
+                for x in start..=end {
+                    model[owner as usize][x as usize] = (kind != LockKind::Unlock).then_some(kind);
+                }
+                for (o, row) in model.iter().enumerate() {
+                    for (x, want) in row.iter().enumerate() {
+                        let held = t.by_inode.get(&F).and_then(|v| v.iter().find(|h| h.client == ClientId(o as u64) && h.overlaps(x as u64, x as u64)).map(|h| h.range.kind));
+                        prop_assert_eq!(held, *want, "owner {} byte {}", o, x);
+                    }
+                }
+            }
+        }
+    }
+}
