@@ -25,6 +25,7 @@ lattice_need_rust() {
 }
 
 lattice_deps() {
-  lattice_need_pkgs build-essential fuse3 util-linux procps
+  # fuse3 for mounting; the rest are tools the tests use on a mount (and pjdfstest's build).
+  lattice_need_pkgs build-essential pkg-config fuse3 util-linux procps rsync git tar acl python3 libacl1-dev bc
   lattice_need_rust
 }

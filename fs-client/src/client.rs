@@ -4,13 +4,14 @@
 use crate::file_state::{Backend, FileState};
 use crate::reader;
 use lattice_common::fs::{
-    Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
+    Attr, Caller, DirEntry, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, StatFs,
+    XattrMode,
 };
 use lattice_common::ids::InodeId;
 use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tracing::warn;
 
@@ -32,6 +33,8 @@ struct Handle {
 pub struct Client {
     pub backend: Arc<Backend>,
     tuning: Tuning,
+    /// Tells the kernel to drop cached pages of a file (set once mounted).
+    kernel: OnceLock<fuser::Notifier>,
     attrs: Mutex<HashMap<InodeId, (Attr, Instant)>>,
     files: Mutex<HashMap<InodeId, Arc<FileState>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -48,6 +51,7 @@ impl Client {
         Arc::new(Client {
             backend: Arc::new(backend),
             tuning,
+            kernel: OnceLock::new(),
             attrs: Mutex::default(),
             files: Mutex::default(),
             handles: Mutex::default(),
@@ -57,6 +61,27 @@ impl Client {
 
     pub fn tuning(&self) -> Tuning {
         self.tuning
+    }
+
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.kernel.set(notifier);
+    }
+
+    /// Forgets everything cached about a file's contents, here and in the kernel: another
+    /// mount may have changed it (called when a lock is taken).
+    fn revalidate(&self, ino: InodeId) {
+        if let Some(f) = self.file(ino) {
+            f.invalidate_slices();
+        }
+        self.attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
+        if let Some(k) = self.kernel.get() {
+            if let Err(e) = k.inval_inode(ino.0, 0, -1) {
+                tracing::debug!(%ino, "dropping kernel caches: {e}");
+            }
+        }
     }
 
     async fn mutate(&self, op: FsOp) -> Result<FsReply, Errno> {
@@ -323,8 +348,20 @@ impl Client {
         .await
     }
 
-    /// Opens a file; returns the handle.
-    pub fn open(&self, ino: InodeId) -> u64 {
+    /// Opens an existing file by its inode (close-to-open: attributes are fetched fresh and
+    /// cached contents dropped). An inode whose last name is gone is `ESTALE`: the kernel
+    /// reached it through a name cached from before another mount removed or replaced it,
+    /// and on ESTALE it looks the path up again.
+    pub async fn open(&self, ino: InodeId) -> Result<u64, Errno> {
+        let attr = self.getattr(ino).await?;
+        if attr.nlink == 0 && self.file(ino).is_none_or(|f| !f.is_open()) {
+            return Err(Errno::STALE);
+        }
+        Ok(self.open_handle(ino))
+    }
+
+    /// A handle on a file this client just created or found current.
+    pub fn open_handle(&self, ino: InodeId) -> u64 {
         let file = self
             .files
             .lock()
@@ -333,6 +370,7 @@ impl Client {
             .or_insert_with(|| Arc::new(FileState::new(ino)))
             .clone();
         file.opened();
+        file.invalidate_slices();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -495,6 +533,8 @@ impl Client {
     }
 
     /// Takes, changes or drops a lock; with `wait`, keeps trying while someone else holds it.
+    /// Locks order access across mounts, so buffered writes go out before a lock is dropped
+    /// and caches are dropped once one is taken.
     pub async fn setlk(
         &self,
         ino: InodeId,
@@ -502,8 +542,12 @@ impl Client {
         lock: LockRange,
         wait: bool,
     ) -> Result<(), Errno> {
-        if let Some(file) = self.file(ino) {
+        let file = self.file(ino);
+        if let Some(file) = &file {
             file.note_locker(owner);
+            if lock.kind == LockKind::Unlock {
+                file.flush(&self.backend).await?;
+            }
         }
         let mut pause = Duration::from_millis(10);
         loop {
@@ -511,6 +555,10 @@ impl Client {
                 Err(Errno::AGAIN) if wait => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(LOCK_POLL_MAX);
+                }
+                Ok(()) if lock.kind != LockKind::Unlock => {
+                    self.revalidate(ino);
+                    return Ok(());
                 }
                 other => return other,
             }

@@ -3,8 +3,8 @@
 
 use crate::client::Client;
 use fuser::consts::{
-    FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_DONT_MASK, FUSE_FLOCK_LOCKS, FUSE_MAX_PAGES,
-    FUSE_PARALLEL_DIROPS, FUSE_POSIX_ACL, FUSE_POSIX_LOCKS,
+    FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_DONT_MASK, FUSE_FLOCK_LOCKS,
+    FUSE_MAX_PAGES, FUSE_PARALLEL_DIROPS, FUSE_POSIX_ACL, FUSE_POSIX_LOCKS,
 };
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
@@ -166,7 +166,8 @@ impl Filesystem for LatticeFs {
             | FUSE_MAX_PAGES
             | FUSE_POSIX_LOCKS
             | FUSE_FLOCK_LOCKS
-            | FUSE_POSIX_ACL;
+            | FUSE_POSIX_ACL
+            | FUSE_AUTO_INVAL_DATA;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks FUSE capabilities {missing:#x}");
             let _ = config.add_capabilities(wanted & !missing);
@@ -390,7 +391,25 @@ impl Filesystem for LatticeFs {
     }
 
     fn open(&mut self, _req: &Request<'_>, i: u64, _flags: i32, reply: ReplyOpen) {
-        reply.opened(self.client.open(ino(i)), 0);
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.open(ino(i)).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _i: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every directory change is durable (committed by a quorum) before it is answered.
+        reply.ok();
     }
 
     fn read(
@@ -632,7 +651,7 @@ impl Filesystem for LatticeFs {
                 .await
             {
                 Ok(a) => {
-                    let fh = c.open(a.ino);
+                    let fh = c.open_handle(a.ino);
                     reply.created(&ttl, &file_attr(&a), 0, fh, 0)
                 }
                 Err(e) => reply.error(e.0),

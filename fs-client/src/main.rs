@@ -267,6 +267,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
         detach_stdio(None)?;
     }
 
+    client.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     let flusher = client.clone();
     runtime.spawn(async move {

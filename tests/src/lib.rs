@@ -46,6 +46,19 @@ impl TestCluster {
         Ok(admin)
     }
 
+    /// Starts 3 metaservers and `chunkservers` chunkservers, waits until all are up, and
+    /// mounts the cluster at `<state>/mnt`. Returns the admin client and the mount point.
+    pub async fn start_with_mount(&self, chunkservers: u32) -> Result<(Admin, std::path::PathBuf)> {
+        let admin = self.start_metaservers(3).await?;
+        for n in 1..=chunkservers {
+            self.cluster.start_chunkserver(n).await?;
+        }
+        admin.wait_chunkservers_up(chunkservers as usize).await?;
+        let mnt = self.state().join("mnt");
+        self.cluster.start_mount(1, &mnt, "").await?;
+        Ok((admin, mnt))
+    }
+
     /// A QUIC client node holding a certificate of `role` from this cluster's CA.
     pub fn node(&self, role: Role, name: &str) -> Result<Arc<Node>> {
         let dir = self.cluster.certs(role, name)?;
@@ -117,4 +130,101 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut out);
     out
+}
+
+/// Runs a command line through `sh -c` and fails with its output if it fails.
+pub fn sh(cmd: &str) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Compares two trees: the same names, kinds, sizes, modes and bytes; symlinks by target.
+pub fn same_tree(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (ma, mb) = (std::fs::symlink_metadata(a)?, std::fs::symlink_metadata(b)?);
+    let what = |m: &std::fs::Metadata| {
+        (
+            m.file_type().is_dir(),
+            m.file_type().is_symlink(),
+            m.permissions().mode() & 0o7777,
+        )
+    };
+    if what(&ma) != what(&mb) {
+        bail!("{} and {} differ in kind or mode", a.display(), b.display());
+    }
+    if ma.file_type().is_symlink() {
+        if std::fs::read_link(a)? != std::fs::read_link(b)? {
+            bail!(
+                "symlinks {} and {} point elsewhere",
+                a.display(),
+                b.display()
+            );
+        }
+    } else if ma.is_dir() {
+        let names = |d: &Path| -> Result<Vec<std::ffi::OsString>> {
+            let mut n: Vec<_> = std::fs::read_dir(d)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<_>>()?;
+            n.sort();
+            Ok(n)
+        };
+        let (na, nb) = (names(a)?, names(b)?);
+        if na != nb {
+            bail!(
+                "{} and {} list different entries: {na:?} vs {nb:?}",
+                a.display(),
+                b.display()
+            );
+        }
+        for n in na {
+            same_tree(&a.join(&n), &b.join(&n))?;
+        }
+    } else {
+        same_file(a, b)?;
+    }
+    Ok(())
+}
+
+/// Byte-for-byte comparison of two files.
+pub fn same_file(a: &Path, b: &Path) -> Result<()> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (la, lb) = (fa.metadata()?.len(), fb.metadata()?.len());
+    if la != lb {
+        bail!("{} is {la} bytes, {} is {lb}", a.display(), b.display());
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(());
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            bail!(
+                "{} and {} differ at byte {}",
+                a.display(),
+                b.display(),
+                at + i as u64
+            );
+        }
+        at += n as u64;
+    }
 }

@@ -1,0 +1,287 @@
+//! A real mount of a real local cluster, used with ordinary tools.
+
+use anyhow::{ensure, Result};
+use lattice_tests::{random_bytes, same_file, same_tree, sh, TestCluster};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CHUNK: usize = 64 << 20;
+
+/// A tree of mixed files: empty, tiny, around block and chunk boundaries, large, a
+/// symlink, a nested directory, several modes.
+fn mixed_tree(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root.join("nested/deeper"))?;
+    let sizes = [
+        0usize,
+        1,
+        100,
+        4095,
+        4096,
+        4097,
+        (1 << 20) + 1,
+        CHUNK - 1,
+        CHUNK + 1,
+        200 << 20,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(
+            root.join(format!("f{i}-{size}")),
+            random_bytes(*size, i as u64),
+        )?;
+    }
+    std::fs::write(root.join("nested/deeper/leaf"), b"leaf\n")?;
+    std::fs::set_permissions(
+        root.join("nested/deeper/leaf"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    std::fs::write(root.join("nested/tool.sh"), b"#!/bin/sh\necho hi\n")?;
+    std::fs::set_permissions(
+        root.join("nested/tool.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    std::os::unix::fs::symlink("nested/deeper/leaf", root.join("link"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordinary_tools_work_on_a_mount() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let local = tempfile::tempdir()?;
+    let src = local.path().join("src");
+    mixed_tree(&src)?;
+    let m = mnt.display();
+
+    // cp -a of mixed files, including sizes on both sides of a chunk boundary.
+    sh(&format!("cp -a {} {m}/cp", src.display()))?;
+    same_tree(&src, &mnt.join("cp"))?;
+    // Read back through a cold cache too: a fresh mount of the same cluster.
+    let cold = tc.state().join("cold");
+    tc.cluster.start_mount(2, &cold, "").await?;
+    same_tree(&src, &cold.join("cp"))?;
+
+    // rsync -a and tar c | tar x of a source tree.
+    let code = Path::new(env!("CARGO_MANIFEST_DIR")).join("../common");
+    sh(&format!("rsync -a {}/ {m}/rsync/", code.display()))?;
+    same_tree(&code, &mnt.join("rsync"))?;
+    sh(&format!(
+        "mkdir {m}/tar && tar -C {} -cf - . | tar -C {m}/tar -xf -",
+        code.display()
+    ))?;
+    same_tree(&code, &mnt.join("tar"))?;
+
+    // git init/add/commit/log.
+    let log = sh(&format!(
+        "cd {m} && mkdir repo && cd repo && git init -q && cp -a {}/src . && git add . && \
+         git -c user.name=t -c user.email=t@t commit -qm 'first commit' && \
+         echo change >> src/lib.rs && git -c user.name=t -c user.email=t@t commit -qam second && \
+         git log --oneline && git fsck --strict",
+        code.display()
+    ))?;
+    ensure!(
+        log.contains("first commit") && log.contains("second"),
+        "git log: {log}"
+    );
+
+    // Hard links, symlinks, rename over an existing file.
+    sh(&format!(
+        "cd {m} && echo one > a && ln a b && ln -s a c && echo two > d && mv d a"
+    ))?;
+    ensure!(sh(&format!("cat {m}/a {m}/b {m}/c"))? == "two\none\ntwo\n");
+    ensure!(sh(&format!("stat -c %h {m}/b"))?.trim() == "1");
+
+    // Truncate down and up: the cut bytes come back as zeros.
+    let big = mnt.join("cp").join(format!("f9-{}", 200 << 20));
+    sh(&format!(
+        "truncate -s 1000 {0} && truncate -s 5000 {0}",
+        big.display()
+    ))?;
+    let bytes = std::fs::read(&big)?;
+    ensure!(
+        bytes.len() == 5000
+            && bytes[..1000] == random_bytes(200 << 20, 9)[..1000]
+            && bytes[1000..].iter().all(|&b| b == 0)
+    );
+
+    // Sparse writes with dd seek=: the hole reads as zeros.
+    sh(&format!(
+        "dd if=/dev/urandom of={m}/sparse bs=4096 count=2 seek=70000 2>/dev/null"
+    ))?;
+    let sparse = std::fs::read(mnt.join("sparse"))?;
+    ensure!(sparse.len() == 70002 * 4096 && sparse[..70000 * 4096].iter().all(|&b| b == 0));
+    ensure!(sparse[70000 * 4096..].iter().any(|&b| b != 0));
+
+    // Concurrent writers to distinct files.
+    let writers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let path = mnt.join(format!("w{i}"));
+            std::thread::spawn(move || {
+                std::fs::write(path, random_bytes((3 << 20) + i as usize, 100 + i))
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread")?;
+    }
+    for i in 0..8u64 {
+        let local_copy = local.path().join(format!("w{i}"));
+        std::fs::write(&local_copy, random_bytes((3 << 20) + i as usize, 100 + i))?;
+        same_file(&local_copy, &mnt.join(format!("w{i}")))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_are_cluster_wide_and_die_with_their_client() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(&["--session-timeout", "3"])?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    let mnt2 = tc.state().join("mnt2");
+    tc.cluster.start_mount(2, &mnt2, "").await?;
+    let (a, b) = (mnt.display(), mnt2.display());
+    std::fs::write(mnt.join("lockfile"), b"x")?;
+
+    // flock through mount 1 blocks the same lock through mount 2 until released.
+    let holder = std::process::Command::new("flock")
+        .args([
+            "-x",
+            &format!("{a}/lockfile"),
+            "-c",
+            &format!("touch {a}/held; sleep 2"),
+        ])
+        .spawn()?;
+    lattice_harness::process::wait_until(Duration::from_secs(10), "the first lock", || {
+        Ok(mnt.join("held").exists())
+    })?;
+    ensure!(
+        sh(&format!("flock -n -x {b}/lockfile true")).is_err(),
+        "mount 2 took a lock mount 1 holds"
+    );
+    let start = Instant::now();
+    sh(&format!("flock -x -w 20 {b}/lockfile true"))?;
+    ensure!(
+        start.elapsed() > Duration::from_millis(500),
+        "mount 2 did not wait for the lock"
+    );
+    let mut holder = holder;
+    holder.wait()?;
+
+    // fcntl byte-range locks, and SQLite from both mounts at once.
+    sh(&format!(
+        "python3 -c 'import fcntl,os,subprocess,sys
+fd=os.open(\"{a}/lockfile\",os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX,10,0)
+other=\"import fcntl,os\\nfd=os.open(\\\"{b}/lockfile\\\",os.O_RDWR)\\ntry:\\n fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB,10,0); print(\\\"taken\\\")\\nexcept OSError: print(\\\"refused\\\")\\nfcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB,10,20)\"
+out=subprocess.run([sys.executable,\"-c\",other],capture_output=True,text=True,check=True).stdout
+assert out.strip()==\"refused\", out'"
+    ))?;
+    sh(&format!("python3 -c 'import sqlite3; c=sqlite3.connect(\"{a}/db\"); c.execute(\"create table t(x)\"); c.commit()'"))?;
+    let insert = |dir: String, tag: u32| {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import sqlite3\nc=sqlite3.connect('{dir}/db', timeout=60)\nfor i in range(150):\n  c.execute('insert into t values (?)', ({tag},))\n  c.commit()\n"
+            ))
+            .spawn()
+    };
+    let (mut p1, mut p2) = (insert(a.to_string(), 1)?, insert(b.to_string(), 2)?);
+    ensure!(
+        p1.wait()?.success() && p2.wait()?.success(),
+        "a SQLite writer failed"
+    );
+    let check = sh(&format!(
+        "python3 -c 'import sqlite3; c=sqlite3.connect(\"{b}/db\"); print(c.execute(\"pragma integrity_check\").fetchone()[0], c.execute(\"select count(*) from t\").fetchone()[0])'"
+    ))?;
+    ensure!(check.trim() == "ok 300", "after two writers: {check}");
+
+    // A client that dies holding a lock loses it once its session times out.
+    let mut stuck = std::process::Command::new("flock")
+        .args([
+            "-x",
+            &format!("{b}/lockfile"),
+            "-c",
+            &format!("touch {b}/held2; exec sleep 600"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    lattice_harness::process::wait_until(Duration::from_secs(10), "the lock in mount 2", || {
+        Ok(mnt.join("held2").exists())
+    })?;
+    ensure!(sh(&format!("flock -n -x {a}/lockfile true")).is_err());
+    assert!(tc.cluster.mount_proc(2).kill9());
+    let acquired = sh(&format!("flock -x -w 30 {a}/lockfile true"));
+    stuck.kill()?;
+    stuck.wait()?;
+    acquired?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_keeps_reading_while_two_chunkservers_die() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let data = random_bytes(96 << 20, 77);
+    std::fs::write(mnt.join("data"), &data)?;
+    let path = mnt.join("data");
+    let reader = std::thread::spawn(move || -> Result<u32> {
+        use std::io::{Read, Seek};
+        let mut passes = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline || passes < 3 {
+            let mut f = std::fs::File::open(&path)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0usize;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                ensure!(
+                    buf[..n] == data[at..at + n],
+                    "pass {passes}: bytes differ at {at}"
+                );
+                at += n;
+            }
+            ensure!(at == data.len(), "pass {passes}: read {at} bytes");
+            f.seek(std::io::SeekFrom::Start(0))?;
+            passes += 1;
+        }
+        Ok(passes)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for n in [2, 5] {
+        assert!(
+            tc.cluster.chunkserver(n).kill9(),
+            "chunkserver {n} was not running"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let passes = reader.join().expect("reader thread")?;
+    ensure!(passes >= 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounting_an_unreachable_cluster_fails_clearly() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let certs = tc
+        .cluster
+        .certs(lattice_common::pki::Role::Client, "lonely")?;
+    let mnt = tc.state().join("nowhere");
+    std::fs::create_dir_all(&mnt)?;
+    let out = std::process::Command::new(tc.cluster.binary("fs-client")?)
+        .arg("127.0.0.1:9")
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("certs={}", certs.display()))
+        .output()?;
+    ensure!(!out.status.success(), "mounted an unreachable cluster");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("cannot reach any metaserver at 127.0.0.1:9"),
+        "unclear error: {err}"
+    );
+    ensure!(!lattice_harness::is_mounted(&mnt));
+    Ok(())
+}
