@@ -219,7 +219,12 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
     if background && plan.opts.log.is_some() {
         detach_stdio(plan.opts.log.as_ref())?;
     }
-    lattice_common::logging::init();
+    // A background mount without a log only has the terminal until it detaches: warnings only.
+    lattice_common::logging::init_with(if background && plan.opts.log.is_none() {
+        "warn"
+    } else {
+        "info"
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     let identity = Identity::load(&plan.certs)?;
     let client = runtime.block_on(async {
