@@ -185,7 +185,12 @@ impl Core {
                 self.replica.tick();
                 next_tick = (next_tick + TICK).max(now);
             }
-            let out = self.replica.advance()?;
+            let members = self.replica.sm.members.clone();
+            let peers = &mut self.peers;
+            let out = self.replica.advance(&mut |msgs| {
+                peers.update(&members);
+                peers.send(msgs)
+            })?;
             self.dispatch(out);
             if now >= next_duty {
                 self.leader_duties();

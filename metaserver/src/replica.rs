@@ -107,6 +107,9 @@ fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
         max_inflight_msgs: 256,
         check_quorum: true,
         pre_vote: true,
+        // Reads are served by a leader that holds the lease check_quorum maintains (no other
+        // member can have been elected meanwhile), without a round trip per read.
+        read_only_option: raft::ReadOnlyOption::LeaseBased,
         max_election_tick: t.max_election_tick,
         ..Default::default()
     }
@@ -322,19 +325,28 @@ impl Replica {
 
     /// Persists, applies and collects whatever Raft has ready. An error means the log could
     /// not be written: the member must stop.
-    pub fn advance(&mut self) -> Result<Output, String> {
+    /// `send_early` gets the messages that may leave before this member's own log write
+    /// (a leader's appends: followers then persist while the leader does).
+    pub fn advance(&mut self, send_early: &mut dyn FnMut(Vec<Message>)) -> Result<Output, String> {
         let mut out = Output::default();
         self.issue_reads();
         if self.node.has_ready() {
-            self.handle_ready(&mut out)?;
+            self.handle_ready(&mut out, send_early)?;
         }
         self.after(&mut out)?;
         Ok(out)
     }
 
-    fn handle_ready(&mut self, out: &mut Output) -> Result<(), String> {
+    fn handle_ready(
+        &mut self,
+        out: &mut Output,
+        send_early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), String> {
         let mut ready = self.node.ready();
-        out.messages.extend(ready.take_messages());
+        let early = ready.take_messages();
+        if !early.is_empty() {
+            send_early(early);
+        }
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone())?;
         }

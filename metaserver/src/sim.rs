@@ -123,7 +123,12 @@ impl Sim {
     }
 
     fn advance(&mut self, id: u64) {
-        let out = self.replica(id).advance().unwrap();
+        let mut early = Vec::new();
+        let out = self
+            .replica(id)
+            .advance(&mut |msgs| early.extend(msgs))
+            .unwrap();
+        self.net.extend(early);
         self.net.extend(out.messages);
         for event in out.events {
             match event {
