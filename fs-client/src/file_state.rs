@@ -3,6 +3,7 @@
 //! cache of the file's slice map.
 
 use crate::extents::Extents;
+use crate::readahead::{Fetch, ReadAhead};
 use crate::writer;
 use futures::future::join_all;
 use lattice_common::chunk_map::SliceRef;
@@ -60,6 +61,7 @@ pub struct FileState {
     lockers: Mutex<HashSet<u64>>,
     buffers: Mutex<Buffers>,
     slices: Mutex<SliceCache>,
+    readahead: Mutex<ReadAhead>,
 }
 
 /// A file's slices for a range of chunks, with the servers they name.
@@ -76,6 +78,7 @@ impl FileState {
             lockers: Mutex::default(),
             buffers: Mutex::default(),
             slices: Mutex::default(),
+            readahead: Mutex::default(),
         }
     }
 
@@ -239,8 +242,28 @@ impl FileState {
         out
     }
 
+    /// Drops the cached slice map and read-ahead blocks (the committed contents changed, or
+    /// may have).
     pub fn invalidate_slices(&self) {
         *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = SliceCache::default();
+        self.readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .invalidate();
+    }
+
+    /// For a sequential reader, the read-ahead blocks covering `offset..end` (starting more
+    /// with `start`); `None` for a random read.
+    pub fn read_ahead(
+        &self,
+        offset: u64,
+        end: u64,
+        size: u64,
+        start: impl FnMut(u64, u64) -> futures::future::BoxFuture<'static, Result<Arc<Vec<u8>>, Errno>>,
+    ) -> Option<Vec<(u64, Fetch)>> {
+        let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+        let window = ra.observe(offset, end)?;
+        Some(ra.blocks(offset, end, window, size, start))
     }
 
     /// The slices of chunks `first..=last`, from the cache while fresh.

@@ -10,6 +10,7 @@ mod extents;
 mod file_state;
 mod fuse_fs;
 mod options;
+mod readahead;
 mod reader;
 mod writer;
 

@@ -3,11 +3,13 @@
 //! as zeros; bytes written here but not committed yet are laid on top.
 
 use crate::file_state::{Backend, FileState};
-use futures::future::join_all;
+use crate::readahead::{Fetch, BLOCK};
+use futures::future::{join_all, FutureExt};
 use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
 use lattice_common::slice_io::ShardTarget;
 use lattice_common::wire::meta::ChunkserverState;
+use std::sync::Arc;
 use tracing::warn;
 
 /// One slice's part of a read: read `len` bytes from slice offset `from`, put them at
@@ -19,10 +21,11 @@ struct Span<'a> {
     dest: u64,
 }
 
-/// Reads `offset..offset+len` of a file whose size is `size`.
+/// Reads `offset..offset+len` of a file whose size is `size`: committed bytes (through
+/// the read-ahead for a sequential reader), with bytes not yet committed laid on top.
 pub async fn read(
-    backend: &Backend,
-    file: &FileState,
+    backend: &Arc<Backend>,
+    file: &Arc<FileState>,
     offset: u64,
     len: u64,
     size: u64,
@@ -31,8 +34,56 @@ pub async fn read(
     if offset >= end {
         return Ok(Vec::new());
     }
-    // Taken before the slice map: a batch committed meanwhile is then in one or the other.
+    // Taken before any slice map: a batch committed meanwhile is then in one or the other.
     let overlay = file.overlay(offset, end);
+    let ahead = {
+        let (b, f) = (backend.clone(), file.clone());
+        file.read_ahead(offset, end, size, move |at, n| {
+            let (b, f) = (b.clone(), f.clone());
+            // Spawned: read-ahead runs on while the reader is elsewhere.
+            let task =
+                tokio::spawn(async move { committed(&b, &f, at, at + n).await.map(Arc::new) });
+            async move { task.await.unwrap_or(Err(Errno::IO)) }.boxed()
+        })
+    };
+    let mut out = match ahead {
+        Some(blocks) => match from_blocks(blocks, offset, end).await? {
+            Some(bytes) => bytes,
+            None => committed(backend, file, offset, end).await?,
+        },
+        None => committed(backend, file, offset, end).await?,
+    };
+    overlay.overlay(offset, &mut out);
+    Ok(out)
+}
+
+/// Copies `offset..end` out of read-ahead blocks; `None` if a block ended early (the file
+/// grew since it was fetched).
+async fn from_blocks(
+    blocks: Vec<(u64, Fetch)>,
+    offset: u64,
+    end: u64,
+) -> Result<Option<Vec<u8>>, Errno> {
+    let mut out = vec![0u8; (end - offset) as usize];
+    for (start, fetch) in blocks {
+        let block = fetch.await?;
+        let (lo, hi) = (start.max(offset), (start + BLOCK).min(end));
+        if start + (block.len() as u64) < hi {
+            return Ok(None);
+        }
+        out[(lo - offset) as usize..(hi - offset) as usize]
+            .copy_from_slice(&block[(lo - start) as usize..(hi - start) as usize]);
+    }
+    Ok(Some(out))
+}
+
+/// The committed bytes `offset..end` (holes as zeros).
+async fn committed(
+    backend: &Backend,
+    file: &FileState,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<u8>, Errno> {
     let (first, last) = (offset / CHUNK_SIZE, (end - 1) / CHUNK_SIZE);
     let map = file.slice_map(backend, first, last).await?;
     let mut spans: Vec<Span> = Vec::new();
@@ -95,6 +146,5 @@ pub async fn read(
             }
         }
     }
-    overlay.overlay(offset, &mut out);
     Ok(out)
 }
