@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::slice_io::SliceIo;
-use lattice_common::transport::{Identity, Node};
+use lattice_common::transport::{write_addr_file, Identity, Node};
 use service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,10 +102,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         name: identity.name.name.clone(),
     });
     if let Some(path) = &args.addr_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
     }
     info!(%addr, name = %identity.name, disks = args.data.len(), "chunkserver serving");
     if !args.meta.is_empty() {

@@ -8,7 +8,7 @@ use crate::ids::ClientId;
 use crate::transport::Node;
 use crate::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
 use crate::wire::ErrorKind;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -123,7 +123,8 @@ impl MetaClient {
     /// Sends `req` to the leader, following redirects and retrying until the deadline.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, MetaError> {
         let start = Instant::now();
-        let mut tried = Vec::new();
+        // The last failure seen from each member (an error message names them all once).
+        let mut tried: BTreeMap<SocketAddr, String> = BTreeMap::new();
         loop {
             let Some(addr) = self.target() else {
                 return Err(MetaError::Unavailable(
@@ -150,7 +151,7 @@ impl MetaClient {
                 }
                 Err(e) => {
                     debug!(%addr, "metaserver request failed: {e}");
-                    tried.push(format!("{addr}: {e}"));
+                    tried.insert(addr, e);
                     *self.leader() = None;
                     self.node.forget(addr);
                     self.failed
@@ -160,7 +161,7 @@ impl MetaClient {
                 }
             }
             if start.elapsed() >= self.deadline {
-                tried.dedup();
+                let tried: Vec<String> = tried.iter().map(|(a, e)| format!("{a}: {e}")).collect();
                 return Err(MetaError::Unavailable(self.deadline, tried.join("; ")));
             }
         }

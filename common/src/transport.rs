@@ -283,3 +283,11 @@ fn peer_of(conn: &Connection) -> Result<PeerName, String> {
     let leaf = certs.first().ok_or("empty peer certificate chain")?;
     pki::peer_name(leaf).map_err(|e| e.to_string())
 }
+
+/// Writes where a server listens to `path`, atomically (readers never see half an address):
+/// how scripts and supervisors learn a port picked at start.
+pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, path)
+}

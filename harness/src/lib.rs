@@ -204,6 +204,8 @@ impl LocalCluster {
         }
         let certs = self.certs(Role::Metaserver, &p.name())?;
         let addr = self.meta_addr(n, base)?;
+        let addr_file = self.addr_file(&p);
+        let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new(self.binary(METASERVER)?);
         cmd.arg("serve")
             .args(["--id", &n.to_string(), "--listen", &addr.to_string()])
@@ -211,6 +213,8 @@ impl LocalCluster {
             .arg(self.state.join(p.name()))
             .arg("--certs")
             .arg(&certs)
+            .arg("--addr-file")
+            .arg(&addr_file)
             .args(&self.metaserver_args);
         if n <= founders {
             for f in 1..=founders {
@@ -221,8 +225,24 @@ impl LocalCluster {
             cmd.arg("--join");
         }
         self.spawn(&p, cmd)?;
-        std::fs::write(self.addr_file(&p), addr.to_string())?;
-        Ok(())
+        self.wait_serving(&p, &addr_file).await
+    }
+
+    /// Waits until a process just started writes its address file; a process that exits
+    /// first fails the wait with the end of its log (a port in use, a bad certificate).
+    async fn wait_serving(&self, p: &Proc, addr_file: &Path) -> Result<()> {
+        wait_for(START_TIMEOUT, &format!("{} to serve", p.name()), || async {
+            if p.pid().is_none() {
+                bail!(
+                    "{} exited; log {}:\n{}",
+                    p.name(),
+                    p.log_file().display(),
+                    p.log_tail()
+                );
+            }
+            Ok(addr_file.exists().then_some(()))
+        })
+        .await
     }
 
     /// Starts chunkserver `n` unless it runs, and waits until it serves. With metaservers
@@ -251,18 +271,7 @@ impl LocalCluster {
             cmd.arg("--meta").arg(list.join(","));
         }
         self.spawn(&p, cmd)?;
-        wait_for(START_TIMEOUT, &format!("{} to serve", p.name()), || async {
-            if p.pid().is_none() {
-                bail!(
-                    "{} exited; log {}:\n{}",
-                    p.name(),
-                    p.log_file().display(),
-                    p.log_tail()
-                );
-            }
-            Ok(addr_file.exists().then_some(()))
-        })
-        .await
+        self.wait_serving(&p, &addr_file).await
     }
 
     /// Every process slot of `role` that has a pid file.

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
-use lattice_common::transport::{Identity, Node};
+use lattice_common::transport::{write_addr_file, Identity, Node};
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, ClusterStatus, MetaRequest, MetaResponse,
 };
@@ -96,6 +96,9 @@ struct ServeArgs {
     /// released and the unlinked files it had open are removed.
     #[arg(long, default_value_t = 15)]
     session_timeout: u64,
+    /// Write the address once serving here (lets a supervisor wait for the start).
+    #[arg(long, value_name = "FILE")]
+    addr_file: Option<PathBuf>,
     /// Take a snapshot after this many applied log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -359,7 +362,11 @@ fn serve(args: ServeArgs) -> Result<()> {
             }
         })?;
     let service = Arc::new(service::Service::new(inputs));
-    info!(id = args.id, addr = %node.local_addr()?, "metaserver serving");
+    let addr = node.local_addr()?;
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
+    }
+    info!(id = args.id, %addr, "metaserver serving");
     runtime.block_on(async {
         let server = tokio::spawn(
             node.clone()
