@@ -4,6 +4,9 @@
 #                                    6 chunkservers, mount at $LATTICE_MOUNT; starts only what is missing
 #   scripts/cluster.sh down          unmount and stop everything it started (state is kept)
 #   scripts/cluster.sh status [--json]  the processes, then `metaserver status`
+#   scripts/cluster.sh join          add one more chunkserver (`metaserver ca issue`, `chunkserver join`)
+#   scripts/cluster.sh drain ID      drain chunkserver ID (see status) until it holds nothing
+#                                    (`chunkserver drain ID --wait`); then it can be stopped
 # Environment [default]:
 #   LATTICE_STATE         all state: certificates, data, logs, <role>-<n>.pid files [./.lattice]
 #   LATTICE_MOUNT         mount point [./mnt]
@@ -29,6 +32,8 @@ case "${1:-}" in
   up) build; exec "$bin/lattice-harness" up ;;
   down) exec "$bin/lattice-harness" down ;;
   status) shift; exec "$bin/lattice-harness" status "$@" ;;
-  -h | --help | "") sed -n '2,13s/^# \{0,1\}//p' "$0"; [[ -n ${1:-} ]] ;;
-  *) echo "cluster.sh: unknown command '$1' (up, down, status)" >&2; exit 2 ;;
+  join) exec "$bin/lattice-harness" join ;;
+  drain) shift; exec "$bin/lattice-harness" drain "$@" ;;
+  -h | --help | "") sed -n '2,16s/^# \{0,1\}//p' "$0"; [[ -n ${1:-} ]] ;;
+  *) echo "cluster.sh: unknown command '$1' (up, down, status, join, drain)" >&2; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
 //! `chunkserver`: stores checksummed shards on local directories and serves them over QUIC.
 
+mod drain;
 mod membership;
 mod rebuild;
+mod scrub;
 mod service;
 mod store;
 
@@ -10,14 +12,16 @@ use clap::{Parser, Subcommand};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::slice_io::SliceIo;
+use lattice_common::throttle::Throttle;
 use lattice_common::transport::{write_addr_file, Identity, Node};
+use scrub::Scrubber;
 use service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::shard_file::{ShardHeader, HEADER_BYTES};
-use store::Store;
+use store::{Faults, Store};
 use tracing::info;
 
 #[derive(Parser)]
@@ -34,6 +38,20 @@ struct Cli {
 enum Command {
     /// Serve shards from one or more data directories.
     Serve(ServeArgs),
+    /// Add a new chunkserver to a running cluster: like `serve`, but `--meta` is required and
+    /// the command fails (non-zero) unless the cluster accepts the server within
+    /// `--join-timeout`. Get its certificate first with `metaserver ca issue --role chunkserver`.
+    Join {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Seconds to wait for the metaservers to accept the registration.
+        #[arg(long, default_value_t = 30)]
+        join_timeout: u64,
+    },
+    /// Drain a chunkserver of a running cluster: it gets no new shards and its shards are
+    /// copied elsewhere until it holds nothing and can be stopped (needs an admin
+    /// certificate).
+    Drain(drain::DrainArgs),
     /// Print what a shard file says about itself (works without any running cluster).
     Inspect {
         /// A shard file, e.g. DATA/shards/2a/000000000000002a.3
@@ -67,6 +85,27 @@ struct ServeArgs {
     /// A failure-domain label KEY=VALUE (e.g. host=rack1-a, rack=r1); repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Most MiB/s read by rebuilds and copies on this server (0: unlimited), so user I/O
+    /// keeps going during repair and drain.
+    #[arg(long, default_value_t = 64)]
+    rebuild_rate: u64,
+    /// MiB/s of background checksum verification (0: no scrub).
+    #[arg(long, default_value_t = 16)]
+    scrub_rate: u64,
+    /// Seconds from the start of one scrub pass over every shard to the start of the next.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    scrub_every: u64,
+    /// TESTING ONLY: fraction (0..1) of shard reads to fail with an I/O error, to see the
+    /// cluster drain a failing server. Off by default.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    inject_read_errors: f64,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -82,27 +121,68 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             lattice_common::logging::init();
-            tokio::runtime::Runtime::new()?.block_on(serve(args))
+            tokio::runtime::Runtime::new()?.block_on(serve(args, None))
         }
+        Command::Join {
+            serve: args,
+            join_timeout,
+        } => {
+            lattice_common::logging::init();
+            if args.meta.is_empty() {
+                anyhow::bail!("join needs --meta (the running cluster's metaserver addresses)");
+            }
+            let timeout = Duration::from_secs(join_timeout);
+            tokio::runtime::Runtime::new()?.block_on(serve(args, Some(timeout)))
+        }
+        Command::Drain(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(drain::run(args)),
         Command::Inspect { file } => inspect(&file),
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
+/// Serves until SIGTERM; with `join`, first insists that the cluster accepts this server
+/// within that time.
+async fn serve(args: ServeArgs, join: Option<Duration>) -> Result<()> {
+    const MIB: u64 = 1 << 20;
     let identity = Identity::load(&args.certs)?;
     let data = args.data.clone();
-    let store = service::blocking(move || Store::open(&data, args.reserve))
+    let faults = Faults {
+        read_error_rate: args.inject_read_errors,
+    };
+    let store = service::blocking(move || Store::open(&data, args.reserve, faults))
         .await
         .context("opening data directories")?;
+    let store = Arc::new(store);
     let node = Node::server(args.listen, &identity)?;
     let addr = node.local_addr()?;
+    let scrub_every = Duration::from_secs(args.scrub_every);
+    let scrub = Arc::new(Scrubber::new(
+        store.clone(),
+        args.scrub_rate * MIB,
+        scrub_every,
+    ));
     let service = Arc::new(Service {
-        store: Arc::new(store),
+        store,
         io: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
         name: identity.name.name.clone(),
+        rebuild_rate: Throttle::new(args.rebuild_rate * MIB),
+        scrub: scrub.clone(),
     });
-    if let Some(path) = &args.addr_file {
-        write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
+    let handler = service.clone();
+    let server = tokio::spawn(
+        node.clone()
+            .serve(move |peer, send, recv| handler.clone().handle(peer, send, recv)),
+    );
+    if args.inject_read_errors > 0.0 {
+        tracing::warn!(
+            rate = args.inject_read_errors,
+            "injecting read errors (testing)"
+        );
+    }
+    if args.scrub_rate > 0 {
+        tokio::spawn(scrub.run());
     }
     info!(%addr, name = %identity.name, disks = args.data.len(), "chunkserver serving");
     if !args.meta.is_empty() {
@@ -116,12 +196,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
             advertise,
             labels: args.labels.clone(),
         };
-        tokio::spawn(membership.run());
+        match join {
+            // A joining server must be accepted before it reports itself serving.
+            Some(t) => {
+                let deadline = tokio::time::Instant::now() + t;
+                let id = membership
+                    .register(Some(deadline))
+                    .await
+                    .context("joining the cluster")?;
+                tokio::spawn(membership.run(id));
+            }
+            None => drop(tokio::spawn(async move {
+                if let Ok(id) = membership.register(None).await {
+                    membership.run(id).await
+                }
+            })),
+        }
     }
-    let server = tokio::spawn(
-        node.clone()
-            .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),
-    );
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
+    }
     shutdown_signal().await;
     info!("shutting down");
     node.close();

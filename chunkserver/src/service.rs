@@ -1,12 +1,14 @@
 //! The chunkserver's request handlers: one QUIC stream per request.
 
 use crate::rebuild;
+use crate::scrub::Scrubber;
 use crate::store::{Store, StoreError};
 use lattice_common::codec;
 use lattice_common::ids::ShardId;
 use lattice_common::layout::SliceLayout;
 use lattice_common::pki::{PeerName, Role};
 use lattice_common::slice_io::SliceIo;
+use lattice_common::throttle::Throttle;
 use lattice_common::wire::{
     reset, ChunkRequest, ChunkResponse, ChunkserverStatus, ErrorKind, WireError, MAX_GET_BYTES,
     MAX_LIST_PAGE,
@@ -25,6 +27,9 @@ pub struct Service {
     pub store: Arc<Store>,
     pub io: SliceIo,
     pub name: String,
+    /// Paces rebuilds and copies.
+    pub rebuild_rate: Throttle,
+    pub scrub: Arc<Scrubber>,
 }
 
 impl From<StoreError> for WireError {
@@ -110,11 +115,19 @@ impl Service {
             ChunkRequest::Rebuild {
                 shard,
                 layout,
+                copy_from,
                 sources,
             } => match require_operator(&peer) {
-                Ok(()) => rebuild::rebuild(&self.store, &self.io, shard, layout, sources)
-                    .await
-                    .map(|bytes| ChunkResponse::Rebuilt { bytes }),
+                Ok(()) => {
+                    let sources = rebuild::Sources {
+                        copy_from,
+                        peers: sources,
+                    };
+                    let (store, io, rate) = (&self.store, &self.io, &self.rebuild_rate);
+                    rebuild::rebuild(store, io, rate, shard, layout, sources)
+                        .await
+                        .map(|bytes| ChunkResponse::Rebuilt { bytes })
+                }
                 Err(e) => Err(e),
             },
         };
@@ -142,6 +155,7 @@ impl Service {
             name: self.name.clone(),
             disks: blocking(move || store.disk_status()).await,
             health: self.store.health.snapshot(),
+            scrub: self.scrub.progress(),
         }
     }
 
@@ -209,8 +223,16 @@ impl Service {
             let piece = blocking(move || store.read(&r, pos, next - pos)).await;
             let piece = match (piece, started) {
                 (Ok(p), _) => p,
-                (Err(e), false) => return reply(send, &ChunkResponse::Error(e.into())).await,
+                (Err(e), false) => {
+                    if let StoreError::Corrupt(_) = e {
+                        self.scrub.report(shard);
+                    }
+                    return reply(send, &ChunkResponse::Error(e.into())).await;
+                }
                 (Err(e), true) => {
+                    if let StoreError::Corrupt(_) = e {
+                        self.scrub.report(shard);
+                    }
                     warn!(%shard, "read failed mid-stream: {e}");
                     let code = match e {
                         StoreError::Corrupt(_) => reset::CORRUPT,

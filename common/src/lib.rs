@@ -8,6 +8,7 @@
 //! - [`logging`]: how every process logs.
 //! - [`shard_client`], [`slice_io`]: talking to chunkservers, one shard or a whole slice.
 //! - [`meta_client`]: talking to the metaserver group.
+//! - [`throttle`]: rate limits for background work.
 
 pub mod chunk_map;
 pub mod codec;
@@ -21,5 +22,6 @@ pub mod pki;
 pub mod policy;
 pub mod shard_client;
 pub mod slice_io;
+pub mod throttle;
 pub mod transport;
 pub mod wire;

@@ -6,7 +6,9 @@ use crate::codec;
 use crate::fs::Errno;
 use crate::ids::ClientId;
 use crate::transport::Node;
-use crate::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
+use crate::wire::meta::{
+    AdminReply, AdminRequest, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
+};
 use crate::wire::ErrorKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -189,6 +191,14 @@ impl MetaClient {
             .remove(&seq);
         match result? {
             MetaResponse::Fs(r) => Ok(r),
+            other => Err(MetaError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// An admin request (the client needs an admin certificate).
+    pub async fn admin(&self, req: AdminRequest) -> Result<AdminReply, MetaError> {
+        match self.call(&MetaRequest::Admin(req)).await? {
+            MetaResponse::Admin(reply) => Ok(reply),
             other => Err(MetaError::Protocol(format!("unexpected reply {other:?}"))),
         }
     }

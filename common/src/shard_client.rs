@@ -66,6 +66,9 @@ fn unexpected(resp: ChunkResponse) -> ShardError {
     }
 }
 
+/// Longest a rebuild of one shard may take (it is rate-limited on the chunkserver).
+pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct ShardClient {
     node: Arc<Node>,
@@ -88,9 +91,18 @@ impl ShardClient {
         addr: SocketAddr,
         work: impl Future<Output = Result<T, ShardError>>,
     ) -> Result<T, ShardError> {
-        let result = tokio::time::timeout(self.timeout, work)
+        self.deadline_of(self.timeout, addr, work).await
+    }
+
+    async fn deadline_of<T>(
+        &self,
+        timeout: Duration,
+        addr: SocketAddr,
+        work: impl Future<Output = Result<T, ShardError>>,
+    ) -> Result<T, ShardError> {
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or(Err(ShardError::Timeout(self.timeout)));
+            .unwrap_or(Err(ShardError::Timeout(timeout)));
         if let Err(ShardError::Timeout(_)) = result {
             self.node.forget(addr);
         }
@@ -224,19 +236,24 @@ impl ShardClient {
     }
 
     /// Asks the chunkserver at `addr` to rebuild `shard` from `sources`.
+    /// Has `addr` rebuild (or copy, see [`ChunkRequest::Rebuild`]) a shard; may take up to
+    /// [`REBUILD_TIMEOUT`].
     pub async fn rebuild(
         &self,
         addr: SocketAddr,
         shard: ShardId,
         layout: SliceLayout,
+        copy_from: Option<ShardSource>,
         sources: Vec<ShardSource>,
     ) -> Result<u64, ShardError> {
         let req = ChunkRequest::Rebuild {
             shard,
             layout,
+            copy_from,
             sources,
         };
-        match self.call(addr, req).await? {
+        let work = async { Ok(self.exchange(addr, &req, &[]).await?.0) };
+        match self.deadline_of(REBUILD_TIMEOUT, addr, work).await? {
             ChunkResponse::Rebuilt { bytes } => Ok(bytes),
             other => Err(unexpected(other)),
         }

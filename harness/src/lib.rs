@@ -43,6 +43,8 @@ pub struct LocalCluster {
     ports: Mutex<Ports>,
     /// Extra arguments for every metaserver (e.g. shorter failure detection in tests).
     pub metaserver_args: Vec<String>,
+    /// Extra arguments for every chunkserver started from now on.
+    pub chunkserver_args: Vec<String>,
     /// Print each command before running it (what `scripts/cluster.sh` shows admins).
     pub echo: bool,
 }
@@ -100,6 +102,7 @@ impl LocalCluster {
             bin_dir,
             ports: Mutex::new(ports),
             metaserver_args: Vec::new(),
+            chunkserver_args: Vec::new(),
             echo: false,
         })
     }
@@ -248,21 +251,42 @@ impl LocalCluster {
     /// Starts chunkserver `n` unless it runs, and waits until it serves. With metaservers
     /// configured it registers with them.
     pub async fn start_chunkserver(&self, n: u32) -> Result<()> {
-        let p = self.chunkserver(n);
-        if p.pid().is_some() {
+        if self.chunkserver(n).pid().is_some() {
             return Ok(());
         }
-        let certs = self.certs(Role::Chunkserver, &p.name())?;
+        let certs = self.certs(Role::Chunkserver, &self.chunkserver(n).name())?;
+        self.run_chunkserver(n, "serve", &certs).await
+    }
+
+    /// Adds one more chunkserver to the running cluster the way an admin would: a
+    /// certificate from `metaserver ca issue`, then `chunkserver join`. Returns its number.
+    pub async fn join_chunkserver(&self) -> Result<u32> {
+        let n = self.procs(CHUNKSERVER).last().map_or(1, |p| p.n + 1);
+        let name = self.chunkserver(n).name();
+        let certs = self.state.join("certs").join(&name);
+        let mut issue = Command::new(self.binary(METASERVER)?);
+        issue
+            .args(["ca", "issue", "--ca"])
+            .arg(self.ca_dir())
+            .args(["--role", "chunkserver", "--name", &name, "--out"])
+            .arg(&certs);
+        self.run_to_end(issue)?;
+        self.run_chunkserver(n, "join", &certs).await?;
+        Ok(n)
+    }
+
+    async fn run_chunkserver(&self, n: u32, verb: &str, certs: &Path) -> Result<()> {
+        let p = self.chunkserver(n);
         let data = self.state.join(p.name()).join("data");
         let addr_file = self.addr_file(&p);
         let _ = std::fs::remove_file(&addr_file);
         let mut cmd = Command::new(self.binary(CHUNKSERVER)?);
-        cmd.arg("serve")
+        cmd.arg(verb)
             .arg("--data")
             .arg(&data)
             .args(["--listen", "127.0.0.1:0", "--reserve", "0"])
             .arg("--certs")
-            .arg(&certs)
+            .arg(certs)
             .arg("--addr-file")
             .arg(&addr_file);
         let meta = self.meta_addrs();
@@ -270,8 +294,42 @@ impl LocalCluster {
             let list: Vec<String> = meta.iter().map(|a| a.to_string()).collect();
             cmd.arg("--meta").arg(list.join(","));
         }
+        cmd.args(&self.chunkserver_args);
         self.spawn(&p, cmd)?;
         self.wait_serving(&p, &addr_file).await
+    }
+
+    /// Runs a short command to its end (echoed like the others); fails if it fails.
+    pub fn run_to_end(&self, mut cmd: Command) -> Result<()> {
+        if self.echo {
+            let args: Vec<String> = std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            println!("+ {}", args.join(" "));
+        }
+        let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// The command that drains chunkserver `id` (as the cluster map numbers it) and follows
+    /// it to the end.
+    pub fn drain_command(&self, id: u32) -> Result<Command> {
+        let meta: Vec<String> = self.meta_addrs().iter().map(|a| a.to_string()).collect();
+        let mut cmd = Command::new(self.binary(CHUNKSERVER)?);
+        cmd.args([
+            "drain",
+            &id.to_string(),
+            "--wait",
+            "--meta",
+            &meta.join(","),
+        ])
+        .arg("--certs")
+        .arg(self.certs(Role::Admin, "admin")?);
+        Ok(cmd)
     }
 
     /// Every process slot of `role` that has a pid file.

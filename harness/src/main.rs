@@ -35,6 +35,12 @@ enum Cmd {
     },
     /// Unmount and stop everything this state directory started.
     Down,
+    /// Add one more chunkserver to the running cluster (`metaserver ca issue`, then
+    /// `chunkserver join`).
+    Join,
+    /// Drain chunkserver ID (its id in `status`) and follow it until it holds nothing
+    /// (`chunkserver drain ID --wait`).
+    Drain { id: u32 },
     /// Show the processes of this cluster and what the metaservers say (`metaserver status`).
     Status {
         /// Print the metaservers' view as JSON only.
@@ -64,7 +70,10 @@ fn main() -> Result<()> {
                 .status()
                 .await
                 .context("waiting for a metaserver leader")?;
-            for n in 1..=chunkservers {
+            // Joined servers (beyond the configured count) come back too.
+            let joined = cluster.procs(CHUNKSERVER).last().map_or(0, |p| p.n);
+            let all = chunkservers.max(joined);
+            for n in 1..=all {
                 cluster.start_chunkserver(n).await?;
             }
             admin.wait_chunkservers_up(chunkservers as usize).await?;
@@ -75,6 +84,12 @@ fn main() -> Result<()> {
             );
             Ok(())
         }),
+        Cmd::Join => tokio::runtime::Runtime::new()?.block_on(async {
+            let n = cluster.join_chunkserver().await?;
+            println!("chunkserver-{n} joined the cluster");
+            Ok(())
+        }),
+        Cmd::Drain { id } => cluster.run_to_end(cluster.drain_command(id)?),
         Cmd::Down => {
             cluster.stop_all()?;
             println!("cluster down (state kept in {})", cluster.state.display());

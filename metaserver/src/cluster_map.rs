@@ -17,6 +17,8 @@ pub struct ServerRecord {
     /// Total bytes of its disks when it last registered.
     pub capacity: u64,
     pub since: Timestamp,
+    /// Why it is draining or drained (an admin, a health threshold).
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,9 +41,14 @@ impl ClusterMap {
             self.next_id += 1;
             ChunkserverId(self.next_id)
         });
-        let state = match self.servers.get(&id).map(|s| s.state) {
-            Some(s @ (ChunkserverState::Draining | ChunkserverState::Drained)) => s,
-            _ => ChunkserverState::Up,
+        let (state, reason) = match self.servers.get(&id) {
+            Some(
+                s @ ServerRecord {
+                    state: ChunkserverState::Draining | ChunkserverState::Drained,
+                    ..
+                },
+            ) => (s.state, s.reason.clone()),
+            _ => (ChunkserverState::Up, None),
         };
         self.servers.insert(
             id,
@@ -52,9 +59,33 @@ impl ClusterMap {
                 labels: reg.labels.clone(),
                 capacity,
                 since: now,
+                reason,
             },
         );
         id
+    }
+
+    /// Starts draining a server (or with `cancel`, puts a draining or drained one back in
+    /// service). False for an unknown id or a server already in the wanted state.
+    pub fn drain(&mut self, id: ChunkserverId, cancel: bool, reason: &str, now: Timestamp) -> bool {
+        let Some(s) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        let draining = matches!(
+            s.state,
+            ChunkserverState::Draining | ChunkserverState::Drained
+        );
+        if draining != cancel {
+            return false;
+        }
+        s.state = if cancel {
+            ChunkserverState::Up
+        } else {
+            ChunkserverState::Draining
+        };
+        s.reason = (!cancel).then(|| reason.to_string());
+        s.since = now;
+        true
     }
 
     pub fn set_state(
@@ -115,5 +146,23 @@ mod tests {
         map.set_state(b, ChunkserverState::Draining, Timestamp::default());
         map.register("cs-b", &reg(2), Timestamp::default());
         assert_eq!(map.get(b).unwrap().state, ChunkserverState::Draining);
+    }
+
+    #[test]
+    fn drain_and_cancel_keep_the_reason_while_draining() {
+        let mut map = ClusterMap::default();
+        let a = map.register("cs-a", &reg(1), Timestamp::default());
+        assert!(map.drain(a, false, "admin", Timestamp::default()));
+        assert!(!map.drain(a, false, "again", Timestamp::default()));
+        map.register("cs-a", &reg(1), Timestamp::default());
+        let rec = map.get(a).unwrap();
+        assert_eq!(
+            (rec.state, rec.reason.as_deref()),
+            (ChunkserverState::Draining, Some("admin"))
+        );
+        assert!(map.drain(a, true, "", Timestamp::default()));
+        assert_eq!(map.get(a).unwrap().state, ChunkserverState::Up);
+        assert_eq!(map.get(a).unwrap().reason, None);
+        assert!(!map.drain(ChunkserverId(99), false, "x", Timestamp::default()));
     }
 }

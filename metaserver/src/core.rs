@@ -3,13 +3,16 @@
 //! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
 
 use crate::cluster_map::ServerRecord;
+use crate::gc::{Expected, GarbageSlice, GcWork};
+use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
 use crate::placement::{self, Candidate};
+use crate::planner::{self, Job, Limits, ServerView};
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
-use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId};
+use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
@@ -19,7 +22,8 @@ use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -40,6 +44,66 @@ pub enum Reject {
 
 pub type Answer<T> = Result<T, Reject>;
 
+/// A request to the core not answered in this long (no quorum) gets "retry".
+pub const CORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::NotLeader(Some(l)) => write!(f, "not the leader; the leader is at {l}"),
+            Reject::NotLeader(None) => write!(f, "not the leader; no leader known"),
+            Reject::Retry(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Hands an input to the core and waits (up to [`CORE_TIMEOUT`]) for its answer.
+pub async fn ask_core<T>(
+    core: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<Answer<T>>) -> Input,
+) -> Answer<T> {
+    let (tx, rx) = oneshot::channel();
+    core.send(make(tx))
+        .map_err(|_| Reject::Retry("metaserver is shutting down".into()))?;
+    match tokio::time::timeout(CORE_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(Reject::Retry("metaserver core stopped".into())),
+        Err(_) => Err(Reject::Retry(format!(
+            "no quorum answered within {CORE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Health counts at which the leader drains a chunkserver before it fails (0: never).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthLimits {
+    pub io_errors: u64,
+    pub checksum_errors: u64,
+    pub slow_ops: u64,
+}
+
+impl HealthLimits {
+    /// Why a server with these counters should be drained, if it should.
+    pub fn breached(&self, h: &HealthCounters) -> Option<String> {
+        [
+            ("I/O errors", h.io_errors, self.io_errors),
+            ("checksum errors", h.checksum_errors, self.checksum_errors),
+            ("slow operations", h.slow_ops, self.slow_ops),
+        ]
+        .into_iter()
+        .find(|&(_, count, limit)| limit > 0 && count >= limit)
+        .map(|(what, count, limit)| {
+            format!("predictive drain: {count} {what} reached the limit of {limit}")
+        })
+    }
+}
+
+/// How the leader maintains redundancy.
+#[derive(Clone, Copy, Debug)]
+pub struct Upkeep {
+    pub jobs: Settings,
+    pub health: HealthLimits,
+}
 /// Timing of failure detection.
 #[derive(Clone, Copy, Debug)]
 pub struct Liveness {
@@ -105,6 +169,41 @@ pub enum Input {
     Digest {
         reply: oneshot::Sender<AdminReply>,
     },
+    /// Up to `max_jobs` shard jobs for slices not `busy` (leader only).
+    Plan {
+        busy: HashSet<SliceId>,
+        max_jobs: usize,
+        reply: oneshot::Sender<Answer<Vec<Job>>>,
+    },
+    GcWork {
+        reply: oneshot::Sender<Answer<GcWork>>,
+    },
+    /// What the metadata places on `server`.
+    Expected {
+        server: ChunkserverId,
+        reply: oneshot::Sender<Answer<Expected>>,
+    },
+    /// A chunkserver (by certificate name) reports one of its shards damaged.
+    ReportDamage {
+        name: String,
+        shard: ShardId,
+        reply: oneshot::Sender<Answer<()>>,
+    },
+    /// The leader's own finding: a shard placed on `server` is damaged or missing.
+    Damaged {
+        shard: ShardId,
+        server: ChunkserverId,
+    },
+    /// A damaged shard was rewritten in place.
+    Repaired {
+        shard: ShardId,
+        server: ChunkserverId,
+    },
+    Drain {
+        id: ChunkserverId,
+        cancel: bool,
+        reply: oneshot::Sender<Answer<Outcome>>,
+    },
 }
 
 enum Waiter {
@@ -137,6 +236,13 @@ pub struct Core {
     leader_since: Option<Instant>,
     liveness: Liveness,
     rng: rand::rngs::StdRng,
+    upkeep: Upkeep,
+    book: Arc<Mutex<Book>>,
+    /// Shards found damaged or missing, by the server holding them (soft state: scrub and
+    /// reconcile find them again after a failover).
+    damaged: HashSet<(ShardId, ChunkserverId)>,
+    /// Servers this leader already drained for their health (not again after a cancel).
+    auto_drained: HashSet<ChunkserverId>,
 }
 
 impl Core {
@@ -145,6 +251,8 @@ impl Core {
         inputs: Receiver<Input>,
         peers: Peers,
         liveness: Liveness,
+        upkeep: Upkeep,
+        book: Arc<Mutex<Book>>,
     ) -> Core {
         Core {
             replica,
@@ -157,6 +265,10 @@ impl Core {
             leader_since: None,
             liveness,
             rng: rand::SeedableRng::from_entropy(),
+            upkeep,
+            book,
+            damaged: HashSet::new(),
+            auto_drained: HashSet::new(),
         }
     }
 
@@ -325,6 +437,65 @@ impl Core {
             }
             Input::Snapshot { reply } => {
                 let _ = reply.send(self.replica.snapshot_now());
+            }
+            Input::Plan {
+                busy,
+                max_jobs,
+                reply,
+            } => {
+                let answer = match self.replica.is_leader() {
+                    true => Ok(self.plan(&busy, max_jobs)),
+                    false => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::GcWork { reply } => {
+                let answer = match self.replica.is_leader() {
+                    true => Ok(self.gc_work()),
+                    false => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Expected { server, reply } => {
+                let answer = match self.replica.is_leader() {
+                    true => Ok(self.expected(server)),
+                    false => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::ReportDamage { name, shard, reply } => {
+                let server = self.replica.sm.cluster.iter().find(|(_, s)| s.name == name);
+                let answer = match (self.replica.is_leader(), server) {
+                    (false, _) => Err(self.not_leader()),
+                    (true, None) => Err(Reject::Retry(format!("{name} is not registered"))),
+                    (true, Some((id, _))) => {
+                        warn!(%shard, server = %id, "damaged shard reported");
+                        self.damaged.insert((shard, id));
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Input::Damaged { shard, server } => {
+                self.damaged.insert((shard, server));
+            }
+            Input::Repaired { shard, server } => {
+                self.damaged.remove(&(shard, server));
+            }
+            Input::Drain { id, cancel, reply } => {
+                let reason = "drained by an admin".to_string();
+                if cancel {
+                    // The admin overrules the health check; this leader won't drain it again.
+                    self.auto_drained.insert(id);
+                }
+                let now = Timestamp::now();
+                let cmd = Command::Drain {
+                    id,
+                    cancel,
+                    reason,
+                    now,
+                };
+                self.propose(cmd, reply);
             }
             Input::Digest { reply } => {
                 let sm = &self.replica.sm;
@@ -564,6 +735,188 @@ impl Core {
             let (reply, _) = oneshot::channel();
             self.propose(Command::SetServerState { id, state, now }, reply);
         }
+        self.predictive_drain(now);
+    }
+
+    /// Drains servers whose health counters predict a failure.
+    fn predictive_drain(&mut self, now: Timestamp) {
+        let failing: Vec<(ChunkserverId, String)> = self
+            .replica
+            .sm
+            .cluster
+            .iter()
+            .filter(|(id, s)| {
+                matches!(s.state, ChunkserverState::Up | ChunkserverState::Suspect)
+                    && !self.auto_drained.contains(id)
+            })
+            .filter_map(|(id, _)| {
+                let live = self.live.get(&id)?;
+                Some((id, self.upkeep.health.breached(&live.heartbeat.health)?))
+            })
+            .collect();
+        for (id, reason) in failing {
+            warn!(%id, "{reason}: draining it");
+            self.auto_drained.insert(id);
+            let (reply, _) = oneshot::channel();
+            let cancel = false;
+            self.propose(
+                Command::Drain {
+                    id,
+                    cancel,
+                    reason,
+                    now,
+                },
+                reply,
+            );
+        }
+    }
+
+    /// The leader's view of every chunkserver, for planning.
+    fn views(&self) -> BTreeMap<ChunkserverId, ServerView> {
+        self.replica
+            .sm
+            .cluster
+            .iter()
+            .map(|(id, s)| {
+                let disks = self.live.get(&id).map(|l| l.heartbeat.disks.as_slice());
+                let disks = disks.unwrap_or_default();
+                let view = ServerView {
+                    addr: s.addr,
+                    state: s.state,
+                    fresh: self.live.contains_key(&id) && self.fresh(id),
+                    domain: domain_of(s),
+                    used_bytes: disks.iter().map(|d| d.shard_bytes).sum(),
+                    free_bytes: disks.iter().map(|d| d.free_bytes).sum(),
+                };
+                (id, view)
+            })
+            .collect()
+    }
+
+    fn planned(&self, busy: &HashSet<SliceId>, max_jobs: usize) -> planner::Plan {
+        let damaged: HashSet<(ShardId, ChunkserverId)> = self.damaged.clone();
+        let limits = Limits {
+            max_jobs,
+            balance_tolerance: self.upkeep.jobs.balance_tolerance,
+        };
+        let views = self.views();
+        planner::plan(
+            self.replica.sm.ns.all_slices(),
+            &views,
+            &damaged,
+            busy,
+            limits,
+        )
+    }
+
+    /// Jobs for the executor; also notices draining servers that hold nothing any more.
+    fn plan(&mut self, busy: &HashSet<SliceId>, max_jobs: usize) -> Vec<Job> {
+        // Until it has heard from every live server, a new leader would take them for lost.
+        let settled = self
+            .leader_since
+            .is_some_and(|t| t.elapsed() > self.liveness.suspect_after);
+        if !settled {
+            return Vec::new();
+        }
+        let plan = self.planned(busy, max_jobs);
+        let sm = &self.replica.sm;
+        let emptied: Vec<ChunkserverId> = sm
+            .cluster
+            .iter()
+            .filter(|(id, s)| {
+                s.state == ChunkserverState::Draining
+                    && !plan.placed.contains_key(id)
+                    && !sm.pending.values().any(|p| p.placement.contains(id))
+                    && self.live.get(id).is_none_or(|l| l.heartbeat.shards == 0)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in emptied {
+            info!(%id, "draining server holds nothing any more: drained");
+            let (reply, _) = oneshot::channel();
+            let now = Timestamp::now();
+            let state = ChunkserverState::Drained;
+            self.propose(Command::SetServerState { id, state, now }, reply);
+        }
+        plan.jobs
+    }
+
+    fn gc_work(&self) -> GcWork {
+        const MAX_SLICES: usize = 1000;
+        let sm = &self.replica.sm;
+        let now = Timestamp::now();
+        let views = self.views();
+        let readable = |id: &ChunkserverId| {
+            views.get(id).filter(|v| {
+                v.fresh && v.state != ChunkserverState::Down && v.state != ChunkserverState::Drained
+            })
+        };
+        let older =
+            |since: Timestamp, grace: Duration| now.secs - since.secs >= grace.as_secs() as i64;
+        let garbage = sm
+            .garbage
+            .iter()
+            .filter(|(_, g)| older(g.since, self.upkeep.jobs.gc_grace))
+            .take(MAX_SLICES)
+            .map(|(&slice, g)| {
+                let shards = g
+                    .placement
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| {
+                        let v = readable(p.as_ref()?)?;
+                        Some((ShardId::new(slice, i as u16), v.addr))
+                    })
+                    .collect();
+                GarbageSlice {
+                    slice,
+                    bytes: g.layout.data_len,
+                    shards,
+                }
+            })
+            .collect();
+        let abandon = sm
+            .pending
+            .iter()
+            .filter(|(_, p)| older(p.since, self.upkeep.jobs.pending_grace))
+            .take(MAX_SLICES)
+            .map(|(&id, _)| id)
+            .collect();
+        let servers = views
+            .iter()
+            .filter(|(id, _)| readable(id).is_some())
+            .map(|(&id, v)| (id, v.addr, v.state == ChunkserverState::Draining))
+            .collect();
+        GcWork {
+            garbage,
+            abandon,
+            servers,
+        }
+    }
+
+    fn expected(&self, server: ChunkserverId) -> Expected {
+        let sm = &self.replica.sm;
+        let mut out = Expected::default();
+        let on = |placement: &[Option<ChunkserverId>], slice: SliceId| {
+            placement
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p == Some(server))
+                .map(|(i, _)| ShardId::new(slice, i as u16))
+                .collect::<Vec<_>>()
+        };
+        for (_, _, s) in sm.ns.all_slices() {
+            out.committed.extend(on(&s.placement, s.slice));
+        }
+        for (&slice, g) in &sm.garbage {
+            out.transient.extend(on(&g.placement, slice));
+        }
+        for (&slice, p) in &sm.pending {
+            let placement: Vec<Option<ChunkserverId>> =
+                p.placement.iter().copied().map(Some).collect();
+            out.transient.extend(on(&placement, slice));
+        }
+        out
     }
 
     fn live_session(&self, client: &ClientId) -> bool {
@@ -621,6 +974,7 @@ impl Core {
                 leader: id == leader,
             })
             .collect();
+        let plan = self.planned(&HashSet::new(), 0);
         let chunkservers = sm
             .cluster
             .iter()
@@ -629,11 +983,17 @@ impl Core {
                 let disks = live
                     .map(|l| l.heartbeat.disks.as_slice())
                     .unwrap_or_default();
+                let placed = plan.placed.get(&id).copied().unwrap_or_default();
                 ChunkserverStatusRow {
                     id,
                     name: s.name.clone(),
                     addr: s.addr,
                     state: s.state,
+                    reason: s.reason.clone(),
+                    labels: s.labels.clone(),
+                    placed_shards: placed.shards,
+                    placed_bytes: placed.bytes,
+                    scrub: live.map(|l| l.heartbeat.scrub).unwrap_or_default(),
                     used_bytes: disks.iter().map(|d| d.shard_bytes).sum(),
                     free_bytes: disks.iter().map(|d| d.free_bytes).sum(),
                     shards: live.map_or(0, |l| l.heartbeat.shards),
@@ -651,6 +1011,13 @@ impl Core {
             chunkservers,
             inodes: sm.ns.inode_count(),
             slices: sm.ns.all_slices().count() as u64,
+            redundancy: plan.redundancy,
+            jobs: self
+                .book
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .status(&plan.backlog),
+            warnings: plan.warnings,
         }
     }
 }

@@ -3,10 +3,13 @@
 
 mod cluster_map;
 mod core;
+mod gc;
+mod jobs;
 mod locks;
 mod namespace;
 mod peers;
 mod placement;
+mod planner;
 mod raft_log;
 mod raft_tracing;
 mod replica;
@@ -20,6 +23,7 @@ use clap::{Parser, Subcommand};
 use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
+use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::transport::{write_addr_file, Identity, Node};
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, ClusterStatus, MetaRequest, MetaResponse,
@@ -102,6 +106,64 @@ struct ServeArgs {
     /// Take a snapshot after this many applied log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    #[command(flatten)]
+    upkeep: UpkeepArgs,
+}
+
+/// How the leader keeps redundancy up: repair, drain, rebalance, garbage collection.
+#[derive(clap::Args)]
+struct UpkeepArgs {
+    /// Shard rebuilds and copies running at once, cluster-wide (each is also rate-limited
+    /// by its chunkserver's --rebuild-rate).
+    #[arg(long, default_value_t = 4)]
+    repair_jobs: usize,
+    /// Rebalance when a chunkserver's usage is off its capacity's share by more than this
+    /// fraction of that share.
+    #[arg(long, default_value_t = 0.1)]
+    balance_tolerance: f64,
+    /// Seconds the shards of deleted or overwritten data are kept (readers may still use
+    /// them).
+    #[arg(long, default_value_t = 60)]
+    gc_grace: u64,
+    /// Seconds after which an allocation never committed (its writer died) is abandoned.
+    #[arg(long, default_value_t = 3600)]
+    pending_grace: u64,
+    /// Seconds a shard no metadata names must be old before it is deleted.
+    #[arg(long, default_value_t = 3600)]
+    orphan_grace: u64,
+    /// Seconds between two comparisons of a chunkserver's shards with the metadata.
+    #[arg(long, default_value_t = 600)]
+    reconcile_every: u64,
+    /// Drain a chunkserver automatically once it reports this many I/O errors (0: never).
+    #[arg(long, default_value_t = 50)]
+    drain_on_io_errors: u64,
+    /// Drain a chunkserver automatically once it reports this many checksum errors (0: never).
+    #[arg(long, default_value_t = 50)]
+    drain_on_checksum_errors: u64,
+    /// Drain a chunkserver automatically once it reports this many slow operations (0: never).
+    #[arg(long, default_value_t = 0)]
+    drain_on_slow_ops: u64,
+}
+
+impl UpkeepArgs {
+    fn upkeep(&self) -> core::Upkeep {
+        let secs = Duration::from_secs;
+        core::Upkeep {
+            jobs: jobs::Settings {
+                concurrency: self.repair_jobs.max(1),
+                balance_tolerance: self.balance_tolerance.max(0.0),
+                gc_grace: secs(self.gc_grace),
+                pending_grace: secs(self.pending_grace),
+                orphan_grace: secs(self.orphan_grace),
+                reconcile_every: secs(self.reconcile_every),
+            },
+            health: core::HealthLimits {
+                io_errors: self.drain_on_io_errors,
+                checksum_errors: self.drain_on_checksum_errors,
+                slow_ops: self.drain_on_slow_ops,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -247,23 +309,69 @@ fn print_status(s: &ClusterStatus, json: bool) -> Result<()> {
     }
     println!("\nCHUNKSERVERS");
     println!(
-        "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6}",
-        "ID", "NAME", "ADDRESS", "STATE", "SHARDS", "USED", "FREE", "IOERR", "CKSUM", "SLOW"
+        "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6} {:>7}",
+        "ID",
+        "NAME",
+        "ADDRESS",
+        "STATE",
+        "SHARDS",
+        "USED",
+        "FREE",
+        "IOERR",
+        "CKSUM",
+        "SLOW",
+        "SCRUB"
     );
     for c in &s.chunkservers {
+        let scrub = match c.scrub.shards_total {
+            0 => "-".to_string(),
+            t => format!("{}%", c.scrub.shards_checked * 100 / t),
+        };
         println!(
-            "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6}",
+            "  {:<6} {:<16} {:<22} {:<9} {:>8} {:>12} {:>12} {:>6} {:>6} {:>6} {:>7}",
             c.id.to_string(),
             c.name,
             c.addr,
             format!("{:?}", c.state).to_lowercase(),
-            c.shards,
+            c.placed_shards,
             human(c.used_bytes),
             human(c.free_bytes),
             c.health.io_errors,
             c.health.checksum_errors,
-            c.health.slow_ops
+            c.health.slow_ops,
+            scrub,
         );
+        if let Some(why) = &c.reason {
+            println!("         {why}");
+        }
+    }
+    let r = &s.redundancy;
+    println!(
+        "\nREDUNDANCY  {} healthy, {} degraded by 1, {} degraded by 2+, {} lost",
+        r.healthy, r.degraded_1, r.degraded_2_plus, r.lost
+    );
+    if !s.jobs.is_empty() {
+        println!("\nJOBS");
+        println!(
+            "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>12} {:>8} {:>7}",
+            "KIND", "SERVER", "DONE", "DONE BYTES", "REMAINING", "REM. BYTES", "RUNNING", "FAILED"
+        );
+        for j in &s.jobs {
+            println!(
+                "  {:<10} {:<8} {:>8} {:>12} {:>10} {:>12} {:>8} {:>7}",
+                format!("{:?}", j.kind).to_lowercase(),
+                j.server.map_or("-".to_string(), |id| id.to_string()),
+                j.done_shards,
+                human(j.done_bytes),
+                j.remaining_shards,
+                human(j.remaining_bytes),
+                j.running,
+                j.failed
+            );
+        }
+    }
+    for w in &s.warnings {
+        println!("\nWARNING: {w}");
     }
     Ok(())
 }
@@ -352,7 +460,16 @@ fn serve(args: ServeArgs) -> Result<()> {
         down_after: Duration::from_secs(args.down_after),
         session_timeout: Duration::from_secs(args.session_timeout),
     };
-    let core = core::Core::new(replica, receiver, peers, liveness);
+    let upkeep = args.upkeep.upkeep();
+    let book = Arc::new(std::sync::Mutex::new(jobs::Book::default()));
+    let executor = Arc::new(jobs::Executor {
+        core: inputs.clone(),
+        shards: ShardClient::new(node.clone(), DEFAULT_TIMEOUT),
+        settings: upkeep.jobs,
+        book: book.clone(),
+        doomed: Arc::default(),
+    });
+    let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
     std::thread::Builder::new()
         .name("raft-core".into())
         .spawn(move || {
@@ -368,6 +485,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     info!(id = args.id, %addr, "metaserver serving");
     runtime.block_on(async {
+        tokio::spawn(executor.run());
         let server = tokio::spawn(
             node.clone()
                 .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),

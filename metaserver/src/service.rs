@@ -1,6 +1,6 @@
 //! The metaserver's request handlers: decode, check who may ask, hand to the core, answer.
 
-use crate::core::{Answer, Input, Reject};
+use crate::core::{ask_core, Answer, Input, Reject};
 use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
@@ -13,12 +13,9 @@ use lattice_common::wire::{ErrorKind, WireError};
 use protobuf::Message as _;
 use quinn::{RecvStream, SendStream};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-/// A request not answered in this long (no quorum) gets "unavailable"; the client retries.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most Raft messages one request may carry.
 const MAX_RAFT_BATCH: usize = 1024;
 
@@ -68,18 +65,11 @@ impl Service {
         &self,
         make: impl FnOnce(oneshot::Sender<Answer<T>>) -> Input,
     ) -> Result<T, Early> {
-        let (tx, rx) = oneshot::channel();
-        self.input(make(tx))?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(Reject::NotLeader(leader)))) => {
-                Err(Box::new(MetaResponse::NotLeader { leader }))
-            }
-            Ok(Ok(Err(Reject::Retry(why)))) => Err(unavailable(why)),
-            Ok(Err(_)) => Err(unavailable("metaserver core stopped")),
-            Err(_) => Err(unavailable(format!(
-                "no quorum answered within {REQUEST_TIMEOUT:?}"
-            ))),
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match ask_core(&core, make).await {
+            Ok(v) => Ok(v),
+            Err(Reject::NotLeader(leader)) => Err(Box::new(MetaResponse::NotLeader { leader })),
+            Err(Reject::Retry(why)) => Err(unavailable(why)),
         }
     }
 
@@ -187,6 +177,13 @@ impl Service {
                 .await?;
                 Ok(MetaResponse::HeartbeatAck)
             }
+            MetaRequest::ReportDamage { shard } => {
+                allow(peer, &[Role::Chunkserver])?;
+                let name = peer.name.clone();
+                self.ask(|reply| Input::ReportDamage { name, shard, reply })
+                    .await?;
+                Ok(MetaResponse::DamageNoted)
+            }
             MetaRequest::KeepAlive { client, open } => {
                 allow(peer, &fs_users)?;
                 self.ask(|reply| Input::KeepAlive {
@@ -237,6 +234,19 @@ impl Service {
                     .await
                     .map(MetaResponse::Admin)
                     .map_err(|_| unavailable("metaserver core stopped"));
+            }
+            AdminRequest::Drain { id, cancel } => {
+                return match self.ask(|reply| Input::Drain { id, cancel, reply }).await? {
+                    Outcome::Done => Ok(MetaResponse::Admin(AdminReply::Done)),
+                    _ if cancel => Err(error(
+                        ErrorKind::Invalid,
+                        format!("{id} is unknown or not draining"),
+                    )),
+                    _ => Err(error(
+                        ErrorKind::Invalid,
+                        format!("{id} is unknown or already draining"),
+                    )),
+                };
             }
             AdminRequest::AddMember { id, addr } => MemberChange::Add(id, addr),
             AdminRequest::RemoveMember { id } => MemberChange::Remove(id),

@@ -55,6 +55,30 @@ pub enum Command {
     },
     /// Removes an unlinked file nobody has open any more.
     Reap { ino: InodeId, now: Timestamp },
+    /// Shard `index` of a slice now lives on `to` (a verified copy or rebuild is there):
+    /// applied only if the shard is still placed on `from`, else the outcome is ESTALE.
+    MoveShard {
+        ino: InodeId,
+        chunk: u64,
+        slice: SliceId,
+        index: u16,
+        from: Option<ChunkserverId>,
+        to: ChunkserverId,
+    },
+    /// Starts (or cancels) draining a chunkserver, saying why.
+    Drain {
+        id: ChunkserverId,
+        cancel: bool,
+        reason: String,
+        now: Timestamp,
+    },
+    /// The shards of these garbage slices are deleted where their servers answered.
+    ForgetGarbage { slices: Vec<SliceId> },
+    /// Allocations never committed in time (the writer died): their shards are garbage.
+    AbandonPending {
+        slices: Vec<SliceId>,
+        now: Timestamp,
+    },
     /// A client unmounted or went silent: its locks and its retry memory go.
     EndSession { client: ClientId },
 }
@@ -155,6 +179,50 @@ impl StateMachine {
             Command::EndSession { client } => {
                 self.locks.release_client(client);
                 self.sessions.remove(&client);
+                Outcome::Done
+            }
+            Command::MoveShard {
+                ino,
+                chunk,
+                slice,
+                index,
+                from,
+                to,
+            } => {
+                if self.cluster.get(to).is_none() {
+                    return Outcome::Fs(Err(Errno::INVAL));
+                }
+                let at = (ino, chunk, slice);
+                let moved = self.ns.move_shard(at, index as usize, from, to);
+                Outcome::Fs(moved.map(|()| FsReply::Done))
+            }
+            Command::Drain {
+                id,
+                cancel,
+                reason,
+                now,
+            } => match self.cluster.drain(id, cancel, &reason, now) {
+                true => Outcome::Done,
+                false => Outcome::Fs(Err(Errno::INVAL)),
+            },
+            Command::ForgetGarbage { slices } => {
+                for s in slices {
+                    self.garbage.remove(&s);
+                }
+                Outcome::Done
+            }
+            Command::AbandonPending { slices, now } => {
+                for id in slices {
+                    if let Some(p) = self.pending.remove(&id) {
+                        let placement = p.placement.into_iter().map(Some).collect();
+                        let garbage = Garbage {
+                            layout: p.layout,
+                            placement,
+                            since: now,
+                        };
+                        self.garbage.insert(id, garbage);
+                    }
+                }
                 Outcome::Done
             }
         }

@@ -225,7 +225,7 @@ async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
                 addr: targets[i].addr,
             })
             .collect();
-        let bytes = admin.rebuild(servers[5].addr, id, l, sources).await?;
+        let bytes = admin.rebuild(servers[5].addr, id, l, None, sources).await?;
         assert_eq!(bytes, l.shard_len());
         let rebuilt = admin.get(servers[5].addr, id, 0, l.shard_len()).await?;
         assert!(rebuilt == shards[lost], "rebuilt shard {lost} differs");

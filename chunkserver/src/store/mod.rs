@@ -88,6 +88,15 @@ struct Entry {
     disk: u32,
     layout: SliceLayout,
     file_bytes: u64,
+    stored_secs: u64,
+}
+
+/// Faults to inject, for testing how the cluster copes with a failing server. Off unless
+/// configured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Fraction (0..=1) of shard reads that fail as if the disk returned EIO.
+    pub read_error_rate: f64,
 }
 
 pub struct Store {
@@ -96,6 +105,12 @@ pub struct Store {
     /// Bytes each disk keeps free for the filesystem's own needs.
     reserve: u64,
     pub health: Health,
+    faults: Faults,
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn parse_name(name: &str) -> Option<ShardId> {
@@ -110,7 +125,7 @@ fn parse_name(name: &str) -> Option<ShardId> {
 
 impl Store {
     /// Opens (creating if needed) the given directories and indexes the shards they hold.
-    pub fn open(roots: &[PathBuf], reserve: u64) -> Result<Store, StoreError> {
+    pub fn open(roots: &[PathBuf], reserve: u64, faults: Faults) -> Result<Store, StoreError> {
         if roots.is_empty() {
             return Err(StoreError::Invalid(
                 "at least one data directory is needed".into(),
@@ -121,6 +136,7 @@ impl Store {
             index: RwLock::new(BTreeMap::new()),
             reserve,
             health: Health::default(),
+            faults,
         };
         for (i, disk) in store.disks.iter().enumerate() {
             store.scan(i as u32, disk)?;
@@ -154,10 +170,12 @@ impl Store {
                             warn!(path = %path.display(), "shard also on another disk; ignoring this copy");
                             continue;
                         }
+                        let modified = file.metadata().and_then(|m| m.modified());
                         let entry = Entry {
                             disk: disk_no,
                             layout: r.header.layout,
                             file_bytes: r.header.file_bytes(),
+                            stored_secs: modified.map_or(0, unix_secs),
                         };
                         index.insert(id, entry);
                         found += 1;
@@ -234,6 +252,7 @@ impl Store {
             disk,
             layout: header.layout,
             file_bytes: header.file_bytes(),
+            stored_secs: unix_secs(std::time::SystemTime::now()),
         };
         let old = self
             .index
@@ -263,6 +282,11 @@ impl Store {
 
     /// Reads a verified range through an open reader, counting failures.
     pub fn read(&self, reader: &ShardReader, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if self.faults.read_error_rate > 0.0 && rand::random::<f64>() < self.faults.read_error_rate
+        {
+            let injected = std::io::Error::other("injected read error (--inject-read-errors)");
+            return self.note(Err(shard_file::io_error(&reader.path, injected)));
+        }
         self.note(reader.read(offset, len))
     }
 
@@ -301,6 +325,10 @@ impl Store {
         (page, iter.next().is_some())
     }
 
+    pub fn shard_count(&self) -> usize {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn disk_status(&self) -> Vec<DiskStatus> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let mut status: Vec<DiskStatus> = self
@@ -331,6 +359,7 @@ fn info(shard: ShardId, e: Entry) -> ShardInfo {
         layout: e.layout,
         disk: e.disk,
         file_bytes: e.file_bytes,
+        stored_secs: e.stored_secs,
     }
 }
 

@@ -236,7 +236,7 @@ pub fn sync_parent(path: &Path) -> Result<(), StoreError> {
 /// An open shard file whose header and checksum table have been read and checked.
 pub struct ShardReader {
     file: File,
-    path: PathBuf,
+    pub path: PathBuf,
     pub header: ShardHeader,
     crcs: Vec<u32>,
 }

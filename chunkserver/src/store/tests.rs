@@ -32,7 +32,7 @@ fn shard_file(dir: &Path, shard: ShardId) -> PathBuf {
 fn writes_reads_ranges_and_reindexes() {
     let dir = tempfile::tempdir().unwrap();
     let roots = vec![dir.path().join("a"), dir.path().join("b")];
-    let store = Store::open(&roots, 0).unwrap();
+    let store = Store::open(&roots, 0, Faults::default()).unwrap();
     let l = layout(1_000_003);
     let shard = ShardId::new(SliceId(7), 3);
     let data = random(l.shard_len() as usize, 1);
@@ -48,7 +48,7 @@ fn writes_reads_ranges_and_reindexes() {
     ));
     drop(store);
 
-    let store = Store::open(&roots, 0).unwrap();
+    let store = Store::open(&roots, 0, Faults::default()).unwrap();
     assert_eq!(store.stat(shard).unwrap().layout, l);
     let (page, more) = store.list(None, 10);
     assert_eq!((page.len(), more), (1, false));
@@ -63,7 +63,7 @@ fn writes_reads_ranges_and_reindexes() {
 #[test]
 fn flipped_byte_is_reported_as_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&[dir.path().to_path_buf()], 0).unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
     let l = layout(4 * 200_000);
     let shard = ShardId::new(SliceId(9), 0);
     let data = random(l.shard_len() as usize, 2);
@@ -93,7 +93,7 @@ fn flipped_byte_is_reported_as_corruption() {
 #[test]
 fn unfinished_write_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&[dir.path().to_path_buf()], 0).unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
     let l = layout(100_000);
     let shard = ShardId::new(SliceId(1), 1);
     let (mut w, disk) = store.create(shard, l).unwrap();
@@ -112,7 +112,7 @@ fn unfinished_write_leaves_nothing_behind() {
 #[test]
 fn no_room_is_an_error_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&[dir.path().to_path_buf()], u64::MAX / 2).unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], u64::MAX / 2, Faults::default()).unwrap();
     let err = store
         .create(ShardId::new(SliceId(1), 0), layout(1000))
         .err()
@@ -127,7 +127,7 @@ fn strangers_in_the_shard_directory_are_ignored() {
     std::fs::create_dir_all(&sub).unwrap();
     std::fs::write(sub.join("notes.txt"), "hello").unwrap();
     std::fs::write(sub.join("0000000000000100.0"), "not a shard").unwrap();
-    let store = Store::open(&[dir.path().to_path_buf()], 0).unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
     assert_eq!(store.list(None, 10).0.len(), 0);
 }
 

@@ -47,11 +47,13 @@ pub enum ChunkRequest {
     },
     /// Capacity and health.
     Status,
-    /// Rebuild `shard` locally by reading the same ranges of the surviving `sources` from
-    /// their chunkservers and decoding.
+    /// Rebuild `shard` locally: copied range by range from `copy_from` (a server that still
+    /// holds it) when given, else (and wherever the copy fails) decoded from the same ranges
+    /// of the surviving `sources`. Replaces a local copy of the shard (a scrub repair).
     Rebuild {
         shard: ShardId,
         layout: SliceLayout,
+        copy_from: Option<ShardSource>,
         sources: Vec<ShardSource>,
     },
 }
@@ -98,6 +100,8 @@ pub struct ShardInfo {
     pub disk: u32,
     /// Bytes the shard file takes on disk, header and checksums included.
     pub file_bytes: u64,
+    /// When it was stored (Unix seconds): orphan collection leaves young shards alone.
+    pub stored_secs: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +113,7 @@ pub struct DiskStatus {
     pub shards: u64,
 }
 
-/// Counters that predict a failing server.
+/// Counters that predict a failing server (since it started).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCounters {
     pub io_errors: u64,
@@ -117,11 +121,26 @@ pub struct HealthCounters {
     pub slow_ops: u64,
 }
 
+/// How far the background checksum scrub has got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubProgress {
+    /// Full passes over every shard finished since start.
+    pub passes: u64,
+    /// Shards and bytes verified in the current pass.
+    pub shards_checked: u64,
+    pub bytes_checked: u64,
+    /// Shards in the current pass (as listed when it began).
+    pub shards_total: u64,
+    /// Damaged shards found (and reported) since start.
+    pub damaged: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkserverStatus {
     pub name: String,
     pub disks: Vec<DiskStatus>,
     pub health: HealthCounters,
+    pub scrub: ScrubProgress,
 }
 
 impl ChunkserverStatus {

@@ -7,10 +7,10 @@ use crate::fs::{
     Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
 };
 
-use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
+use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use crate::layout::SliceLayout;
 use crate::policy::Policy;
-use crate::wire::chunk::{DiskStatus, HealthCounters};
+use crate::wire::chunk::{DiskStatus, HealthCounters, ScrubProgress};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -211,6 +211,7 @@ pub struct Heartbeat {
     pub addr: SocketAddr,
     pub disks: Vec<DiskStatus>,
     pub health: HealthCounters,
+    pub scrub: ScrubProgress,
     pub shards: u64,
 }
 
@@ -230,6 +231,12 @@ pub enum AdminRequest {
     /// This member's own view (answered by any member, not only the leader): how far it
     /// has applied the log and a checksum of its state machine there.
     Digest,
+    /// Starts draining a chunkserver (its shards are copied elsewhere, it gets no new
+    /// ones), or with `cancel` puts a draining or drained server back in service.
+    Drain {
+        id: ChunkserverId,
+        cancel: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +252,14 @@ pub struct ChunkserverStatusRow {
     pub name: String,
     pub addr: SocketAddr,
     pub state: ChunkserverState,
+    /// Why it is in that state, when something other than its heartbeats decided it (an
+    /// admin's drain, a health threshold).
+    pub reason: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// Shards the metadata places on it, and their bytes.
+    pub placed_shards: u64,
+    pub placed_bytes: u64,
+    pub scrub: ScrubProgress,
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub shards: u64,
@@ -262,6 +277,47 @@ pub struct ClusterStatus {
     pub chunkservers: Vec<ChunkserverStatusRow>,
     pub inodes: u64,
     pub slices: u64,
+    pub redundancy: Redundancy,
+    pub jobs: Vec<JobStatus>,
+    /// Things an admin should know (e.g. a policy that cannot spread over enough domains).
+    pub warnings: Vec<String>,
+}
+
+/// Slices by how many of their shards are readable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redundancy {
+    pub healthy: u64,
+    pub degraded_1: u64,
+    /// Missing two or more shards but still readable.
+    pub degraded_2_plus: u64,
+    /// Fewer shards readable than the policy needs to decode.
+    pub lost: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Rebuilding shards of down servers (or damaged ones) from parity.
+    Repair,
+    /// Copying a draining server's shards elsewhere.
+    Drain,
+    /// Moving shards from fuller to emptier servers.
+    Rebalance,
+    /// Deleting shards no slice needs any more.
+    Collect,
+}
+
+/// A kind of background work and how far it has got (since this leader took over).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub kind: JobKind,
+    /// The server it is about, for a drain.
+    pub server: Option<ChunkserverId>,
+    pub done_shards: u64,
+    pub done_bytes: u64,
+    pub remaining_shards: u64,
+    pub remaining_bytes: u64,
+    pub running: u64,
+    pub failed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +347,11 @@ pub enum MetaRequest {
     /// A chunkserver announces itself (its certificate name is its identity).
     Register(Registration),
     Heartbeat(Heartbeat),
+    /// A chunkserver found a shard it holds damaged (a scrub or a read failed its checksum):
+    /// the metaserver has it rebuilt there from parity.
+    ReportDamage {
+        shard: ShardId,
+    },
     /// A client is alive and has these files open (the metaserver keeps unlinked files
     /// while someone has them open, and drops the locks of clients that go silent).
     KeepAlive {
@@ -324,6 +385,7 @@ pub enum MetaResponse {
         id: ChunkserverId,
     },
     HeartbeatAck,
+    DamageNoted,
     KeepAliveAck,
     Admin(AdminReply),
     RaftAck,

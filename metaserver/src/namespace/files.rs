@@ -3,7 +3,7 @@
 use super::{Content, Namespace};
 use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
 use lattice_common::fs::{Attr, Errno, FileKind, Timestamp, MAX_FILE_SIZE};
-use lattice_common::ids::InodeId;
+use lattice_common::ids::{ChunkserverId, InodeId, SliceId};
 use std::collections::BTreeMap;
 
 /// Most slices one chunk may hold before compaction must catch up.
@@ -115,6 +115,37 @@ impl Namespace {
             .range(first..=last)
             .map(|(&c, s)| (c, s.clone()))
             .collect())
+    }
+
+    /// Points shard `index` of `slice` (in chunk `chunk` of `ino`) at `to`, if it is still
+    /// placed on `from`: ESTALE when the slice is gone or the shard has moved meanwhile.
+    pub fn move_shard(
+        &mut self,
+        (ino, chunk, slice): (InodeId, u64, SliceId),
+        index: usize,
+        from: Option<ChunkserverId>,
+        to: ChunkserverId,
+    ) -> Result<(), Errno> {
+        let chunks = self.chunks_mut(ino).map_err(|_| Errno::STALE)?;
+        let s = chunks
+            .get_mut(&chunk)
+            .and_then(|slices| slices.iter_mut().find(|s| s.slice == slice))
+            .ok_or(Errno::STALE)?;
+        let others = s
+            .placement
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != index && *p == Some(to));
+        match s.placement.get_mut(index) {
+            // Two shards of one slice on one server would make one failure cost two.
+            Some(_) if others => Err(Errno::INVAL),
+            Some(p) if *p == from => {
+                *p = Some(to);
+                Ok(())
+            }
+            Some(_) => Err(Errno::STALE),
+            None => Err(Errno::INVAL),
+        }
     }
 
     /// Every slice of every file (for status and repair).
