@@ -108,8 +108,7 @@ impl Scrubber {
         let store = self.store.clone();
         let reader = match blocking(move || store.open_reader(shard)).await {
             Ok(r) => Arc::new(r),
-            Err(StoreError::NotFound(_)) => return,
-            Err(e) => return self.damaged(shard, &e),
+            Err(e) => return self.failed(shard, e),
         };
         let len = reader.header.shard_len();
         let mut pos = 0;
@@ -118,7 +117,7 @@ impl Scrubber {
             self.throttle.take(n).await;
             let (store, r) = (self.store.clone(), reader.clone());
             if let Err(e) = blocking(move || store.read(&r, pos, n)).await {
-                return self.damaged(shard, &e);
+                return self.failed(shard, e);
             }
             pos += n;
             self.update(|p| p.bytes_checked += n);
@@ -126,12 +125,18 @@ impl Scrubber {
         self.update(|p| p.shards_checked += 1);
     }
 
-    fn damaged(&self, shard: ShardId, e: &StoreError) {
-        warn!(%shard, "scrub found a damaged shard: {e}");
-        self.update(|p| {
-            p.damaged += 1;
-            p.shards_checked += 1;
-        });
-        self.report(shard);
+    /// A checksum mismatch is damage to repair; an I/O error is left to the health
+    /// counters (it may pass, and enough of them drain the server).
+    fn failed(&self, shard: ShardId, e: StoreError) {
+        self.update(|p| p.shards_checked += 1);
+        match e {
+            StoreError::NotFound(_) => {}
+            StoreError::Corrupt(_) => {
+                warn!(%shard, "scrub found a damaged shard: {e}");
+                self.update(|p| p.damaged += 1);
+                self.report(shard);
+            }
+            e => warn!(%shard, "scrub could not read a shard: {e}"),
+        }
     }
 }

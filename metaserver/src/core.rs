@@ -7,7 +7,7 @@ use crate::gc::{Expected, GarbageSlice, GcWork};
 use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
 use crate::placement::{self, Candidate};
-use crate::planner::{self, Job, Limits, ServerView};
+use crate::planner::{self, Busy, Job, Limits, ServerView};
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
@@ -171,7 +171,7 @@ pub enum Input {
     },
     /// Up to `max_jobs` shard jobs for slices not `busy` (leader only).
     Plan {
-        busy: HashSet<SliceId>,
+        busy: BTreeMap<SliceId, Busy>,
         max_jobs: usize,
         reply: oneshot::Sender<Answer<Vec<Job>>>,
     },
@@ -793,7 +793,7 @@ impl Core {
             .collect()
     }
 
-    fn planned(&self, busy: &HashSet<SliceId>, max_jobs: usize) -> planner::Plan {
+    fn planned(&self, busy: &BTreeMap<SliceId, Busy>, max_jobs: usize) -> planner::Plan {
         let damaged: HashSet<(ShardId, ChunkserverId)> = self.damaged.clone();
         let limits = Limits {
             max_jobs,
@@ -810,7 +810,7 @@ impl Core {
     }
 
     /// Jobs for the executor; also notices draining servers that hold nothing any more.
-    fn plan(&mut self, busy: &HashSet<SliceId>, max_jobs: usize) -> Vec<Job> {
+    fn plan(&mut self, busy: &BTreeMap<SliceId, Busy>, max_jobs: usize) -> Vec<Job> {
         // Until it has heard from every live server, a new leader would take them for lost.
         let settled = self
             .leader_since
@@ -974,7 +974,7 @@ impl Core {
                 leader: id == leader,
             })
             .collect();
-        let plan = self.planned(&HashSet::new(), 0);
+        let plan = self.planned(&BTreeMap::new(), 0);
         let chunkservers = sm
             .cluster
             .iter()

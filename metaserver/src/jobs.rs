@@ -6,12 +6,12 @@
 
 use crate::core::{ask_core, Input};
 use crate::gc;
-use crate::planner::Job;
+use crate::planner::{Busy, Job};
 use crate::state_machine::{Command, Outcome};
 use lattice_common::ids::{ChunkserverId, ShardId, SliceId};
 use lattice_common::shard_client::ShardClient;
 use lattice_common::wire::meta::{JobKind, JobStatus};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -124,7 +124,19 @@ impl Executor {
         let collector = Arc::new(gc::Collector::new(self.clone()));
         loop {
             tick.tick().await;
-            let busy: HashSet<SliceId> = self.book().running.keys().copied().collect();
+            let busy: BTreeMap<SliceId, Busy> = self
+                .book()
+                .running
+                .iter()
+                .map(|(&slice, j)| {
+                    let busy = Busy {
+                        from: j.from,
+                        to: j.to,
+                        bytes: j.bytes,
+                    };
+                    (slice, busy)
+                })
+                .collect();
             let free = self.settings.concurrency.saturating_sub(busy.len());
             let plan = ask_core(&self.core, |reply| Input::Plan {
                 busy,

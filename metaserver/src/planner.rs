@@ -92,18 +92,26 @@ pub struct Limits {
     pub balance_tolerance: f64,
 }
 
+/// A shard job under way: its slice gets no other job, and its bytes count as moved.
+#[derive(Clone, Copy, Debug)]
+pub struct Busy {
+    pub from: Option<ChunkserverId>,
+    pub to: ChunkserverId,
+    pub bytes: u64,
+}
+
 struct Urgent {
     surviving: usize,
     job: Job,
 }
 
 /// Plans work for every slice. `damaged` shards (by the server holding them) are rebuilt in
-/// place; `busy` slices (with a job running) get no new job.
+/// place; `busy` slices (with a job running) get no new job, and their moves count as done.
 pub fn plan<'a>(
     slices: impl Iterator<Item = (InodeId, u64, &'a SliceRef)>,
     servers: &BTreeMap<ChunkserverId, ServerView>,
     damaged: &HashSet<(ShardId, ChunkserverId)>,
-    busy: &HashSet<SliceId>,
+    busy: &BTreeMap<SliceId, Busy>,
     limits: Limits,
 ) -> Plan {
     let mut out = Plan::default();
@@ -111,6 +119,9 @@ pub fn plan<'a>(
     let mut drains: Vec<Job> = Vec::new();
     // Bytes already headed to each server in this plan, so one plan spreads its targets.
     let mut incoming: BTreeMap<ChunkserverId, u64> = BTreeMap::new();
+    for b in busy.values().filter(|b| b.from != Some(b.to)) {
+        *incoming.entry(b.to).or_default() += b.bytes;
+    }
     let mut healthy: Vec<(InodeId, u64, &SliceRef)> = Vec::new();
     let mut policies = HashSet::new();
     for (ino, chunk, s) in slices {
@@ -146,7 +157,7 @@ pub fn plan<'a>(
             healthy.push((ino, chunk, s));
             continue;
         }
-        if busy.contains(&s.slice) || surviving < need {
+        if busy.contains_key(&s.slice) || surviving < need {
             continue;
         }
         let sources: Vec<ShardSource> = (0..total)
@@ -274,7 +285,7 @@ fn pick_target(
 fn rebalance(
     healthy: &[(InodeId, u64, &SliceRef)],
     servers: &BTreeMap<ChunkserverId, ServerView>,
-    busy: &HashSet<SliceId>,
+    busy: &BTreeMap<SliceId, Busy>,
     limits: Limits,
     out: &mut Plan,
 ) {
@@ -289,6 +300,14 @@ fn rebalance(
         .keys()
         .map(|id| (*id, out.placed.get(id).map_or(0, |p| p.bytes) as f64))
         .collect();
+    for b in busy.values() {
+        if let Some(l) = b.from.and_then(|from| load.get_mut(&from)) {
+            *l -= b.bytes as f64;
+        }
+        if let Some(l) = load.get_mut(&b.to) {
+            *l += b.bytes as f64;
+        }
+    }
     let used: f64 = load.values().sum();
     let capacity: u128 = writable
         .values()
@@ -313,7 +332,7 @@ fn rebalance(
         if out.jobs.len() >= limits.max_jobs {
             break;
         }
-        if busy.contains(&s.slice) {
+        if busy.contains_key(&s.slice) {
             continue;
         }
         let bytes = s.layout.shard_len();
@@ -323,10 +342,14 @@ fn rebalance(
                 continue;
             }
             let holders: Vec<ChunkserverId> = s.placement.iter().flatten().copied().collect();
+            // A move must leave the target no fuller (for its share) than the source, or
+            // shards would bounce between servers when they are few.
+            let fill = |id: &ChunkserverId, extra: f64| (load[id] + extra) / share(writable[id]);
             let Some((&to, _)) = writable
                 .iter()
                 .filter(|(id, _)| !holders.contains(id) && under(id, &load))
                 .filter(|(_, v)| v.free_bytes > 2 * bytes)
+                .filter(|(id, _)| fill(id, bytes as f64) <= fill(&from, -(bytes as f64)))
                 .min_by(|a, b| load[a.0].total_cmp(&load[b.0]))
             else {
                 continue;
@@ -435,7 +458,7 @@ mod tests {
             balance_tolerance: 0.1,
         };
         let all = slices.iter().map(|s| (InodeId(2), 0, s));
-        plan(all, servers, &HashSet::new(), &HashSet::new(), limits)
+        plan(all, servers, &HashSet::new(), &BTreeMap::new(), limits)
     }
 
     #[test]
@@ -481,7 +504,7 @@ mod tests {
         };
         let s = slice(1, &[1, 2, 3, 4, 5, 6]);
         let all = std::iter::once((InodeId(2), 0, &s));
-        let p = plan(all, &view, &damaged, &HashSet::new(), limits);
+        let p = plan(all, &view, &damaged, &BTreeMap::new(), limits);
         let repair = &p.jobs[0];
         assert_eq!((repair.kind, repair.index), (JobKind::Repair, 0));
         assert_eq!(
@@ -498,7 +521,14 @@ mod tests {
         assert_eq!(p.backlog[&key].shards, 1);
         // Busy slices wait.
         let all = std::iter::once((InodeId(2), 0, &s));
-        let busy = HashSet::from([SliceId(1)]);
+        let busy = BTreeMap::from([(
+            SliceId(1),
+            Busy {
+                from: Some(ChunkserverId(6)),
+                to: ChunkserverId(7),
+                bytes: 1,
+            },
+        )]);
         assert!(plan(all, &view, &damaged, &busy, limits).jobs.is_empty());
     }
 
@@ -538,6 +568,55 @@ mod tests {
             })
             .collect();
         assert!(run(&even, &view).jobs.is_empty());
+    }
+
+    #[test]
+    fn moves_under_way_count_so_a_new_server_is_not_overfilled() {
+        let view = servers(8);
+        let slices: Vec<SliceRef> = (1..=40).map(|i| slice(i, &[1, 2, 3, 4, 5, 6])).collect();
+        let bytes = slices[0].layout.shard_len();
+        // 30 shards (server 7's whole share) are already on their way to server 7.
+        let busy: BTreeMap<SliceId, Busy> = (100..130)
+            .map(|i| {
+                let from = Some(ChunkserverId(1 + (i % 6) as u32));
+                (
+                    SliceId(i),
+                    Busy {
+                        from,
+                        to: ChunkserverId(7),
+                        bytes,
+                    },
+                )
+            })
+            .collect();
+        let limits = Limits {
+            max_jobs: 100,
+            balance_tolerance: 0.1,
+        };
+        let all = slices.iter().map(|s| (InodeId(2), 0, s));
+        let p = plan(all, &view, &HashSet::new(), &busy, limits);
+        assert!(
+            p.jobs.iter().all(|j| j.to == ChunkserverId(8)),
+            "{:?}",
+            p.jobs
+        );
+    }
+
+    #[test]
+    fn a_one_shard_difference_does_not_bounce() {
+        // 7 slices of 6 shards on 7 servers: 6 each, except one server with 5 and one with 7.
+        let mut on: Vec<Vec<u32>> = (0..7u32)
+            .map(|i| (0..6).map(|k| (i + k) % 7 + 1).collect())
+            .collect();
+        on[0][0] = 7;
+        on[0].swap(0, 5);
+        let slices: Vec<SliceRef> = on
+            .iter()
+            .enumerate()
+            .map(|(i, o)| slice(i as u64 + 1, o))
+            .collect();
+        let p = run(&slices, &servers(7));
+        assert!(p.jobs.len() <= 1, "{:?}", p.jobs);
     }
 
     #[test]

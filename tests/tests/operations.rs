@@ -1,0 +1,372 @@
+//! What an admin does with a live cluster, while users keep using the mount: join, drain,
+//! repair after failures, scrub, predictive drain.
+
+use anyhow::{bail, ensure, Context, Result};
+use lattice_common::ids::ChunkserverId;
+use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, JobKind};
+use lattice_harness::process::wait_for;
+use lattice_harness::Admin;
+use lattice_tests::{random_bytes, TestCluster};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fast failure detection and short grace periods, so a test sees the whole cycle.
+const QUICK_UPKEEP: &[&str] = &[
+    "--suspect-after",
+    "2",
+    "--down-after",
+    "5",
+    "--gc-grace",
+    "2",
+    "--reconcile-every",
+    "5",
+    "--orphan-grace",
+    "3",
+];
+
+fn id_of(status: &ClusterStatus, name: &str) -> Result<ChunkserverId> {
+    status
+        .chunkservers
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.id)
+        .with_context(|| format!("{name} is not in the cluster map"))
+}
+
+/// Waits until `check` holds for the cluster status.
+async fn wait_status(
+    admin: &Admin,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> Result<ClusterStatus> {
+    wait_for(limit, what, || async {
+        let s = admin.status().await?;
+        Ok(check(&s).then_some(s))
+    })
+    .await
+}
+
+fn fully_redundant(s: &ClusterStatus) -> bool {
+    let r = &s.redundancy;
+    r.degraded_1 == 0 && r.degraded_2_plus == 0 && r.lost == 0 && r.healthy == s.slices
+}
+
+/// Files written with known contents, to check at the end.
+fn write_files(dir: &Path, prefix: &str, sizes: &[usize]) -> Result<Vec<(PathBuf, u64)>> {
+    let mut out = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let path = dir.join(format!("{prefix}{i}"));
+        let seed = (prefix.len() * 1000 + i) as u64;
+        std::fs::write(&path, random_bytes(size, seed))?;
+        out.push((path, seed));
+    }
+    Ok(out)
+}
+
+fn check_files(files: &[(PathBuf, u64)], in_dir: &Path) -> Result<()> {
+    for (path, seed) in files {
+        let path = in_dir.join(path.file_name().expect("a file name"));
+        let got = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        ensure!(
+            got == random_bytes(got.len(), *seed) && !got.is_empty(),
+            "{} differs from what was written",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Keeps writing new files (fsynced) until stopped; returns what it wrote.
+fn writer(
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<(PathBuf, u64)>>> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut written = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let path = dir.join(format!("w{i}"));
+            let seed = 1_000_000 + i;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&random_bytes((3 << 20) + i as usize * 4099, seed))?;
+            f.sync_all()
+                .with_context(|| format!("fsync of {}", path.display()))?;
+            written.push((path, seed));
+            i += 1;
+        }
+        Ok(written)
+    })
+}
+
+/// Keeps reading `files` and checking every byte until stopped; returns the passes made.
+fn reader(
+    files: Vec<(PathBuf, u64)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<u32>> {
+    std::thread::spawn(move || {
+        let mut passes = 0;
+        while !stop.load(Ordering::Relaxed) || passes == 0 {
+            check_files(&files, files[0].0.parent().expect("a directory"))
+                .with_context(|| format!("read pass {passes}"))?;
+            passes += 1;
+        }
+        Ok(passes)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_and_drain_while_the_mount_is_in_use() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(QUICK_UPKEEP)?;
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    let files = write_files(&mnt, "r", &[8 << 20, 20 << 20, 1, 70 << 20, 5 << 20])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(mnt.clone(), stop.clone());
+    let r = reader(files.clone(), stop.clone());
+
+    // Two new servers join through the real `chunkserver join` and receive shards.
+    for _ in 0..2 {
+        tc.cluster.join_chunkserver().await?;
+    }
+    let status = wait_status(
+        &admin,
+        Duration::from_secs(120),
+        "shards to move onto the new servers",
+        |s| {
+            ["chunkserver-7", "chunkserver-8"].iter().all(|name| {
+                s.chunkservers.iter().any(|c| {
+                    c.name == *name && c.state == ChunkserverState::Up && c.placed_shards > 0
+                })
+            })
+        },
+    )
+    .await?;
+
+    // Two original servers are drained with the real `chunkserver drain ID --wait`, then
+    // stopped.
+    let drains: Vec<(u32, std::process::Child)> = [2u32, 5]
+        .into_iter()
+        .map(|n| {
+            let id = id_of(&status, &format!("chunkserver-{n}"))?;
+            let child = tc
+                .cluster
+                .drain_command(id.0)?
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+            Ok((n, child))
+        })
+        .collect::<Result<_>>()?;
+    for (n, child) in drains {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+        ensure!(
+            out.status.success(),
+            "draining chunkserver-{n} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tc.cluster.chunkserver(n).stop(Duration::from_secs(10))?;
+    }
+    let status = admin.status().await?;
+    for n in [2, 5] {
+        let row = status
+            .chunkservers
+            .iter()
+            .find(|c| c.name == format!("chunkserver-{n}"))
+            .context("drained server listed")?;
+        ensure!(
+            row.state == ChunkserverState::Drained && row.placed_shards == 0,
+            "{row:?}"
+        );
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let passes = r.join().expect("reader thread")?;
+    let written = w.join().expect("writer thread")?;
+    ensure!(passes >= 1 && !written.is_empty());
+    // Every byte, through a fresh mount with a cold cache.
+    let cold = tc.state().join("cold");
+    tc.cluster.start_mount(2, &cold, "").await?;
+    check_files(&files, &cold)?;
+    check_files(&written, &cold)?;
+    wait_status(
+        &admin,
+        Duration::from_secs(60),
+        "full redundancy",
+        fully_redundant,
+    )
+    .await?;
+    eprintln!(
+        "reader passes: {passes}, files written meanwhile: {}",
+        written.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_server_is_repaired_around_then_two_more_may_die() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(QUICK_UPKEEP)?;
+    // Seven servers: after one dies, rs:4+2 still has six distinct servers to repair onto.
+    let (admin, mnt) = tc.start_with_mount(7).await?;
+    let files = write_files(&mnt, "f", &[(64 << 20) + 1, 10 << 20, 4096, 33 << 20])?;
+    let before = admin.status().await?;
+    ensure!(fully_redundant(&before), "{:?}", before.redundancy);
+
+    let victim = id_of(&before, "chunkserver-3")?;
+    ensure!(tc.cluster.chunkserver(3).kill9());
+    let killed = Instant::now();
+    wait_status(
+        &admin,
+        Duration::from_secs(30),
+        "the dead server to be down",
+        |s| {
+            s.chunkservers
+                .iter()
+                .any(|c| c.id == victim && c.state == ChunkserverState::Down)
+        },
+    )
+    .await?;
+    let down = Instant::now();
+    let repaired = wait_status(
+        &admin,
+        Duration::from_secs(180),
+        "repair to full redundancy",
+        |s| {
+            fully_redundant(s)
+                && s.chunkservers
+                    .iter()
+                    .all(|c| c.id != victim || c.placed_shards == 0)
+        },
+    )
+    .await?;
+    let rebuilt: u64 = repaired
+        .jobs
+        .iter()
+        .filter(|j| j.kind == JobKind::Repair)
+        .map(|j| j.done_bytes)
+        .sum();
+    ensure!(rebuilt > 0, "nothing was rebuilt: {:?}", repaired.jobs);
+    eprintln!(
+        "down after {:.1}s; rebuilt {:.1} MiB in {:.1}s ({:.1} MiB/s)",
+        (down - killed).as_secs_f64(),
+        rebuilt as f64 / (1 << 20) as f64,
+        down.elapsed().as_secs_f64(),
+        rebuilt as f64 / (1 << 20) as f64 / down.elapsed().as_secs_f64()
+    );
+
+    // The dead server comes back: its shards were rebuilt elsewhere, so its stale copies
+    // go (what it holds becomes what the metadata places on it, as it is rebalanced).
+    tc.cluster.start_chunkserver(3).await?;
+    let settled = |s: &ClusterStatus| {
+        fully_redundant(s)
+            && s.jobs.iter().all(|j| j.running == 0)
+            && s.chunkservers.iter().any(|c| {
+                c.id == victim && c.state == ChunkserverState::Up && c.shards == c.placed_shards
+            })
+    };
+    let what = "the returning server's stale shards to go";
+    wait_status(&admin, Duration::from_secs(90), what, settled).await?;
+
+    for n in [1, 6] {
+        ensure!(tc.cluster.chunkserver(n).kill9());
+    }
+    let cold = tc.state().join("cold");
+    tc.cluster.start_mount(2, &cold, "").await?;
+    check_files(&files, &cold)?;
+    Ok(())
+}
+
+/// The path of one shard file of `server`'s data directory (the largest, so it has data).
+fn a_shard_file(tc: &TestCluster, server: u32) -> Result<PathBuf> {
+    let shards = tc.state().join(format!("chunkserver-{server}/data/shards"));
+    let mut best: Option<(u64, PathBuf)> = None;
+    for dir in std::fs::read_dir(&shards)? {
+        for f in std::fs::read_dir(dir?.path())? {
+            let f = f?;
+            let len = f.metadata()?.len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, f.path()));
+            }
+        }
+    }
+    match best {
+        Some((_, p)) => Ok(p),
+        None => bail!("chunkserver-{server} holds no shard"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_repairs_a_flipped_byte_and_a_failing_server_is_drained() -> Result<()> {
+    let mut args = QUICK_UPKEEP.to_vec();
+    args.extend(["--drain-on-io-errors", "5"]);
+    let mut tc = TestCluster::with_metaserver_args(&args)?;
+    tc.cluster.chunkserver_args = ["--scrub-every", "2", "--scrub-rate", "64"]
+        .map(String::from)
+        .to_vec();
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    // A seventh server whose disk fails a third of its reads.
+    tc.cluster
+        .chunkserver_args
+        .extend(["--inject-read-errors", "0.3"].map(String::from));
+    tc.cluster.start_chunkserver(7).await?;
+    admin.wait_chunkservers_up(7).await?;
+    let files = write_files(&mnt, "s", &[24 << 20, 12 << 20, 6 << 20])?;
+
+    // A byte flipped on disk is found by scrub and the shard rewritten from parity.
+    let shard = a_shard_file(&tc, 1)?;
+    let original = std::fs::read(&shard)?;
+    let mut flipped = original.clone();
+    *flipped.last_mut().expect("a non-empty shard") ^= 0x40;
+    std::fs::write(&shard, &flipped)?;
+    wait_for(
+        Duration::from_secs(60),
+        "scrub to repair the flipped byte",
+        || async { Ok((std::fs::read(&shard).ok().as_ref() == Some(&original)).then_some(())) },
+    )
+    .await?;
+    let status = admin.status().await?;
+    let cs1 = status
+        .chunkservers
+        .iter()
+        .find(|c| c.name == "chunkserver-1")
+        .context("chunkserver-1 listed")?;
+    ensure!(
+        cs1.scrub.damaged >= 1 && cs1.health.checksum_errors >= 1,
+        "{cs1:?}"
+    );
+
+    // The failing server is drained by the metaserver on its own, and status says why.
+    let status = wait_status(
+        &admin,
+        Duration::from_secs(120),
+        "the failing server to be drained",
+        |s| {
+            s.chunkservers
+                .iter()
+                .any(|c| c.name == "chunkserver-7" && c.state == ChunkserverState::Drained)
+        },
+    )
+    .await?;
+    let row = status
+        .chunkservers
+        .iter()
+        .find(|c| c.name == "chunkserver-7")
+        .context("chunkserver-7 listed")?;
+    let reason = row.reason.as_deref().unwrap_or_default();
+    ensure!(
+        reason.contains("predictive drain") && reason.contains("I/O errors"),
+        "{row:?}"
+    );
+    check_files(&files, &mnt)?;
+    wait_status(
+        &admin,
+        Duration::from_secs(60),
+        "full redundancy",
+        fully_redundant,
+    )
+    .await?;
+    Ok(())
+}
