@@ -2,6 +2,7 @@
 
 mod drain;
 mod membership;
+mod metrics;
 mod rebuild;
 mod scrub;
 mod service;
@@ -99,6 +100,9 @@ struct ServeArgs {
     /// cluster drain a failing server. Off by default.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     inject_read_errors: f64,
+    /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9101), on /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -169,7 +173,16 @@ async fn serve(args: ServeArgs, join: Option<Duration>) -> Result<()> {
         name: identity.name.name.clone(),
         rebuild_rate: Throttle::new(args.rebuild_rate * MIB),
         scrub: scrub.clone(),
+        stats: metrics::Stats::default(),
     });
+    if let Some(at) = args.metrics {
+        let s = service.clone();
+        let render: lattice_common::metrics::Render =
+            Arc::new(move || Box::pin(metrics::render(s.clone())));
+        lattice_common::metrics::serve(at, render)
+            .await
+            .with_context(|| format!("serving metrics on {at}"))?;
+    }
     let handler = service.clone();
     let server = tokio::spawn(
         node.clone()

@@ -1,5 +1,6 @@
 //! The chunkserver's request handlers: one QUIC stream per request.
 
+use crate::metrics::Stats;
 use crate::rebuild;
 use crate::scrub::Scrubber;
 use crate::store::{Store, StoreError};
@@ -30,6 +31,7 @@ pub struct Service {
     /// Paces rebuilds and copies.
     pub rebuild_rate: Throttle,
     pub scrub: Arc<Scrubber>,
+    pub stats: Stats,
 }
 
 impl From<StoreError> for WireError {
@@ -124,14 +126,18 @@ impl Service {
                         peers: sources,
                     };
                     let (store, io, rate) = (&self.store, &self.io, &self.rebuild_rate);
-                    rebuild::rebuild(store, io, rate, shard, layout, sources)
-                        .await
-                        .map(|bytes| ChunkResponse::Rebuilt { bytes })
+                    let rebuilt = rebuild::rebuild(store, io, rate, shard, layout, sources).await;
+                    rebuilt.map(|bytes| {
+                        self.stats.rebuilds.add(1);
+                        self.stats.rebuild_bytes.add(bytes);
+                        ChunkResponse::Rebuilt { bytes }
+                    })
                 }
                 Err(e) => Err(e),
             },
         };
         let resp = resp.unwrap_or_else(|e| {
+            self.stats.errors.add(1);
             if e.kind != ErrorKind::NotFound {
                 warn!(%peer, "request failed: {e}");
             }
@@ -186,6 +192,8 @@ impl Service {
         }
         let store = self.store.clone();
         let info = blocking(move || store.commit(writer, disk)).await?;
+        self.stats.puts.add(1);
+        self.stats.put_bytes.add(total);
         debug!(%shard, bytes = info.file_bytes, "stored");
         Ok(ChunkResponse::Stored {
             bytes: info.file_bytes,
@@ -249,8 +257,10 @@ impl Service {
             if send.write_all(&piece).await.is_err() {
                 return;
             }
+            self.stats.get_bytes.add(piece.len() as u64);
             pos = next;
         }
+        self.stats.gets.add(1);
         let _ = send.finish();
     }
 }

@@ -5,7 +5,7 @@
 //! - [`fs`], [`chunk_map`]: the POSIX model, and a file's bytes as layered slices.
 //! - [`codec`], [`wire`]: the bounded, versioned message encoding and the messages.
 //! - [`pki`], [`transport`]: the cluster CA and QUIC with mutual TLS.
-//! - [`logging`]: how every process logs.
+//! - [`logging`], [`metrics`]: how every process logs and exposes Prometheus metrics.
 //! - [`shard_client`], [`slice_io`]: talking to chunkservers, one shard or a whole slice.
 //! - [`meta_client`]: talking to the metaserver group.
 //! - [`throttle`]: rate limits for background work.
@@ -18,6 +18,7 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod meta_client;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod shard_client;

@@ -392,7 +392,10 @@ impl Client {
         let file = self.handle(fh)?;
         let attr = self.cached_attr(file.ino).await?;
         let size = attr.size.max(file.local_end());
-        reader::read(&self.backend, &file, offset, len, size).await
+        let data = reader::read(&self.backend, &file, offset, len, size).await?;
+        self.backend.stats.reads.add(1);
+        self.backend.stats.read_bytes.add(data.len() as u64);
+        Ok(data)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
@@ -405,6 +408,8 @@ impl Client {
         }
         file.write(&self.backend, offset, data, self.tuning.write_buffer)
             .await;
+        self.backend.stats.writes.add(1);
+        self.backend.stats.write_bytes.add(data.len() as u64);
         let end = offset + data.len() as u64;
         if let Some((a, _)) = self
             .attrs

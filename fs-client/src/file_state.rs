@@ -29,6 +29,7 @@ pub struct Backend {
     pub io: SliceIo,
     /// How long a fetched slice map is trusted (other mounts may change the file).
     pub slice_ttl: Duration,
+    pub stats: crate::metrics::Stats,
 }
 
 struct Batch {
@@ -197,6 +198,10 @@ impl FileState {
                     Ok(s) => writer::commit(&backend.meta, file.ino, s).await,
                     Err(e) => Err(e),
                 };
+                match result {
+                    Ok(()) => backend.stats.slices_committed.add(1),
+                    Err(_) => backend.stats.write_errors.add(1),
+                }
                 error = error.or(result.err());
             }
             // The slice map must show the new slices before the batch stops being overlaid.

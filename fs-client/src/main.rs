@@ -9,6 +9,7 @@ mod client;
 mod extents;
 mod file_state;
 mod fuse_fs;
+mod metrics;
 mod options;
 mod readahead;
 mod reader;
@@ -35,7 +36,8 @@ use tracing::{error, info};
     about = "Mount a LatticeFS cluster",
     long_about = "Mount a LatticeFS cluster.\n\nExample:\n  fs-client 127.0.0.1:7101,127.0.0.1:7102 /mnt/lattice -o certs=/etc/lattice/client\n\n\
 Options (-o, comma separated): certs=DIR (the mount's ca.pem, cert.pem, key.pem; or LATTICE_CERTS), \
-log=FILE, attr_timeout=SECS (1), write_buffer=SIZE (32M), flush_after=SECS (5), allow_other, \
+log=FILE, attr_timeout=SECS (1), write_buffer=SIZE (32M), flush_after=SECS (5), metrics=IP:PORT \
+(Prometheus metrics on /metrics), allow_other, \
 allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME.\n\n\
 Runs in the background once mounted unless -f is given; SIGTERM writes out buffered data and unmounts."
 )]
@@ -234,6 +236,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             meta: MetaClient::new(node.clone(), plan.meta.clone(), Duration::from_secs(30)),
             io: SliceIo::new(ShardClient::new(node, Duration::from_secs(10))),
             slice_ttl: plan.opts.attr_timeout,
+            stats: metrics::Stats::default(),
         };
         let tuning = client::Tuning {
             attr_ttl: plan.opts.attr_timeout,
@@ -241,6 +244,16 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             flush_after: plan.opts.flush_after,
         };
         let client = client::Client::new(backend, tuning);
+        if let Some(at) = plan.opts.metrics {
+            let c = client.clone();
+            let render: lattice_common::metrics::Render = std::sync::Arc::new(move || {
+                let text = c.backend.stats.render();
+                Box::pin(async move { text })
+            });
+            lattice_common::metrics::serve(at, render)
+                .await
+                .with_context(|| format!("serving metrics on {at}"))?;
+        }
         // Refuse to mount what cannot be reached, and say why.
         let probe = MetaClient::new(
             Node::client(&identity)?,

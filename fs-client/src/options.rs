@@ -13,6 +13,8 @@ pub struct Options {
     pub attr_timeout: Duration,
     pub write_buffer: u64,
     pub flush_after: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Options handed to the kernel.
     pub mount: Vec<MountOption>,
 }
@@ -25,6 +27,7 @@ impl Default for Options {
             attr_timeout: Duration::from_secs(1),
             write_buffer: 32 << 20,
             flush_after: Duration::from_secs(5),
+            metrics: None,
             mount: vec![
                 MountOption::FSName("latticefs".into()),
                 MountOption::Subtype("latticefs".into()),
@@ -73,6 +76,13 @@ impl Options {
                 "log" => self.log = Some(PathBuf::from(need()?)),
                 "attr_timeout" => self.attr_timeout = seconds(need()?)?,
                 "flush_after" => self.flush_after = seconds(need()?)?,
+                "metrics" => {
+                    let addr = need()?;
+                    let parsed = addr
+                        .parse()
+                        .map_err(|_| format!("metrics={addr}: not an IP:PORT"));
+                    self.metrics = Some(parsed?);
+                }
                 "write_buffer" => {
                     let size = parse_size(need()?)?;
                     if !(4096..=(1 << 30)).contains(&size) {

@@ -84,7 +84,27 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A free TCP port on loopback (the kernel's choice).
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 impl LocalCluster {
+    /// `--metrics ADDR` for a server: a free loopback port, remembered in `<name>.metrics`.
+    fn metrics_args(&self, p: &Proc) -> Result<[String; 2]> {
+        let addr = format!("127.0.0.1:{}", free_tcp_port()?);
+        std::fs::write(self.state.join(format!("{}.metrics", p.name())), &addr)?;
+        Ok(["--metrics".to_string(), addr])
+    }
+
+    /// Where a server started by this harness serves its Prometheus metrics.
+    pub fn metrics_addr(&self, p: &Proc) -> Option<SocketAddr> {
+        let path = self.state.join(format!("{}.metrics", p.name()));
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
     /// Opens (creating if needed) the cluster state in `state`, with its CA.
     pub fn open(state: &Path, bin_dir: PathBuf) -> Result<LocalCluster> {
         std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
@@ -218,6 +238,7 @@ impl LocalCluster {
             .arg(&certs)
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(self.metrics_args(&p)?)
             .args(&self.metaserver_args);
         if n <= founders {
             for f in 1..=founders {
@@ -288,7 +309,8 @@ impl LocalCluster {
             .arg("--certs")
             .arg(certs)
             .arg("--addr-file")
-            .arg(&addr_file);
+            .arg(&addr_file)
+            .args(self.metrics_args(&p)?);
         let meta = self.meta_addrs();
         if !meta.is_empty() {
             let list: Vec<String> = meta.iter().map(|a| a.to_string()).collect();

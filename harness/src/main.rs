@@ -103,6 +103,9 @@ fn main() -> Result<()> {
                             Some(pid) => format!("running (pid {pid})"),
                             None => "not running".to_string(),
                         };
+                        let metrics = cluster
+                            .metrics_addr(&p)
+                            .map_or(String::new(), |a| format!(", metrics http://{a}/metrics"));
                         let extra = match cluster.mountpoint(&p) {
                             Some(mp) if role == FS_CLIENT => format!(
                                 " at {} ({})",
@@ -115,7 +118,7 @@ fn main() -> Result<()> {
                             ),
                             _ => String::new(),
                         };
-                        println!("{:<16} {state}{extra}", p.name());
+                        println!("{:<16} {state}{extra}{metrics}", p.name());
                     }
                 }
                 println!();

@@ -204,6 +204,10 @@ pub enum Input {
         cancel: bool,
         reply: oneshot::Sender<Answer<Outcome>>,
     },
+    /// Prometheus text: this member's progress, and the cluster if it leads.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
 }
 
 enum Waiter {
@@ -496,6 +500,16 @@ impl Core {
                     now,
                 };
                 self.propose(cmd, reply);
+            }
+            Input::Metrics { reply } => {
+                let me = crate::metrics::Member {
+                    leader: self.replica.is_leader(),
+                    term: self.replica.term(),
+                    applied: self.replica.sm.applied,
+                    snapshot: self.replica.snapshot_index(),
+                };
+                let status = me.leader.then(|| self.status());
+                let _ = reply.send(crate::metrics::render(&me, status.as_ref()));
             }
             Input::Digest { reply } => {
                 let sm = &self.replica.sm;

@@ -6,6 +6,7 @@ mod core;
 mod gc;
 mod jobs;
 mod locks;
+mod metrics;
 mod namespace;
 mod peers;
 mod placement;
@@ -106,6 +107,9 @@ struct ServeArgs {
     /// Take a snapshot after this many applied log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9100), on /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     upkeep: UpkeepArgs,
 }
@@ -478,12 +482,31 @@ fn serve(args: ServeArgs) -> Result<()> {
                 std::process::exit(2);
             }
         })?;
-    let service = Arc::new(service::Service::new(inputs));
+    let service = Arc::new(service::Service::new(inputs.clone()));
     let addr = node.local_addr()?;
     if let Some(path) = &args.addr_file {
         write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
     }
     info!(id = args.id, %addr, "metaserver serving");
+    if let Some(at) = args.metrics {
+        let core = std::sync::Mutex::new(inputs.clone());
+        let render: lattice_common::metrics::Render = Arc::new(move || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = core
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(core::Input::Metrics { reply: tx });
+            Box::pin(async move {
+                match sent {
+                    Ok(()) => rx.await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                }
+            })
+        });
+        runtime
+            .block_on(lattice_common::metrics::serve(at, render))
+            .with_context(|| format!("serving metrics on {at}"))?;
+    }
     runtime.block_on(async {
         tokio::spawn(executor.run());
         let server = tokio::spawn(

@@ -6,7 +6,7 @@ use lattice_common::ids::ChunkserverId;
 use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, JobKind};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
-use lattice_tests::{random_bytes, TestCluster};
+use lattice_tests::{http_get, random_bytes, TestCluster};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -360,6 +360,31 @@ async fn scrub_repairs_a_flipped_byte_and_a_failing_server_is_drained() -> Resul
         reason.contains("predictive drain") && reason.contains("I/O errors"),
         "{row:?}"
     );
+    // Every server tells Prometheus the same story.
+    let cs1 = tc
+        .cluster
+        .metrics_addr(&tc.cluster.chunkserver(1))
+        .context("cs1 metrics")?;
+    let text = http_get(cs1, "/metrics")?;
+    ensure!(
+        text.lines().any(
+            |l| l.starts_with("lattice_chunkserver_checksum_errors_total ") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+    let mut leaders = 0;
+    for p in tc.cluster.procs(lattice_harness::METASERVER) {
+        let addr = tc.cluster.metrics_addr(&p).context("metaserver metrics")?;
+        let text = http_get(addr, "/metrics")?;
+        if text.lines().any(|l| l == "lattice_meta_is_leader 1") {
+            leaders += 1;
+            ensure!(
+                text.contains("lattice_meta_chunkservers{state=\"drained\"} 1"),
+                "{text}"
+            );
+        }
+    }
+    ensure!(leaders == 1, "{leaders} metaservers say they lead");
     check_files(&files, &mnt)?;
     wait_status(
         &admin,
