@@ -207,8 +207,10 @@ async fn join_and_drain_while_the_mount_is_in_use() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_server_is_repaired_around_then_two_more_may_die() -> Result<()> {
-    let tc = TestCluster::with_metaserver_args(QUICK_UPKEEP)?;
+async fn a_dead_server_is_repaired_across_a_leader_failover_then_two_more_may_die() -> Result<()> {
+    let mut tc = TestCluster::with_metaserver_args(QUICK_UPKEEP)?;
+    // Slow rebuilds, so the metaserver leader can be killed while repair is under way.
+    tc.cluster.chunkserver_args = vec!["--rebuild-rate".into(), "2".into()];
     // Seven servers: after one dies, rs:4+2 still has six distinct servers to repair onto.
     let (admin, mnt) = tc.start_with_mount(7).await?;
     let files = write_files(&mnt, "f", &[(64 << 20) + 1, 10 << 20, 4096, 33 << 20])?;
@@ -230,6 +232,14 @@ async fn a_dead_server_is_repaired_around_then_two_more_may_die() -> Result<()> 
     )
     .await?;
     let down = Instant::now();
+    let repairing = wait_status(&admin, Duration::from_secs(30), "repair to start", |s| {
+        s.jobs
+            .iter()
+            .any(|j| j.kind == JobKind::Repair && j.running > 0)
+    })
+    .await?;
+    let leader = repairing.leader;
+    ensure!(tc.cluster.metaserver(leader.0 as u32).kill9());
     let repaired = wait_status(
         &admin,
         Duration::from_secs(180),
@@ -248,9 +258,12 @@ async fn a_dead_server_is_repaired_around_then_two_more_may_die() -> Result<()> 
         .filter(|j| j.kind == JobKind::Repair)
         .map(|j| j.done_bytes)
         .sum();
-    ensure!(rebuilt > 0, "nothing was rebuilt: {:?}", repaired.jobs);
+    ensure!(
+        repaired.leader != leader,
+        "{leader} still leads after kill -9"
+    );
     eprintln!(
-        "down after {:.1}s; rebuilt {:.1} MiB in {:.1}s ({:.1} MiB/s)",
+        "down after {:.1}s; the new leader rebuilt {:.1} MiB; full redundancy {:.1}s after down ({:.1} MiB/s)",
         (down - killed).as_secs_f64(),
         rebuilt as f64 / (1 << 20) as f64,
         down.elapsed().as_secs_f64(),
