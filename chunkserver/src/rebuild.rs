@@ -61,12 +61,14 @@ pub async fn rebuild(
         });
     }
     let store2 = store.clone();
-    let (mut writer, disk) = blocking(move || store2.create(shard, layout)).await?;
+    let (writer, disk) = blocking(move || store2.create(shard, layout)).await?;
     let len = layout.shard_len();
     let mut problems = Vec::new();
     let missing = [target];
     let mut copy_from = sources.copy_from;
     let (mut copied, mut decoded) = (0u64, 0u64);
+    // The write of one piece overlaps the fetch of the next.
+    let mut writing = tokio::task::spawn_blocking(move || Ok(writer));
     let mut pos = 0;
     while pos < len {
         let end = len.min(pos + IO_PIECE as u64);
@@ -101,11 +103,23 @@ pub async fn rebuild(
                 pieces.into_iter().nth(target).flatten().unwrap_or_default()
             }
         };
-        writer = blocking(move || writer.write(&piece).map(|()| writer)).await?;
+        let mut writer = finish(writing).await?;
+        writing = tokio::task::spawn_blocking(move || writer.write(&piece).map(|()| writer));
         pos = end;
     }
+    let writer = finish(writing).await?;
     let store2 = store.clone();
     blocking(move || store2.commit(writer, disk)).await?;
     info!(%shard, copied, decoded, read_around = problems.len(), "rebuilt shard");
     Ok(len)
+}
+
+/// Waits for a piece's write, passing on its error (or panic).
+async fn finish<W>(
+    w: tokio::task::JoinHandle<Result<W, crate::store::StoreError>>,
+) -> Result<W, WireError> {
+    match w.await {
+        Ok(r) => Ok(r?),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }

@@ -110,6 +110,8 @@ pub struct Executor {
     pub book: Arc<Mutex<Book>>,
     /// Old copies of moved shards, deleted after `gc_grace`.
     pub doomed: Arc<Mutex<VecDeque<Doomed>>>,
+    /// Woken when a job ends, so the next one starts without waiting for the tick.
+    pub job_ended: tokio::sync::Notify,
 }
 
 impl Executor {
@@ -123,7 +125,10 @@ impl Executor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let collector = Arc::new(gc::Collector::new(self.clone()));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.job_ended.notified() => {}
+            }
             let busy: BTreeMap<SliceId, Busy> = self
                 .book()
                 .running
@@ -179,6 +184,8 @@ impl Executor {
                 warn!(shard = %job.shard(), to = %job.to, kind = ?job.kind, "shard job failed: {e}");
             }
         }
+        drop(book);
+        self.job_ended.notify_one();
     }
 
     async fn rebuild_and_commit(&self, job: &Job) -> Result<(), String> {

@@ -472,6 +472,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         settings: upkeep.jobs,
         book: book.clone(),
         doomed: Arc::default(),
+        job_ended: tokio::sync::Notify::new(),
     });
     let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
     std::thread::Builder::new()
