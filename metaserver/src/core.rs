@@ -833,6 +833,8 @@ impl Core {
             return Vec::new();
         }
         let plan = self.planned(busy, max_jobs);
+        // Damage reports about shards deleted or moved since are moot.
+        self.damaged.retain(|d| plan.damage_found.contains(d));
         let sm = &self.replica.sm;
         let emptied: Vec<ChunkserverId> = sm
             .cluster

@@ -80,6 +80,8 @@ pub struct Plan {
     pub placed: BTreeMap<ChunkserverId, Backlog>,
     /// Policies in use that need more failure domains than the writable servers span.
     pub warnings: Vec<String>,
+    /// The damaged shards still placed where they were reported (the others are gone).
+    pub damage_found: HashSet<(ShardId, ChunkserverId)>,
 }
 
 /// Limits of one planning round.
@@ -134,10 +136,15 @@ pub fn plan<'a>(
             })
         };
         let total = s.placement.len();
-        for p in s.placement.iter().flatten() {
-            let e = out.placed.entry(*p).or_default();
+        for (i, p) in s.placement.iter().enumerate() {
+            let Some(p) = *p else { continue };
+            let e = out.placed.entry(p).or_default();
             e.shards += 1;
             e.bytes += shard_bytes;
+            let key = (ShardId::new(s.slice, i as u16), p);
+            if damaged.contains(&key) {
+                out.damage_found.insert(key);
+            }
         }
         let surviving = (0..total).filter(|&i| ok(i)).count();
         let need = s.layout.policy.data_shards();
