@@ -1,5 +1,6 @@
 //! `chunkserver`: stores checksummed shards on local directories and serves them over QUIC.
 
+mod disk;
 mod drain;
 mod membership;
 mod metrics;
@@ -53,6 +54,9 @@ enum Command {
     /// copied elsewhere until it holds nothing and can be stopped (needs an admin
     /// certificate).
     Drain(drain::DrainArgs),
+    /// Add or remove a data directory of a running chunkserver (needs an admin certificate).
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
     /// Print what a shard file says about itself (works without any running cluster).
     Inspect {
         /// A shard file, e.g. DATA/shards/2a/000000000000002a.3
@@ -142,6 +146,10 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(drain::run(args)),
+        Command::Disk(cmd) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(disk::run(cmd)),
         Command::Inspect { file } => inspect(&file),
     }
 }

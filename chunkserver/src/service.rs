@@ -75,6 +75,17 @@ fn require_operator(peer: &PeerName) -> Result<(), WireError> {
     }
 }
 
+/// Only admins change a server's disks.
+fn require_admin(peer: &PeerName) -> Result<(), WireError> {
+    match peer.role {
+        Role::Admin => Ok(()),
+        _ => Err(WireError::new(
+            ErrorKind::Denied,
+            format!("{peer} may not do this; only admins may"),
+        )),
+    }
+}
+
 impl Service {
     pub async fn handle(
         self: Arc<Self>,
@@ -114,6 +125,23 @@ impl Service {
                 Ok(ChunkResponse::List { shards, more })
             }
             ChunkRequest::Status => Ok(ChunkResponse::Status(self.status().await)),
+            ChunkRequest::AddDisk { path } => match require_admin(&peer) {
+                Ok(()) => self
+                    .on_disk(move |s| s.add_disk(std::path::Path::new(&path)))
+                    .await
+                    .map(|shards| ChunkResponse::DiskAdded { shards }),
+                Err(e) => Err(e),
+            },
+            ChunkRequest::RemoveDisk { path } => match require_admin(&peer) {
+                Ok(()) => self
+                    .on_disk(move |s| s.remove_disk(std::path::Path::new(&path)))
+                    .await
+                    .map(|m| ChunkResponse::DiskRemoved {
+                        moved_shards: m.shards,
+                        moved_bytes: m.bytes,
+                    }),
+                Err(e) => Err(e),
+            },
             ChunkRequest::Rebuild {
                 shard,
                 layout,

@@ -236,6 +236,20 @@ impl ShardClient {
     }
 
     /// Asks the chunkserver at `addr` to rebuild `shard` from `sources`.
+    /// An admin request that may take long (adding or emptying a data directory), allowed up
+    /// to [`REBUILD_TIMEOUT`].
+    pub async fn admin(
+        &self,
+        addr: SocketAddr,
+        req: ChunkRequest,
+    ) -> Result<ChunkResponse, ShardError> {
+        let work = async { Ok(self.exchange(addr, &req, &[]).await?.0) };
+        match self.deadline_of(REBUILD_TIMEOUT, addr, work).await? {
+            ChunkResponse::Error(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
     /// Has `addr` rebuild (or copy, see [`ChunkRequest::Rebuild`]) a shard; may take up to
     /// [`REBUILD_TIMEOUT`].
     pub async fn rebuild(

@@ -408,3 +408,51 @@ async fn scrub_repairs_a_flipped_byte_and_a_failing_server_is_drained() -> Resul
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_is_added_and_another_emptied_while_serving() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let files = write_files(&mnt, "d", &[16 << 20, 3 << 20, 100])?;
+    let cs = tc.cluster.chunkserver(1);
+    let server = tc.cluster.addr(&cs)?.to_string();
+    let certs = tc
+        .cluster
+        .certs(lattice_common::pki::Role::Admin, "admin")?;
+    let (old, new) = (
+        tc.state().join("chunkserver-1/data"),
+        tc.state().join("chunkserver-1/second-disk"),
+    );
+    let before = std::fs::read_dir(old.join("shards"))?.count();
+    ensure!(before > 0);
+    for (verb, dir) in [("add", &new), ("remove", &old)] {
+        let out = std::process::Command::new(tc.cluster.binary(lattice_harness::CHUNKSERVER)?)
+            .args(["disk", verb])
+            .arg(dir)
+            .args(["--server", &server, "--certs"])
+            .arg(&certs)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "disk {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shard_files = |root: &Path| -> Result<usize> {
+        let mut n = 0;
+        for d in std::fs::read_dir(root.join("shards"))? {
+            n += std::fs::read_dir(d?.path())?.count();
+        }
+        Ok(n)
+    };
+    ensure!(shard_files(&old)? == 0, "shards left on the removed disk");
+    ensure!(shard_files(&new)? > 0, "nothing moved to the new disk");
+    // With two other servers dead, every read needs chunkserver-1's moved shards.
+    for n in [2, 3] {
+        ensure!(tc.cluster.chunkserver(n).kill9());
+    }
+    let cold = tc.state().join("cold");
+    tc.cluster.start_mount(2, &cold, "").await?;
+    check_files(&files, &cold)?;
+    Ok(())
+}

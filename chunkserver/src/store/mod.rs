@@ -4,6 +4,7 @@
 //! the low byte of the slice id, and `tmp/` for writes in progress (emptied at start). Paths
 //! are built from integer ids only, so nothing a peer sends can name a file elsewhere.
 
+mod disks;
 pub mod shard_file;
 
 use lattice_common::ids::{ShardId, SliceId};
@@ -51,8 +52,18 @@ impl Health {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskState {
+    Active,
+    /// Being emptied: gets no new shards.
+    Removing,
+    /// Emptied and forgotten; kept so disk numbers stay stable.
+    Removed,
+}
+
 struct Disk {
     root: PathBuf,
+    state: DiskState,
 }
 
 impl Disk {
@@ -100,7 +111,7 @@ pub struct Faults {
 }
 
 pub struct Store {
-    disks: Vec<Disk>,
+    disks: RwLock<Vec<Disk>>,
     index: RwLock<BTreeMap<ShardId, Entry>>,
     /// Bytes each disk keeps free for the filesystem's own needs.
     reserve: u64,
@@ -131,20 +142,38 @@ impl Store {
                 "at least one data directory is needed".into(),
             ));
         }
+        let disks = roots.iter().map(|r| Disk {
+            root: r.clone(),
+            state: DiskState::Active,
+        });
         let store = Store {
-            disks: roots.iter().map(|r| Disk { root: r.clone() }).collect(),
+            disks: RwLock::new(disks.collect()),
             index: RwLock::new(BTreeMap::new()),
             reserve,
             health: Health::default(),
             faults,
         };
-        for (i, disk) in store.disks.iter().enumerate() {
-            store.scan(i as u32, disk)?;
+        for (i, root) in roots.iter().enumerate() {
+            store.scan(i as u32, root)?;
         }
         Ok(store)
     }
 
-    fn scan(&self, disk_no: u32, disk: &Disk) -> Result<(), StoreError> {
+    fn disks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Disk>> {
+        self.disks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard_path(&self, disk: u32, shard: ShardId) -> PathBuf {
+        self.disks()[disk as usize].shard_path(shard)
+    }
+
+    /// Indexes the shards of one data directory (creating its layout if new); shards
+    /// already indexed from another directory are left alone.
+    fn scan(&self, disk_no: u32, root: &std::path::Path) -> Result<(), StoreError> {
+        let disk = Disk {
+            root: root.to_path_buf(),
+            state: DiskState::Active,
+        };
         let tmp = disk.root.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| shard_file::io_error(&tmp, e))?;
@@ -221,7 +250,10 @@ impl Store {
         let header = ShardHeader::new(shard, layout);
         let need = header.file_bytes() + self.reserve;
         let mut best: Option<(u32, u64)> = None;
-        for (i, disk) in self.disks.iter().enumerate() {
+        for (i, disk) in self.disks().iter().enumerate() {
+            if disk.state != DiskState::Active {
+                continue;
+            }
             match disk.space() {
                 Ok((_, free)) if free >= need && best.is_none_or(|(_, f)| free > f) => {
                     best = Some((i as u32, free))
@@ -236,12 +268,14 @@ impl Store {
                 header.file_bytes()
             ))
         })?;
-        let disk = &self.disks[disk_no as usize];
-        let dest = disk.shard_path(shard);
+        let (dest, tmp) = {
+            let disk = &self.disks()[disk_no as usize];
+            (disk.shard_path(shard), disk.tmp_path(shard))
+        };
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| shard_file::io_error(dir, e))?;
         }
-        let writer = self.note(ShardWriter::create(header, disk.tmp_path(shard), dest))?;
+        let writer = self.note(ShardWriter::create(header, tmp, dest))?;
         Ok((writer, disk_no))
     }
 
@@ -260,7 +294,7 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .insert(header.shard, entry);
         if let Some(old) = old.filter(|o| o.disk != disk) {
-            let _ = std::fs::remove_file(self.disks[old.disk as usize].shard_path(header.shard));
+            let _ = std::fs::remove_file(self.shard_path(old.disk, header.shard));
         }
         Ok(info(header.shard, entry))
     }
@@ -276,7 +310,7 @@ impl Store {
 
     pub fn open_reader(&self, shard: ShardId) -> Result<ShardReader, StoreError> {
         let entry = self.entry(shard)?;
-        let path = self.disks[entry.disk as usize].shard_path(shard);
+        let path = self.shard_path(entry.disk, shard);
         self.note(ShardReader::open(&path))
     }
 
@@ -299,7 +333,7 @@ impl Store {
         let Some(entry) = removed else {
             return Ok(false);
         };
-        let path = self.disks[entry.disk as usize].shard_path(shard);
+        let path = self.shard_path(entry.disk, shard);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
@@ -331,8 +365,8 @@ impl Store {
 
     pub fn disk_status(&self) -> Vec<DiskStatus> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let mut status: Vec<DiskStatus> = self
-            .disks
+        let disks = self.disks();
+        let mut status: Vec<DiskStatus> = disks
             .iter()
             .map(|d| {
                 let (total, free) = d.space().unwrap_or_default();
@@ -350,6 +384,11 @@ impl Store {
             d.shard_bytes += e.file_bytes;
         }
         status
+            .into_iter()
+            .zip(disks.iter())
+            .filter(|(_, d)| d.state != DiskState::Removed)
+            .map(|(s, _)| s)
+            .collect()
     }
 }
 

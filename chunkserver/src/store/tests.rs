@@ -24,6 +24,7 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 fn shard_file(dir: &Path, shard: ShardId) -> PathBuf {
     Disk {
         root: dir.to_path_buf(),
+        state: DiskState::Active,
     }
     .shard_path(shard)
 }
@@ -145,4 +146,43 @@ fn header_round_trips_and_rejects_damage() {
             "flip at {i} went unnoticed"
         );
     }
+}
+
+#[test]
+fn disks_are_added_and_emptied_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let store = Store::open(std::slice::from_ref(&a), 0, Faults::default()).unwrap();
+    let shards: Vec<(ShardId, Vec<u8>)> = (1..=5u64)
+        .map(|i| {
+            let id = ShardId::new(SliceId(i), 0);
+            let data = random(100_000 + i as usize, i);
+            put(&store, id, layout(data.len() as u64 * 4), &data[..]);
+            (id, data)
+        })
+        .collect();
+    assert!(store.remove_disk(&a).is_err(), "the last directory stays");
+    assert!(store.add_disk(Path::new("relative")).is_err());
+    assert_eq!(store.add_disk(&b).unwrap(), 0);
+    assert!(store.add_disk(&b).is_err(), "added twice");
+    let moved = store.remove_disk(&a).unwrap();
+    assert_eq!(moved.shards, 5);
+    for (id, data) in &shards {
+        assert!(!shard_file(&a, *id).exists());
+        assert!(shard_file(&b, *id).exists());
+        let r = store.open_reader(*id).unwrap();
+        assert_eq!(&store.read(&r, 0, data.len() as u64).unwrap(), data);
+    }
+    let status = store.disk_status();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].shards, 5);
+    // New shards go to the remaining directory; the removed one can come back, empty.
+    put(
+        &store,
+        ShardId::new(SliceId(9), 0),
+        layout(400),
+        &[7u8; 100],
+    );
+    assert_eq!(store.add_disk(&a).unwrap(), 0);
+    assert_eq!(store.disk_status().len(), 2);
 }

@@ -56,6 +56,14 @@ pub enum ChunkRequest {
         copy_from: Option<ShardSource>,
         sources: Vec<ShardSource>,
     },
+    /// Admin: start storing shards in another data directory (absolute path) too.
+    AddDisk {
+        path: String,
+    },
+    /// Admin: move every shard off a data directory to the others, then stop using it.
+    RemoveDisk {
+        path: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +96,14 @@ pub enum ChunkResponse {
     Status(ChunkserverStatus),
     Rebuilt {
         bytes: u64,
+    },
+    /// The directory is in use, holding `shards` shards already there.
+    DiskAdded {
+        shards: u64,
+    },
+    DiskRemoved {
+        moved_shards: u64,
+        moved_bytes: u64,
     },
     Error(WireError),
 }
