@@ -28,6 +28,9 @@ pub struct Exposition {
     text: String,
 }
 
+/// A metric read off each of several records: name, help, kind, and the reading.
+pub type Field<T> = (&'static str, &'static str, Kind, fn(&T) -> u64);
+
 /// One labelled sample: label pairs and the value.
 pub type Sample<'a> = (Vec<(&'a str, String)>, f64);
 
@@ -58,6 +61,13 @@ impl Exposition {
     /// A metric with one unlabelled sample.
     pub fn one(&mut self, name: &str, help: &str, kind: Kind, value: f64) {
         self.metric(name, help, kind, &[(Vec::new(), value)]);
+    }
+
+    /// Several unlabelled metrics: (name, help, kind, value) each.
+    pub fn ones(&mut self, rows: &[(&str, &str, Kind, f64)]) {
+        for &(name, help, kind, value) in rows {
+            self.one(name, help, kind, value);
+        }
     }
 
     pub fn finish(self) -> String {

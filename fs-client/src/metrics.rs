@@ -16,42 +16,44 @@ impl Stats {
     pub fn render(&self) -> String {
         let c = Kind::Counter;
         let mut e = Exposition::default();
-        e.one(
-            "lattice_client_reads_total",
-            "Read requests from the kernel.",
-            c,
-            self.reads.get(),
-        );
-        e.one(
-            "lattice_client_read_bytes_total",
-            "Bytes returned to readers.",
-            c,
-            self.read_bytes.get(),
-        );
-        e.one(
-            "lattice_client_writes_total",
-            "Write requests from the kernel.",
-            c,
-            self.writes.get(),
-        );
-        e.one(
-            "lattice_client_write_bytes_total",
-            "Bytes written by applications.",
-            c,
-            self.write_bytes.get(),
-        );
-        e.one(
-            "lattice_client_slices_committed_total",
-            "Slices written and committed.",
-            c,
-            self.slices_committed.get(),
-        );
-        e.one(
-            "lattice_client_write_errors_total",
-            "Slices that failed to be written or committed.",
-            c,
-            self.write_errors.get(),
-        );
+        e.ones(&[
+            (
+                "lattice_client_reads_total",
+                "Read requests from the kernel.",
+                c,
+                self.reads.get(),
+            ),
+            (
+                "lattice_client_read_bytes_total",
+                "Bytes returned to readers.",
+                c,
+                self.read_bytes.get(),
+            ),
+            (
+                "lattice_client_writes_total",
+                "Write requests from the kernel.",
+                c,
+                self.writes.get(),
+            ),
+            (
+                "lattice_client_write_bytes_total",
+                "Bytes written by applications.",
+                c,
+                self.write_bytes.get(),
+            ),
+            (
+                "lattice_client_slices_committed_total",
+                "Slices written and committed.",
+                c,
+                self.slices_committed.get(),
+            ),
+            (
+                "lattice_client_write_errors_total",
+                "Slices that failed to be written or committed.",
+                c,
+                self.write_errors.get(),
+            ),
+        ]);
         e.finish()
     }
 }

@@ -256,14 +256,7 @@ impl LocalCluster {
     /// first fails the wait with the end of its log (a port in use, a bad certificate).
     async fn wait_serving(&self, p: &Proc, addr_file: &Path) -> Result<()> {
         wait_for(START_TIMEOUT, &format!("{} to serve", p.name()), || async {
-            if p.pid().is_none() {
-                bail!(
-                    "{} exited; log {}:\n{}",
-                    p.name(),
-                    p.log_file().display(),
-                    p.log_tail()
-                );
-            }
+            p.check_running()?;
             Ok(addr_file.exists().then_some(()))
         })
         .await
@@ -404,14 +397,7 @@ impl LocalCluster {
         )?;
         self.spawn(&p, cmd)?;
         wait_for(START_TIMEOUT, &format!("{} to mount", p.name()), || async {
-            if p.pid().is_none() {
-                bail!(
-                    "{} exited; log {}:\n{}",
-                    p.name(),
-                    p.log_file().display(),
-                    p.log_tail()
-                );
-            }
+            p.check_running()?;
             Ok(is_mounted(&mountpoint).then_some(()))
         })
         .await

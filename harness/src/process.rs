@@ -108,6 +108,19 @@ impl Proc {
     }
 
     /// The last lines of the log, for error messages.
+    /// Fails with the end of its log if the process has exited.
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        if self.pid().is_none() {
+            anyhow::bail!(
+                "{} exited; log {}:\n{}",
+                self.name(),
+                self.log_file().display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.log_file()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();

@@ -1,8 +1,10 @@
 //! What a metaserver exposes to Prometheus (`--metrics ADDR`): its Raft progress, and on the
 //! leader the cluster as `status` shows it.
 
-use lattice_common::metrics::{Exposition, Kind, Sample};
-use lattice_common::wire::meta::{ChunkserverState, ClusterStatus};
+use lattice_common::metrics::{Exposition, Field, Kind, Sample};
+use lattice_common::wire::meta::{
+    ChunkserverState, ChunkserverStatusRow, ClusterStatus, JobStatus,
+};
 
 /// This member's own view.
 pub struct Member {
@@ -85,52 +87,56 @@ pub fn render(me: &Member, cluster: Option<&ClusterStatus>) -> String {
         g,
         &by_state,
     );
-    let per_server =
-        |f: &dyn Fn(&lattice_common::wire::meta::ChunkserverStatusRow) -> u64| -> Vec<Sample<'_>> {
-            s.chunkservers
-                .iter()
-                .map(|cs| {
-                    (
-                        vec![
-                            ("chunkserver", cs.id.to_string()),
-                            ("name", cs.name.clone()),
-                        ],
-                        f(cs) as f64,
-                    )
-                })
-                .collect()
-        };
-    e.metric(
-        "lattice_meta_chunkserver_placed_shards",
-        "Shards the metadata places on each chunkserver.",
-        g,
-        &per_server(&|cs| cs.placed_shards),
-    );
-    e.metric(
-        "lattice_meta_chunkserver_used_bytes",
-        "Shard bytes each chunkserver reports.",
-        g,
-        &per_server(&|cs| cs.used_bytes),
-    );
-    e.metric(
-        "lattice_meta_chunkserver_free_bytes",
-        "Free bytes each chunkserver reports.",
-        g,
-        &per_server(&|cs| cs.free_bytes),
-    );
-    e.metric(
-        "lattice_meta_chunkserver_io_errors",
-        "I/O errors each chunkserver reports.",
-        g,
-        &per_server(&|cs| cs.health.io_errors),
-    );
-    e.metric(
-        "lattice_meta_chunkserver_checksum_errors",
-        "Checksum errors each chunkserver reports.",
-        g,
-        &per_server(&|cs| cs.health.checksum_errors),
-    );
-    let per_job = |f: &dyn Fn(&lattice_common::wire::meta::JobStatus) -> u64| -> Vec<Sample<'_>> {
+    let per_server = |f: &dyn Fn(&ChunkserverStatusRow) -> u64| -> Vec<Sample<'_>> {
+        s.chunkservers
+            .iter()
+            .map(|cs| {
+                (
+                    vec![
+                        ("chunkserver", cs.id.to_string()),
+                        ("name", cs.name.clone()),
+                    ],
+                    f(cs) as f64,
+                )
+            })
+            .collect()
+    };
+    let server_gauges: [Field<ChunkserverStatusRow>; 5] = [
+        (
+            "lattice_meta_chunkserver_placed_shards",
+            "Shards the metadata places on each chunkserver.",
+            g,
+            |cs| cs.placed_shards,
+        ),
+        (
+            "lattice_meta_chunkserver_used_bytes",
+            "Shard bytes each chunkserver reports.",
+            g,
+            |cs| cs.used_bytes,
+        ),
+        (
+            "lattice_meta_chunkserver_free_bytes",
+            "Free bytes each chunkserver reports.",
+            g,
+            |cs| cs.free_bytes,
+        ),
+        (
+            "lattice_meta_chunkserver_io_errors",
+            "I/O errors each chunkserver reports.",
+            g,
+            |cs| cs.health.io_errors,
+        ),
+        (
+            "lattice_meta_chunkserver_checksum_errors",
+            "Checksum errors each chunkserver reports.",
+            g,
+            |cs| cs.health.checksum_errors,
+        ),
+    ];
+    for (name, help, kind, f) in server_gauges {
+        e.metric(name, help, kind, &per_server(&f));
+    }
+    let per_job = |f: &dyn Fn(&JobStatus) -> u64| -> Vec<Sample<'_>> {
         s.jobs
             .iter()
             .map(|j| {
@@ -145,36 +151,38 @@ pub fn render(me: &Member, cluster: Option<&ClusterStatus>) -> String {
             })
             .collect()
     };
-    e.metric(
-        "lattice_meta_job_done_shards_total",
-        "Shards repaired, moved or collected by this leader.",
-        c,
-        &per_job(&|j| j.done_shards),
-    );
-    e.metric(
-        "lattice_meta_job_done_bytes_total",
-        "Bytes repaired, moved or collected by this leader.",
-        c,
-        &per_job(&|j| j.done_bytes),
-    );
-    e.metric(
-        "lattice_meta_job_remaining_shards",
-        "Shards still to repair or move.",
-        g,
-        &per_job(&|j| j.remaining_shards),
-    );
-    e.metric(
-        "lattice_meta_job_running",
-        "Shard jobs running.",
-        g,
-        &per_job(&|j| j.running),
-    );
-    e.metric(
-        "lattice_meta_job_failed_total",
-        "Shard jobs that failed (and will be retried).",
-        c,
-        &per_job(&|j| j.failed),
-    );
+    let job_metrics: [Field<JobStatus>; 5] = [
+        (
+            "lattice_meta_job_done_shards_total",
+            "Shards repaired, moved or collected by this leader.",
+            c,
+            |j| j.done_shards,
+        ),
+        (
+            "lattice_meta_job_done_bytes_total",
+            "Bytes repaired, moved or collected by this leader.",
+            c,
+            |j| j.done_bytes,
+        ),
+        (
+            "lattice_meta_job_remaining_shards",
+            "Shards still to repair or move.",
+            g,
+            |j| j.remaining_shards,
+        ),
+        ("lattice_meta_job_running", "Shard jobs running.", g, |j| {
+            j.running
+        }),
+        (
+            "lattice_meta_job_failed_total",
+            "Shard jobs that failed (and will be retried).",
+            c,
+            |j| j.failed,
+        ),
+    ];
+    for (name, help, kind, f) in job_metrics {
+        e.metric(name, help, kind, &per_job(&f));
+    }
     e.one(
         "lattice_meta_warnings",
         "Warnings status shows (e.g. too few failure domains).",

@@ -6,7 +6,7 @@
 //! chunkservers' `--rebuild-rate` in MiB/s (default: theirs).
 
 use anyhow::{ensure, Result};
-use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, JobKind};
+use lattice_common::wire::meta::{ChunkserverState, JobKind};
 use lattice_harness::process::wait_for;
 use lattice_tests::{random_bytes, TestCluster};
 use std::io::Read;
@@ -41,11 +41,6 @@ fn read_pass(path: &Path) -> Result<f64> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn healthy(s: &ClusterStatus) -> bool {
-    let r = &s.redundancy;
-    r.degraded_1 == 0 && r.degraded_2_plus == 0 && r.lost == 0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +94,7 @@ async fn main() -> Result<()> {
     };
     let repaired = wait_for(Duration::from_secs(1800), "full redundancy", || async {
         let s = admin.status().await?;
-        Ok(healthy(&s).then_some(s))
+        Ok(s.fully_redundant().then_some(s))
     })
     .await?;
     let took = start.elapsed().as_secs_f64();
@@ -108,12 +103,7 @@ async fn main() -> Result<()> {
     let after: Vec<f64> = (0..3)
         .map(|_| read_pass(&reader_file))
         .collect::<Result<_>>()?;
-    let rebuilt: u64 = repaired
-        .jobs
-        .iter()
-        .filter(|j| j.kind == JobKind::Repair)
-        .map(|j| j.done_bytes)
-        .sum();
+    let rebuilt = repaired.done_bytes(JobKind::Repair);
     let rate = rate.map_or("default".into(), |r| format!("{r} MiB/s per server"));
     println!(
         "repair benchmark: {gib} GiB of rs:4+2 data on 7 chunkservers, one killed; rebuild rate {rate}"

@@ -50,8 +50,12 @@ async fn wait_status(
 }
 
 fn fully_redundant(s: &ClusterStatus) -> bool {
-    let r = &s.redundancy;
-    r.degraded_1 == 0 && r.degraded_2_plus == 0 && r.lost == 0 && r.healthy == s.slices
+    s.fully_redundant()
+}
+
+async fn wait_fully_redundant(admin: &Admin) -> Result<ClusterStatus> {
+    let limit = Duration::from_secs(60);
+    wait_status(admin, limit, "full redundancy", fully_redundant).await
 }
 
 /// Files written with known contents, to check at the end.
@@ -192,13 +196,7 @@ async fn join_and_drain_while_the_mount_is_in_use() -> Result<()> {
     tc.cluster.start_mount(2, &cold, "").await?;
     check_files(&files, &cold)?;
     check_files(&written, &cold)?;
-    wait_status(
-        &admin,
-        Duration::from_secs(60),
-        "full redundancy",
-        fully_redundant,
-    )
-    .await?;
+    wait_fully_redundant(&admin).await?;
     eprintln!(
         "reader passes: {passes}, files written meanwhile: {}",
         written.len()
@@ -252,12 +250,7 @@ async fn a_dead_server_is_repaired_across_a_leader_failover_then_two_more_may_di
         },
     )
     .await?;
-    let rebuilt: u64 = repaired
-        .jobs
-        .iter()
-        .filter(|j| j.kind == JobKind::Repair)
-        .map(|j| j.done_bytes)
-        .sum();
+    let rebuilt = repaired.done_bytes(JobKind::Repair);
     ensure!(
         repaired.leader != leader,
         "{leader} still leads after kill -9"
@@ -399,13 +392,7 @@ async fn scrub_repairs_a_flipped_byte_and_a_failing_server_is_drained() -> Resul
     }
     ensure!(leaders == 1, "{leaders} metaservers say they lead");
     check_files(&files, &mnt)?;
-    wait_status(
-        &admin,
-        Duration::from_secs(60),
-        "full redundancy",
-        fully_redundant,
-    )
-    .await?;
+    wait_fully_redundant(&admin).await?;
     Ok(())
 }
 

@@ -283,6 +283,23 @@ pub struct ClusterStatus {
     pub warnings: Vec<String>,
 }
 
+impl ClusterStatus {
+    /// Every slice has all its shards readable.
+    pub fn fully_redundant(&self) -> bool {
+        let r = &self.redundancy;
+        r.degraded_1 == 0 && r.degraded_2_plus == 0 && r.lost == 0 && r.healthy == self.slices
+    }
+
+    /// Bytes of `kind` work this leader has done.
+    pub fn done_bytes(&self, kind: JobKind) -> u64 {
+        self.jobs
+            .iter()
+            .filter(|j| j.kind == kind)
+            .map(|j| j.done_bytes)
+            .sum()
+    }
+}
+
 /// Slices by how many of their shards are readable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redundancy {
