@@ -6,7 +6,7 @@ use crate::cluster_map::ServerRecord;
 use crate::gc::{Expected, GarbageSlice, GcWork};
 use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
-use crate::placement::{self, Candidate};
+use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
 use crate::state_machine::{Command, Outcome};
@@ -1038,11 +1038,8 @@ impl Core {
     }
 }
 
-fn domain_of(s: &ServerRecord) -> String {
-    s.labels
-        .iter()
-        .find(|(k, _)| k == "host")
-        .map_or_else(|| s.name.clone(), |(_, v)| v.clone())
+fn domain_of(s: &ServerRecord) -> Domain {
+    Domain::of(&s.labels, &s.name)
 }
 
 /// Member ids and addresses from `ID=ADDR` pairs.

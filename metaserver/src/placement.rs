@@ -1,18 +1,45 @@
 //! Choosing servers for a new slice: K+M distinct live servers, spread over failure domains
-//! where there are enough, favouring free space so usage evens out.
+//! (racks first, then hosts) where there are enough, favouring free space so usage evens
+//! out.
 
 use lattice_common::ids::ChunkserverId;
 use lattice_common::policy::Policy;
 use rand::Rng;
-use std::collections::BTreeSet;
+
+/// Where a server sits: servers sharing a host, or a rack, can fail together.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Domain {
+    /// Its `rack` label; its host where it has none.
+    pub rack: String,
+    /// Its `host` label; its own name where it has none.
+    pub host: String,
+}
+
+impl Domain {
+    /// From a server's labels (`rack=...`, `host=...`) and name.
+    pub fn of(labels: &[(String, String)], name: &str) -> Domain {
+        let label = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let host = label("host").unwrap_or_else(|| name.to_string());
+        Domain {
+            rack: label("rack").unwrap_or_else(|| host.clone()),
+            host,
+        }
+    }
+
+    /// How much a shard here would share with shards in `used`: whether its host holds one
+    /// already, then how many its rack holds. Lower is safer.
+    pub fn overlap(&self, used: &[&Domain]) -> (bool, usize) {
+        let host = used.iter().any(|d| d.host == self.host);
+        (host, used.iter().filter(|d| d.rack == self.rack).count())
+    }
+}
 
 /// A server that may take new shards.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub id: ChunkserverId,
     pub free_bytes: u64,
-    /// Its failure domain (e.g. the host); servers sharing one fail together.
-    pub domain: String,
+    pub domain: Domain,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,16 +82,16 @@ pub fn place(
         });
     }
     let mut chosen = Vec::with_capacity(need);
-    let mut domains = BTreeSet::new();
+    let mut domains: Vec<&Domain> = Vec::with_capacity(need);
     while chosen.len() < need {
-        let fresh: Vec<usize> = (0..pool.len())
-            .filter(|&i| !domains.contains(&pool[i].domain))
+        // Draw from the servers that share least with those chosen so far.
+        let least = (0..pool.len())
+            .map(|i| pool[i].domain.overlap(&domains))
+            .min()
+            .expect("the pool outnumbers what is still needed");
+        let from: Vec<usize> = (0..pool.len())
+            .filter(|&i| pool[i].domain.overlap(&domains) == least)
             .collect();
-        let from = if fresh.is_empty() {
-            (0..pool.len()).collect()
-        } else {
-            fresh
-        };
         let total: u128 = from.iter().map(|&i| pool[i].free_bytes as u128 + 1).sum();
         let mut ticket = rng.gen_range(0..total);
         let mut pick = from[0];
@@ -77,7 +104,7 @@ pub fn place(
             ticket -= weight;
         }
         let c = pool.swap_remove(pick);
-        domains.insert(c.domain.clone());
+        domains.push(&c.domain);
         chosen.push(c.id);
     }
     Ok(chosen)
@@ -87,6 +114,7 @@ pub fn place(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
     use rand::SeedableRng;
 
     fn candidates(n: u32, domains: u32) -> Vec<Candidate> {
@@ -94,9 +122,40 @@ mod tests {
             .map(|i| Candidate {
                 id: ChunkserverId(i),
                 free_bytes: 1 << 30,
-                domain: format!("host{}", i % domains),
+                domain: Domain::of(&[], &format!("host{}", i % domains)),
             })
             .collect()
+    }
+
+    #[test]
+    fn racks_are_spread_over_before_hosts() {
+        // 3 racks of 4 hosts: mirror:3 lands in 3 racks, rs:4+2 in 6 distinct hosts over all
+        // 3 racks (2 per rack).
+        let c: Vec<Candidate> = (0..12u32)
+            .map(|i| {
+                let labels = [
+                    ("rack".to_string(), format!("r{}", i % 3)),
+                    ("host".to_string(), format!("h{i}")),
+                ];
+                Candidate {
+                    id: ChunkserverId(i),
+                    free_bytes: 1 << 30,
+                    domain: Domain::of(&labels, "x"),
+                }
+            })
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let m = place("mirror:3".parse().unwrap(), &c, 1, &mut rng).unwrap();
+            let racks: BTreeSet<u32> = m.iter().map(|id| id.0 % 3).collect();
+            assert_eq!(racks.len(), 3);
+            let rs = place("rs:4+2".parse().unwrap(), &c, 1, &mut rng).unwrap();
+            let mut per_rack = [0; 3];
+            for id in &rs {
+                per_rack[(id.0 % 3) as usize] += 1;
+            }
+            assert_eq!(per_rack, [2, 2, 2]);
+        }
     }
 
     #[test]
@@ -115,7 +174,7 @@ mod tests {
         let full = vec![Candidate {
             id: ChunkserverId(1),
             free_bytes: 10,
-            domain: "a".into(),
+            domain: Domain::of(&[], "a"),
         }];
         assert!(place("mirror:1".parse().unwrap(), &full, 11, &mut rng).is_err());
     }

@@ -3,6 +3,7 @@
 //! draining servers, and which to move to even out usage. Pure: no I/O, no clock, so it is
 //! tested directly; `jobs` carries the plans out.
 
+use crate::placement::Domain;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::ids::{ChunkserverId, InodeId, ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
@@ -18,7 +19,7 @@ pub struct ServerView {
     pub state: ChunkserverState,
     /// Heard from recently: its shards can be read.
     pub fresh: bool,
-    pub domain: String,
+    pub domain: Domain,
     pub used_bytes: u64,
     pub free_bytes: u64,
 }
@@ -271,9 +272,9 @@ fn pick_target(
         .filter(|&(i, _)| i != index)
         .filter_map(|(_, p)| *p)
         .collect();
-    let used_domains: BTreeSet<&str> = others
+    let used_domains: Vec<&Domain> = others
         .iter()
-        .filter_map(|id| servers.get(id).map(|v| v.domain.as_str()))
+        .filter_map(|id| servers.get(id).map(|v| &v.domain))
         .collect();
     let need = s.layout.shard_len();
     servers
@@ -282,7 +283,7 @@ fn pick_target(
         .filter(|(id, v)| v.free_bytes >= need + incoming.get(id).copied().unwrap_or(0))
         .min_by_key(|(id, v)| {
             let load = v.used_bytes + incoming.get(id).copied().unwrap_or(0);
-            (used_domains.contains(v.domain.as_str()), load, **id)
+            (v.domain.overlap(&used_domains), load, **id)
         })
         .map(|(id, v)| (*id, v.addr))
 }
@@ -399,7 +400,8 @@ fn domain_warnings(
     servers: &BTreeMap<ChunkserverId, ServerView>,
 ) -> Vec<String> {
     let writable: Vec<&ServerView> = servers.values().filter(|v| v.writable()).collect();
-    let domains: BTreeSet<&str> = writable.iter().map(|v| v.domain.as_str()).collect();
+    let hosts: BTreeSet<&str> = writable.iter().map(|v| v.domain.host.as_str()).collect();
+    let racks: BTreeSet<&str> = writable.iter().map(|v| v.domain.rack.as_str()).collect();
     let mut policies: Vec<_> = policies.iter().collect();
     policies.sort_by_key(|p| p.to_string());
     policies
@@ -411,10 +413,15 @@ fn domain_warnings(
                     "policy {p} needs {need} servers but only {} can take data: lost shards of its slices cannot all be rebuilt",
                     writable.len()
                 ))
-            } else if need > domains.len() {
+            } else if need > hosts.len() {
                 Some(format!(
-                    "policy {p} spreads {need} shards over only {} failure domains: losing one domain can cost a slice more than one shard",
-                    domains.len()
+                    "policy {p} spreads {need} shards over only {} failure domains (hosts): losing one host can cost a slice more than one shard",
+                    hosts.len()
+                ))
+            } else if need > racks.len() && p.parity_shards() < need.div_ceil(racks.len()) {
+                Some(format!(
+                    "policy {p} spreads {need} shards over only {} racks: losing one rack can cost a slice more shards than it tolerates",
+                    racks.len()
                 ))
             } else {
                 None
@@ -438,7 +445,7 @@ mod tests {
                     addr: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
                     state: ChunkserverState::Up,
                     fresh: true,
-                    domain: format!("host{i}"),
+                    domain: Domain::of(&[], &format!("host{i}")),
                     used_bytes: 0,
                     free_bytes: 1 << 40,
                 };
@@ -630,7 +637,7 @@ mod tests {
     fn warns_when_shards_cannot_spread_over_domains() {
         let mut view = servers(6);
         for (i, v) in view.values_mut().enumerate() {
-            v.domain = format!("host{}", i % 4);
+            v.domain = Domain::of(&[], &format!("host{}", i % 4));
         }
         let p = run(&[slice(1, &[1, 2, 3, 4, 5, 6])], &view);
         assert_eq!(p.warnings.len(), 1);
@@ -642,5 +649,13 @@ mod tests {
         assert!(run(&[slice(1, &[1, 2, 3, 4, 5, 6])], &servers(6))
             .warnings
             .is_empty());
+        // Six hosts in two racks: a rack holds three shards, more than rs:4+2 tolerates.
+        let mut view = servers(6);
+        for (i, v) in view.values_mut().enumerate() {
+            let labels = [("rack".to_string(), format!("r{}", i % 2))];
+            v.domain = Domain::of(&labels, &format!("host{i}"));
+        }
+        let p = run(&[slice(1, &[1, 2, 3, 4, 5, 6])], &view);
+        assert!(p.warnings[0].contains("2 racks"), "{:?}", p.warnings);
     }
 }

@@ -34,6 +34,11 @@ pub enum StoreError {
     },
 }
 
+/// A read of one piece (at most 1 MiB) slower than this counts as a slow operation.
+const SLOW_READ: std::time::Duration = std::time::Duration::from_secs(1);
+/// Making a shard durable (fsync, rename, directory fsync) slower than this is slow.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Counters that predict a failing server, reported in status.
 #[derive(Default)]
 pub struct Health {
@@ -281,7 +286,9 @@ impl Store {
 
     /// Makes a finished write durable and visible; replaces an older copy of the same shard.
     pub fn commit(&self, writer: ShardWriter, disk: u32) -> Result<ShardInfo, StoreError> {
+        let started = std::time::Instant::now();
         let header = self.note(writer.finish())?;
+        self.timed(started, SLOW_COMMIT);
         let entry = Entry {
             disk,
             layout: header.layout,
@@ -321,7 +328,18 @@ impl Store {
             let injected = std::io::Error::other("injected read error (--inject-read-errors)");
             return self.note(Err(shard_file::io_error(&reader.path, injected)));
         }
-        self.note(reader.read(offset, len))
+        let started = std::time::Instant::now();
+        let r = self.note(reader.read(offset, len));
+        self.timed(started, SLOW_READ);
+        r
+    }
+
+    /// Counts an operation that took longer than `limit` as slow (a failing disk often
+    /// slows down before it errs).
+    fn timed(&self, started: std::time::Instant, limit: std::time::Duration) {
+        if started.elapsed() > limit {
+            self.health.slow_ops.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn delete(&self, shard: ShardId) -> Result<bool, StoreError> {
