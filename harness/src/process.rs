@@ -83,9 +83,18 @@ impl Proc {
         }
     }
 
-    /// `kill -9`: no chance to clean up, as in a crash.
+    /// `kill -9`: no chance to clean up, as in a crash. Returns once the process is gone
+    /// (a slot whose process is still dying would look running, and a restart would be
+    /// skipped); false if it was not running.
     pub fn kill9(&self) -> bool {
-        self.signal(Signal::SIGKILL)
+        if !self.signal(Signal::SIGKILL) {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.pid().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Removes the pid file.
@@ -95,19 +104,14 @@ impl Proc {
             while self.pid().is_some() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if self.kill9() {
-                wait_until(
-                    Duration::from_secs(10),
-                    &format!("{} to die", self.name()),
-                    || Ok(self.pid().is_none()),
-                )?;
+            if self.kill9() && self.pid().is_some() {
+                bail!("{} survived SIGKILL", self.name());
             }
         }
         let _ = fs::remove_file(self.pid_file());
         Ok(())
     }
 
-    /// The last lines of the log, for error messages.
     /// Fails with the end of its log if the process has exited.
     pub fn check_running(&self) -> anyhow::Result<()> {
         if self.pid().is_none() {
@@ -121,6 +125,7 @@ impl Proc {
         Ok(())
     }
 
+    /// The last lines of the log, for error messages.
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.log_file()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -176,5 +181,27 @@ where
             bail!("timed out after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_process_is_gone_when_kill9_returns() {
+        let dir = std::env::temp_dir().join(format!("lattice-kill9-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for _ in 0..20 {
+            let p = Proc::new(&dir, "sleep", 1);
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            p.spawn(cmd).unwrap();
+            assert!(p.pid().is_some());
+            assert!(p.kill9());
+            // A restart right now must not take the dying process for a live one.
+            assert_eq!(p.pid(), None);
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

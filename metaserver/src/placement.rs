@@ -18,7 +18,12 @@ pub struct Domain {
 impl Domain {
     /// From a server's labels (`rack=...`, `host=...`) and name.
     pub fn of(labels: &[(String, String)], name: &str) -> Domain {
-        let label = |key: &str| labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
         let host = label("host").unwrap_or_else(|| name.to_string());
         Domain {
             rack: label("rack").unwrap_or_else(|| host.clone()),
@@ -114,8 +119,8 @@ pub fn place(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
     use rand::SeedableRng;
+    use std::collections::BTreeSet;
 
     fn candidates(n: u32, domains: u32) -> Vec<Candidate> {
         (0..n)
