@@ -4,6 +4,7 @@
 use lattice_common::fs::Timestamp;
 use lattice_common::ids::ChunkserverId;
 use lattice_common::wire::meta::{ChunkserverState, Registration, ServerAddr};
+use lattice_common::wire::HealthCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,9 @@ pub struct ServerRecord {
     pub since: Timestamp,
     /// Why it is draining or drained (an admin, a health threshold).
     pub reason: Option<String>,
+    /// Its health counters when an admin last put it back in service: only what it counts
+    /// beyond these can drain it again.
+    pub health_baseline: HealthCounters,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,14 +64,24 @@ impl ClusterMap {
                 capacity,
                 since: now,
                 reason,
+                // A restarted server counts its health from zero again.
+                health_baseline: HealthCounters::default(),
             },
         );
         id
     }
 
     /// Starts draining a server (or with `cancel`, puts a draining or drained one back in
-    /// service). False for an unknown id or a server already in the wanted state.
-    pub fn drain(&mut self, id: ChunkserverId, cancel: bool, reason: &str, now: Timestamp) -> bool {
+    /// service, remembering its health counters `now_health` as the new baseline). False for
+    /// an unknown id or a server already in the wanted state.
+    pub fn drain(
+        &mut self,
+        id: ChunkserverId,
+        cancel: bool,
+        reason: &str,
+        now_health: HealthCounters,
+        now: Timestamp,
+    ) -> bool {
         let Some(s) = self.servers.get_mut(&id) else {
             return false;
         };
@@ -84,6 +98,9 @@ impl ClusterMap {
             ChunkserverState::Draining
         };
         s.reason = (!cancel).then(|| reason.to_string());
+        if cancel {
+            s.health_baseline = now_health;
+        }
         s.since = now;
         true
     }
@@ -152,17 +169,21 @@ mod tests {
     fn drain_and_cancel_keep_the_reason_while_draining() {
         let mut map = ClusterMap::default();
         let a = map.register("cs-a", &reg(1), Timestamp::default());
-        assert!(map.drain(a, false, "admin", Timestamp::default()));
-        assert!(!map.drain(a, false, "again", Timestamp::default()));
+        let t = Timestamp::default();
+        let h = HealthCounters::default();
+        assert!(map.drain(a, false, "admin", h, t));
+        assert!(!map.drain(a, false, "again", h, t));
         map.register("cs-a", &reg(1), Timestamp::default());
         let rec = map.get(a).unwrap();
         assert_eq!(
             (rec.state, rec.reason.as_deref()),
             (ChunkserverState::Draining, Some("admin"))
         );
-        assert!(map.drain(a, true, "", Timestamp::default()));
+        let sick = HealthCounters { io_errors: 60, ..h };
+        assert!(map.drain(a, true, "", sick, t));
         assert_eq!(map.get(a).unwrap().state, ChunkserverState::Up);
         assert_eq!(map.get(a).unwrap().reason, None);
-        assert!(!map.drain(ChunkserverId(99), false, "x", Timestamp::default()));
+        assert_eq!(map.get(a).unwrap().health_baseline, sick);
+        assert!(!map.drain(ChunkserverId(99), false, "x", h, t));
     }
 }

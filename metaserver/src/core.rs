@@ -245,8 +245,6 @@ pub struct Core {
     /// Shards found damaged or missing, by the server holding them (soft state: scrub and
     /// reconcile find them again after a failover).
     damaged: HashSet<(ShardId, ChunkserverId)>,
-    /// Servers this leader already drained for their health (not again after a cancel).
-    auto_drained: HashSet<ChunkserverId>,
 }
 
 impl Core {
@@ -272,7 +270,6 @@ impl Core {
             upkeep,
             book,
             damaged: HashSet::new(),
-            auto_drained: HashSet::new(),
         }
     }
 
@@ -487,17 +484,14 @@ impl Core {
                 self.damaged.remove(&(shard, server));
             }
             Input::Drain { id, cancel, reply } => {
-                let reason = "drained by an admin".to_string();
-                if cancel {
-                    // The admin overrules the health check; this leader won't drain it again.
-                    self.auto_drained.insert(id);
-                }
-                let now = Timestamp::now();
+                // A cancel overrules the health check: only errors counted from now on count.
+                let health = self.live.get(&id).map(|l| l.heartbeat.health);
                 let cmd = Command::Drain {
                     id,
                     cancel,
-                    reason,
-                    now,
+                    reason: "drained by an admin".to_string(),
+                    health: health.unwrap_or_default(),
+                    now: Timestamp::now(),
                 };
                 self.propose(cmd, reply);
             }
@@ -759,29 +753,28 @@ impl Core {
             .sm
             .cluster
             .iter()
-            .filter(|(id, s)| {
-                matches!(s.state, ChunkserverState::Up | ChunkserverState::Suspect)
-                    && !self.auto_drained.contains(id)
-            })
-            .filter_map(|(id, _)| {
-                let live = self.live.get(&id)?;
-                Some((id, self.upkeep.health.breached(&live.heartbeat.health)?))
+            .filter(|(_, s)| matches!(s.state, ChunkserverState::Up | ChunkserverState::Suspect))
+            .filter_map(|(id, s)| {
+                let health = self.live.get(&id)?.heartbeat.health;
+                Some((
+                    id,
+                    self.upkeep
+                        .health
+                        .breached(&health.since(&s.health_baseline))?,
+                ))
             })
             .collect();
         for (id, reason) in failing {
             warn!(%id, "{reason}: draining it");
-            self.auto_drained.insert(id);
             let (reply, _) = oneshot::channel();
-            let cancel = false;
-            self.propose(
-                Command::Drain {
-                    id,
-                    cancel,
-                    reason,
-                    now,
-                },
-                reply,
-            );
+            let cmd = Command::Drain {
+                id,
+                cancel: false,
+                reason,
+                health: HealthCounters::default(),
+                now,
+            };
+            self.propose(cmd, reply);
         }
     }
 

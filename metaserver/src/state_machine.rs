@@ -13,6 +13,7 @@ use lattice_common::policy::Policy;
 use lattice_common::wire::meta::{
     ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
 };
+use lattice_common::wire::HealthCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -65,11 +66,13 @@ pub enum Command {
         from: Option<ChunkserverId>,
         to: ChunkserverId,
     },
-    /// Starts (or cancels) draining a chunkserver, saying why.
+    /// Starts (or cancels) draining a chunkserver, saying why; a cancel records `health` (the
+    /// server's counters now) as its new baseline.
     Drain {
         id: ChunkserverId,
         cancel: bool,
         reason: String,
+        health: HealthCounters,
         now: Timestamp,
     },
     /// The shards of these garbage slices are deleted where their servers answered.
@@ -200,8 +203,9 @@ impl StateMachine {
                 id,
                 cancel,
                 reason,
+                health,
                 now,
-            } => match self.cluster.drain(id, cancel, &reason, now) {
+            } => match self.cluster.drain(id, cancel, &reason, health, now) {
                 true => Outcome::Done,
                 false => Outcome::Fs(Err(Errno::INVAL)),
             },

@@ -137,6 +137,17 @@ pub struct HealthCounters {
     pub slow_ops: u64,
 }
 
+impl HealthCounters {
+    /// What was counted after `base` was taken (a restarted server counts from zero).
+    pub fn since(&self, base: &HealthCounters) -> HealthCounters {
+        HealthCounters {
+            io_errors: self.io_errors.saturating_sub(base.io_errors),
+            checksum_errors: self.checksum_errors.saturating_sub(base.checksum_errors),
+            slow_ops: self.slow_ops.saturating_sub(base.slow_ops),
+        }
+    }
+}
+
 /// How far the background checksum scrub has got.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScrubProgress {
