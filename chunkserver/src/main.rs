@@ -40,9 +40,11 @@ struct Cli {
 enum Command {
     /// Serve shards from one or more data directories.
     Serve(ServeArgs),
-    /// Add a new chunkserver to a running cluster: like `serve`, but `--meta` is required and
-    /// the command fails (non-zero) unless the cluster accepts the server within
-    /// `--join-timeout`. Get its certificate first with `metaserver ca issue --role chunkserver`.
+    /// Add a new chunkserver to a running cluster (fails unless the cluster accepts it).
+    ///
+    /// Like `serve`, but `--meta` is required and the command exits non-zero unless the
+    /// metaservers accept the server within `--join-timeout`. Get its certificate first with
+    /// `metaserver ca issue --role chunkserver`.
     Join {
         #[command(flatten)]
         serve: ServeArgs,
@@ -50,9 +52,10 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         join_timeout: u64,
     },
-    /// Drain a chunkserver of a running cluster: it gets no new shards and its shards are
-    /// copied elsewhere until it holds nothing and can be stopped (needs an admin
-    /// certificate).
+    /// Drain a chunkserver of a running cluster (needs an admin certificate).
+    ///
+    /// It gets no new shards, and its shards are copied elsewhere until it holds nothing and
+    /// can be stopped.
     Drain(drain::DrainArgs),
     /// Add or remove a data directory of a running chunkserver (needs an admin certificate).
     #[command(subcommand)]
