@@ -15,7 +15,7 @@ use lattice_common::meta_client::MetaClient;
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::slice_io::SliceIo;
 use lattice_common::throttle::Throttle;
-use lattice_common::transport::{write_addr_file, Identity, Node};
+use lattice_common::transport::{self, write_addr_file, Identity, Node};
 use scrub::Scrubber;
 use service::Service;
 use std::net::SocketAddr;
@@ -240,20 +240,11 @@ async fn serve(args: ServeArgs, join: Option<Duration>) -> Result<()> {
     if let Some(path) = &args.addr_file {
         write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;
     }
-    shutdown_signal().await;
+    transport::shutdown_signal().await;
     info!("shutting down");
     node.close();
     server.abort();
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {

@@ -235,9 +235,8 @@ impl ShardClient {
         }
     }
 
-    /// Asks the chunkserver at `addr` to rebuild `shard` from `sources`.
-    /// An admin request that may take long (adding or emptying a data directory), allowed up
-    /// to [`REBUILD_TIMEOUT`].
+    /// A request that may run long (a rebuild, adding or emptying a data directory), allowed
+    /// up to [`REBUILD_TIMEOUT`]; an error reply becomes an error.
     pub async fn admin(
         &self,
         addr: SocketAddr,
@@ -266,8 +265,7 @@ impl ShardClient {
             copy_from,
             sources,
         };
-        let work = async { Ok(self.exchange(addr, &req, &[]).await?.0) };
-        match self.deadline_of(REBUILD_TIMEOUT, addr, work).await? {
+        match self.admin(addr, req).await? {
             ChunkResponse::Rebuilt { bytes } => Ok(bytes),
             other => Err(unexpected(other)),
         }

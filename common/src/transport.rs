@@ -284,6 +284,16 @@ fn peer_of(conn: &Connection) -> Result<PeerName, String> {
     pki::peer_name(leaf).map_err(|e| e.to_string())
 }
 
+/// Waits for SIGTERM or Ctrl-C: how a server is asked to stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// Writes where a server listens to `path`, atomically (readers never see half an address):
 /// how scripts and supervisors learn a port picked at start.
 pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {

@@ -49,6 +49,22 @@ impl LatticeFs {
     }
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.0),
+    }
+}
+
+/// Answers a request that creates or finds a name with its attributes.
+fn entry(reply: ReplyEntry, ttl: Duration, result: Result<Attr, Errno>) {
+    match result {
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
+        Err(e) => reply.error(e.0),
+    }
+}
+
 fn ino(i: u64) -> InodeId {
     InodeId(i)
 }
@@ -180,12 +196,7 @@ impl Filesystem for LatticeFs {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let (c, ttl, name) = (self.client.clone(), self.ttl, name.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.lookup(ino(parent), &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { entry(reply, ttl, c.lookup(ino(parent), &name).await) });
     }
 
     fn getattr(&mut self, _req: &Request<'_>, i: u64, _fh: Option<u64>, reply: ReplyAttr) {
@@ -264,13 +275,12 @@ impl Filesystem for LatticeFs {
             caller(req),
         );
         self.spawn(async move {
-            match c
-                .mknod(ino(parent), &name, kind, perm_umask(mode, umask), rdev, who)
-                .await
-            {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
+            entry(
+                reply,
+                ttl,
+                c.mknod(ino(parent), &name, kind, perm_umask(mode, umask), rdev, who)
+                    .await,
+            )
         });
     }
 
@@ -290,34 +300,23 @@ impl Filesystem for LatticeFs {
             caller(req),
         );
         self.spawn(async move {
-            match c
-                .mkdir(ino(parent), &name, perm_umask(mode, umask), who)
-                .await
-            {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
+            entry(
+                reply,
+                ttl,
+                c.mkdir(ino(parent), &name, perm_umask(mode, umask), who)
+                    .await,
+            )
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.unlink(ino(parent), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.unlink(ino(parent), &name).await) });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.rmdir(ino(parent), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.rmdir(ino(parent), &name).await) });
     }
 
     fn symlink(
@@ -334,10 +333,11 @@ impl Filesystem for LatticeFs {
             target.as_os_str().as_bytes().to_vec(),
         );
         self.spawn(async move {
-            match c.symlink(ino(parent), &name, &target, who).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
+            entry(
+                reply,
+                ttl,
+                c.symlink(ino(parent), &name, &target, who).await,
+            )
         });
     }
 
@@ -363,13 +363,11 @@ impl Filesystem for LatticeFs {
             newname.as_bytes().to_vec(),
         );
         self.spawn(async move {
-            match c
-                .rename(ino(parent), &name, ino(newparent), &newname, mode)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
+            done(
+                reply,
+                c.rename(ino(parent), &name, ino(newparent), &newname, mode)
+                    .await,
+            )
         });
     }
 
@@ -382,12 +380,7 @@ impl Filesystem for LatticeFs {
         reply: ReplyEntry,
     ) {
         let (c, ttl, name) = (self.client.clone(), self.ttl, newname.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.link(ino(i), ino(newparent), &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { entry(reply, ttl, c.link(ino(i), ino(newparent), &name).await) });
     }
 
     fn open(&mut self, _req: &Request<'_>, i: u64, _flags: i32, reply: ReplyOpen) {
@@ -455,12 +448,7 @@ impl Filesystem for LatticeFs {
 
     fn flush(&mut self, _req: &Request<'_>, _i: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         let c = self.client.clone();
-        self.spawn(async move {
-            match c.flush(fh, lock_owner).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.flush(fh, lock_owner).await) });
     }
 
     fn release(
@@ -474,22 +462,12 @@ impl Filesystem for LatticeFs {
         reply: ReplyEmpty,
     ) {
         let c = self.client.clone();
-        self.spawn(async move {
-            match c.release(fh, flock_owner).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.release(fh, flock_owner).await) });
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _i: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
         let c = self.client.clone();
-        self.spawn(async move {
-            match c.fsync(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.fsync(fh).await) });
     }
 
     fn readdir(
@@ -577,12 +555,7 @@ impl Filesystem for LatticeFs {
             name.as_bytes().to_vec(),
             value.to_vec(),
         );
-        self.spawn(async move {
-            match c.setxattr(ino(i), &name, &value, mode).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.setxattr(ino(i), &name, &value, mode).await) });
     }
 
     fn getxattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -614,12 +587,7 @@ impl Filesystem for LatticeFs {
 
     fn removexattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.removexattr(ino(i), &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.removexattr(ino(i), &name).await) });
     }
 
     fn create(
@@ -710,12 +678,7 @@ impl Filesystem for LatticeFs {
             Err(e) => return reply.error(e.0),
         };
         let c = self.client.clone();
-        self.spawn(async move {
-            match c.setlk(ino(i), lock_owner, lock, sleep).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { done(reply, c.setlk(ino(i), lock_owner, lock, sleep).await) });
     }
 
     fn fallocate(
@@ -748,10 +711,7 @@ impl Filesystem for LatticeFs {
                 }
                 Ok::<(), Errno>(())
             };
-            match grow.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.0),
-            }
+            done(reply, grow.await)
         });
     }
 }

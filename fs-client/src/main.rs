@@ -300,13 +300,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
     let stopper = client.clone();
     let mountpoint = plan.mountpoint.clone();
     runtime.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("signal handler");
-        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        lattice_common::transport::shutdown_signal().await;
         info!(mountpoint = %mountpoint.display(), "signalled: writing out buffers and unmounting");
         stopper.flush_all().await;
         stopper.goodbye().await;

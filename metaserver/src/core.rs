@@ -366,7 +366,6 @@ impl Core {
                         seq,
                         acked_below,
                         now,
-
                         ino,
                         layout,
                         placement,

@@ -109,7 +109,7 @@ pub struct Executor {
     pub settings: Settings,
     pub book: Arc<Mutex<Book>>,
     /// Old copies of moved shards, deleted after `gc_grace`.
-    pub doomed: Arc<Mutex<VecDeque<Doomed>>>,
+    pub doomed: Mutex<VecDeque<Doomed>>,
     /// Woken when a job ends, so the next one starts without waiting for the tick.
     pub job_ended: tokio::sync::Notify,
 }

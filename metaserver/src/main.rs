@@ -25,13 +25,13 @@ use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
-use lattice_common::transport::{write_addr_file, Identity, Node};
+use lattice_common::transport::{self, write_addr_file, Identity, Node};
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, ClusterStatus, MetaRequest, MetaResponse,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info};
 
@@ -465,13 +465,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         session_timeout: Duration::from_secs(args.session_timeout),
     };
     let upkeep = args.upkeep.upkeep();
-    let book = Arc::new(std::sync::Mutex::new(jobs::Book::default()));
+    let book = Arc::new(Mutex::new(jobs::Book::default()));
     let executor = Arc::new(jobs::Executor {
         core: inputs.clone(),
         shards: ShardClient::new(node.clone(), DEFAULT_TIMEOUT),
         settings: upkeep.jobs,
         book: book.clone(),
-        doomed: Arc::default(),
+        doomed: Mutex::default(),
         job_ended: tokio::sync::Notify::new(),
     });
     let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
@@ -490,7 +490,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     info!(id = args.id, %addr, "metaserver serving");
     if let Some(at) = args.metrics {
-        let core = std::sync::Mutex::new(inputs.clone());
+        let core = Mutex::new(inputs.clone());
         let render: lattice_common::metrics::Render = Arc::new(move || {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let sent = core
@@ -514,19 +514,10 @@ fn serve(args: ServeArgs) -> Result<()> {
             node.clone()
                 .serve(move |peer, send, recv| service.clone().handle(peer, send, recv)),
         );
-        shutdown_signal().await;
+        transport::shutdown_signal().await;
         info!("shutting down");
         node.close();
         server.abort();
     });
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

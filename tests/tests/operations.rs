@@ -49,13 +49,15 @@ async fn wait_status(
     .await
 }
 
-fn fully_redundant(s: &ClusterStatus) -> bool {
-    s.fully_redundant()
-}
-
 async fn wait_fully_redundant(admin: &Admin) -> Result<ClusterStatus> {
     let limit = Duration::from_secs(60);
-    wait_status(admin, limit, "full redundancy", fully_redundant).await
+    wait_status(
+        admin,
+        limit,
+        "full redundancy",
+        ClusterStatus::fully_redundant,
+    )
+    .await
 }
 
 /// Files written with known contents, to check at the end.
@@ -213,7 +215,7 @@ async fn a_dead_server_is_repaired_across_a_leader_failover_then_two_more_may_di
     let (admin, mnt) = tc.start_with_mount(7).await?;
     let files = write_files(&mnt, "f", &[(64 << 20) + 1, 10 << 20, 4096, 33 << 20])?;
     let before = admin.status().await?;
-    ensure!(fully_redundant(&before), "{:?}", before.redundancy);
+    ensure!(before.fully_redundant(), "{:?}", before.redundancy);
 
     let victim = id_of(&before, "chunkserver-3")?;
     ensure!(tc.cluster.chunkserver(3).kill9());
@@ -243,7 +245,7 @@ async fn a_dead_server_is_repaired_across_a_leader_failover_then_two_more_may_di
         Duration::from_secs(180),
         "repair to full redundancy",
         |s| {
-            fully_redundant(s)
+            s.fully_redundant()
                 && s.chunkservers
                     .iter()
                     .all(|c| c.id != victim || c.placed_shards == 0)
@@ -267,7 +269,7 @@ async fn a_dead_server_is_repaired_across_a_leader_failover_then_two_more_may_di
     // go (what it holds becomes what the metadata places on it, as it is rebalanced).
     tc.cluster.start_chunkserver(3).await?;
     let settled = |s: &ClusterStatus| {
-        fully_redundant(s)
+        s.fully_redundant()
             && s.jobs.iter().all(|j| j.running == 0)
             && s.chunkservers.iter().any(|c| {
                 c.id == victim && c.state == ChunkserverState::Up && c.shards == c.placed_shards
