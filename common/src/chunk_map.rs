@@ -5,6 +5,7 @@
 use crate::ids::{ChunkserverId, SliceId};
 use crate::layout::{SliceLayout, MAX_SLICE_BYTES};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Bytes of file offset per chunk; no slice crosses a chunk boundary.
 pub const CHUNK_SIZE: u64 = MAX_SLICE_BYTES;
@@ -26,6 +27,7 @@ impl SliceRef {
     /// Whether the reference is internally consistent (checked on everything from the wire).
     pub fn is_valid(&self) -> bool {
         self.len > 0
+            && self.layout.check().is_ok()
             && self
                 .skip
                 .checked_add(self.len)
@@ -52,42 +54,48 @@ pub struct Segment {
 }
 
 /// The visible pieces of chunk bytes `start..end`, in order, newest slice on top.
+/// Each slice claims the still-uncovered intervals it overlaps; uncovered intervals are
+/// kept in a map by start, so a slice touches only what it overlaps: O(n log n) in all.
 pub fn resolve(slices: &[SliceRef], start: u64, end: u64) -> Vec<Segment> {
-    // Uncovered intervals, sorted and disjoint; each slice (newest first) claims its part.
-    let mut open = vec![(start, end)];
+    let mut open: BTreeMap<u64, u64> = BTreeMap::new();
+    if start < end {
+        open.insert(start, end);
+    }
     let mut out = Vec::new();
     for (i, s) in slices.iter().enumerate().rev() {
         if open.is_empty() {
             break;
         }
         let (a, b) = (s.chunk_offset, s.chunk_end());
-        let mut next = Vec::with_capacity(open.len() + 1);
-        for &(x, y) in &open {
+        // The open interval starting at or before `a` may reach into the slice.
+        let first = open.range(..=a).next_back().map_or(a, |(&x, _)| x);
+        let overlapping: Vec<(u64, u64)> = open
+            .range(first..b)
+            .map(|(&x, &y)| (x, y))
+            .filter(|&(_, y)| y > a)
+            .collect();
+        for (x, y) in overlapping {
+            open.remove(&x);
             let (lo, hi) = (x.max(a), y.min(b));
-            if lo >= hi {
-                next.push((x, y));
-                continue;
-            }
             out.push(Segment {
                 start: lo,
                 end: hi,
                 source: Some((i, s.skip + (lo - a))),
             });
             if x < lo {
-                next.push((x, lo));
+                open.insert(x, lo);
             }
             if hi < y {
-                next.push((hi, y));
+                open.insert(hi, y);
             }
         }
-        open = next;
     }
     out.extend(open.into_iter().map(|(start, end)| Segment {
         start,
         end,
         source: None,
     }));
-    out.sort_by_key(|s| s.start);
+    out.sort_unstable_by_key(|s| s.start);
     out
 }
 
@@ -106,16 +114,21 @@ pub fn truncate(slices: &mut Vec<SliceRef>, keep: u64) -> Vec<SliceRef> {
     gone
 }
 
-/// Slices entirely hidden under newer ones (they can be dropped and collected).
-pub fn hidden(slices: &[SliceRef]) -> Vec<usize> {
-    (0..slices.len())
-        .filter(|&i| {
-            let s = &slices[i];
-            resolve(&slices[i + 1..], s.chunk_offset, s.chunk_end())
-                .iter()
-                .all(|seg| seg.source.is_some())
-        })
-        .collect()
+/// Removes the slices entirely hidden under newer ones and returns them (to be collected).
+/// One resolution of the whole chunk: O(n log n).
+pub fn drop_hidden(slices: &mut Vec<SliceRef>) -> Vec<SliceRef> {
+    let mut seen = vec![false; slices.len()];
+    for seg in resolve(slices, 0, CHUNK_SIZE) {
+        if let Some((i, _)) = seg.source {
+            seen[i] = true;
+        }
+    }
+    let (kept, hidden): (Vec<_>, Vec<_>) = std::mem::take(slices)
+        .into_iter()
+        .zip(seen)
+        .partition(|(_, seen)| *seen);
+    *slices = kept.into_iter().map(|(s, _)| s).collect();
+    hidden.into_iter().map(|(s, _)| s).collect()
 }
 
 #[cfg(test)]
@@ -148,7 +161,9 @@ mod tests {
                 (100, 120, None)
             ]
         );
-        assert_eq!(hidden(&[slice(1, 5, 5), slice(2, 0, 20)]), vec![0]);
+        let mut two = vec![slice(1, 5, 5), slice(2, 0, 20)];
+        assert_eq!(drop_hidden(&mut two), vec![slice(1, 5, 5)]);
+        assert_eq!(two, vec![slice(2, 0, 20)]);
     }
 
     #[test]

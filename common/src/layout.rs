@@ -67,19 +67,26 @@ pub struct Piece {
 
 impl SliceLayout {
     pub fn new(policy: Policy, data_len: u64, stripe_unit: u32) -> Result<Self, LayoutError> {
-        if data_len == 0 || data_len > MAX_SLICE_BYTES {
-            return Err(LayoutError::Length(data_len));
-        }
-        if !stripe_unit.is_power_of_two()
-            || !(MIN_STRIPE_UNIT..=MAX_STRIPE_UNIT).contains(&stripe_unit)
-        {
-            return Err(LayoutError::StripeUnit(stripe_unit));
-        }
-        Ok(SliceLayout {
+        let layout = SliceLayout {
             policy,
             data_len,
             stripe_unit,
-        })
+        };
+        layout.check()?;
+        Ok(layout)
+    }
+
+    /// Whether the fields make a layout `new` would have made (the fields are public).
+    pub fn check(&self) -> Result<(), LayoutError> {
+        if self.data_len == 0 || self.data_len > MAX_SLICE_BYTES {
+            return Err(LayoutError::Length(self.data_len));
+        }
+        if !self.stripe_unit.is_power_of_two()
+            || !(MIN_STRIPE_UNIT..=MAX_STRIPE_UNIT).contains(&self.stripe_unit)
+        {
+            return Err(LayoutError::StripeUnit(self.stripe_unit));
+        }
+        Ok(())
     }
 
     fn k(&self) -> u64 {

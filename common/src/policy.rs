@@ -44,7 +44,7 @@ impl Policy {
     /// Shards that exist only for redundancy.
     pub fn parity_shards(&self) -> usize {
         match *self {
-            Policy::Mirror { copies } => copies as usize - 1,
+            Policy::Mirror { copies } => (copies as usize).saturating_sub(1),
             Policy::ReedSolomon { parity, .. } => parity as usize,
         }
     }

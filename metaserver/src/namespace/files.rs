@@ -41,6 +41,8 @@ impl Namespace {
             let last = size / CHUNK_SIZE;
             if let Some(slices) = chunks.get_mut(&last) {
                 released.extend(chunk_map::truncate(slices, size % CHUNK_SIZE));
+                // A cut can leave an older slice showing nothing any more.
+                released.extend(chunk_map::drop_hidden(slices));
                 if slices.is_empty() {
                     chunks.remove(&last);
                 }
@@ -74,26 +76,8 @@ impl Namespace {
         if slices.len() >= MAX_SLICES_PER_CHUNK {
             return Err(Errno::NOSPC);
         }
-        let (a, b) = (slice.chunk_offset, slice.chunk_end());
         slices.push(slice);
-        // Only slices under the new one can have become hidden.
-        let top = slices.len() - 1;
-        let hidden: Vec<usize> = (0..top)
-            .filter(|&i| {
-                let s = &slices[i];
-                s.chunk_offset < b
-                    && a < s.chunk_end()
-                    && chunk_map::resolve(&slices[i + 1..], s.chunk_offset, s.chunk_end())
-                        .iter()
-                        .all(|seg| seg.source.is_some())
-            })
-            .collect();
-        let released: Vec<SliceRef> = hidden
-            .iter()
-            .rev()
-            .map(|&i| slices.remove(i))
-            .rev()
-            .collect();
+        let released = chunk_map::drop_hidden(slices);
         let inode = self.get_mut(ino)?;
         inode.size = inode.size.max(end);
         inode.touch(now);

@@ -357,7 +357,10 @@ impl StateMachine {
     ) -> Result<FsReply, Errno> {
         self.ns.is_file(ino)?;
         let distinct: BTreeSet<_> = placement.iter().collect();
-        if placement.len() != layout.policy.total_shards() || distinct.len() != placement.len() {
+        if layout.check().is_err()
+            || placement.len() != layout.policy.total_shards()
+            || distinct.len() != placement.len()
+        {
             return Err(Errno::INVAL);
         }
         let servers: Vec<ServerAddr> = placement
@@ -454,3 +457,6 @@ impl StateMachine {
         Ok(self.ns.attr(ino)?.policy.unwrap_or(default))
     }
 }
+
+#[cfg(test)]
+mod model_tests;
