@@ -24,6 +24,12 @@ lattice_need_rust() {
   . "$HOME/.cargo/env"
 }
 
+lattice_need_fsx() { # fsx, the file system exerciser the tests and soak.sh run on a mount
+  [[ -x $HOME/.cargo/bin/fsx ]] && "$HOME/.cargo/bin/fsx" --version | grep -q "fsx 0.3.2" && return 0
+  echo "installing fsx 0.3.2 (cargo install)" >&2
+  cargo install --quiet --locked fsx --version 0.3.2 >&2
+}
+
 lattice_deps() {
   # fuse3 for mounting; the rest are tools the tests use on a mount (and pjdfstest's build).
   lattice_need_pkgs build-essential pkg-config fuse3 util-linux procps rsync git tar acl python3 libacl1-dev bc

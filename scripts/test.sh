@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 lattice_deps
+lattice_need_fsx
 
 cargo fmt --all --check
+cargo clippy --all-targets -- -D warnings
 # Integration tests run the release binaries, built here once.
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"

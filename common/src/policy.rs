@@ -54,9 +54,27 @@ impl Policy {
         self.data_shards() + self.parity_shards()
     }
 
+    /// A sensible default for a cluster of `servers` chunkservers: Reed-Solomon 4+2 from six
+    /// servers on, else as many mirrors as there are servers, up to three.
+    pub fn suggested_for(servers: usize) -> Policy {
+        match servers {
+            n if n >= 6 => Policy::ReedSolomon { data: 4, parity: 2 },
+            n => Policy::Mirror {
+                copies: n.clamp(1, 3) as u8,
+            },
+        }
+    }
+
     /// How many shards of a slice may be lost with every byte still recoverable.
     pub fn tolerance(&self) -> usize {
         self.parity_shards()
+    }
+
+    /// The fewest shards a new slice may be stored with when servers are missing: one more
+    /// than needed to read it, so one more loss is still survivable (as Ceph's `min_size`);
+    /// all of them for a policy without parity. The rest are rebuilt as soon as servers allow.
+    pub fn min_shards(&self) -> usize {
+        (self.data_shards() + 1).min(self.total_shards())
     }
 
     fn validate(self) -> Result<Self, String> {

@@ -75,6 +75,9 @@ pub struct SliceRead {
     pub problems: Vec<ShardProblem>,
 }
 
+/// A shard write is never given up on as slow sooner than this (it includes an fsync).
+const WRITE_HEDGE_FLOOR: Duration = Duration::from_secs(2);
+
 /// When a read stops waiting for a shard and reads around it instead.
 #[derive(Clone, Copy, Debug)]
 pub struct Hedging {
@@ -145,51 +148,79 @@ impl SliceIo {
         self.suspects().insert(addr, until);
     }
 
-    /// Encodes `data` and stores all its shards in parallel, shard i on `targets[i]`.
-    /// Fails listing every shard that could not be stored (the caller may place those
-    /// elsewhere with [`SliceIo::put_shards`]).
+    /// Encodes `data` and stores its shards in parallel, shard i on `targets[i]` (a shard
+    /// without a target is not stored: the slice lands degraded, to be repaired). Fails
+    /// listing every shard that could not be stored. Once the policy's least number of
+    /// shards is stored ([`Policy::min_shards`]), a shard that lags far behind its peers
+    /// (a dead or sick server) is given up on like a failed one and its server read around
+    /// for a while: one server must not stall every write.
+    ///
+    /// [`Policy::min_shards`]: crate::policy::Policy::min_shards
     pub async fn write(
         &self,
         slice: SliceId,
         layout: SliceLayout,
         data: bytes::Bytes,
-        targets: &[ShardTarget],
+        targets: &[Option<ShardTarget>],
     ) -> Result<Vec<Vec<u8>>, SliceError> {
         check_distinct(layout, targets)?;
         let shards = encode(layout, data).await?;
-        let all: Vec<usize> = (0..shards.len()).collect();
-        self.put_shards(slice, layout, &shards, targets, &all)
-            .await?;
-        Ok(shards)
-    }
-
-    /// Stores shards `which` of an encoded slice, in parallel.
-    pub async fn put_shards(
-        &self,
-        slice: SliceId,
-        layout: SliceLayout,
-        shards: &[Vec<u8>],
-        targets: &[ShardTarget],
-        which: &[usize],
-    ) -> Result<(), SliceError> {
-        let puts = which.iter().map(|&i| async move {
-            let t = targets[i];
-            let id = ShardId::new(slice, i as u16);
-            (i, t, self.client.put(t.addr, id, layout, &shards[i]).await)
-        });
-        let problems: Vec<ShardProblem> = futures::future::join_all(puts)
-            .await
-            .into_iter()
-            .filter_map(|(index, t, r)| {
-                r.err().map(|error| ShardProblem {
+        let since = Instant::now();
+        let mut puts: FuturesUnordered<_> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let t = (*t)?;
+                let (id, shard) = (ShardId::new(slice, i as u16), &shards[i]);
+                Some(async move { (i, t, self.client.put(t.addr, id, layout, shard).await) })
+            })
+            .collect();
+        let mut waiting: HashMap<usize, ShardTarget> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, (*t)?)))
+            .collect();
+        let (mut stored, mut slowest) = (0, Duration::ZERO);
+        let mut problems = Vec::new();
+        loop {
+            let patience = (slowest * self.hedging.factor).max(WRITE_HEDGE_FLOOR);
+            let next = if stored >= layout.policy.min_shards() {
+                match tokio::time::timeout_at((since + patience).into(), puts.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        for (index, t) in waiting.drain() {
+                            self.suspect(t.addr);
+                            problems.push(ShardProblem {
+                                index,
+                                server: Some(t.server),
+                                error: ShardError::Slow(patience),
+                            });
+                        }
+                        break;
+                    }
+                }
+            } else {
+                puts.next().await
+            };
+            let Some((index, t, result)) = next else {
+                break;
+            };
+            waiting.remove(&index);
+            match result {
+                Ok(()) => {
+                    stored += 1;
+                    slowest = since.elapsed();
+                }
+                Err(error) => problems.push(ShardProblem {
                     index,
                     server: Some(t.server),
                     error,
-                })
-            })
-            .collect();
+                }),
+            }
+        }
+        drop(puts);
         if problems.is_empty() {
-            Ok(())
+            Ok(shards)
         } else {
             Err(SliceError::Write { slice, problems })
         }
@@ -514,11 +545,11 @@ fn check_size(layout: SliceLayout, got: usize) -> Result<(), SliceError> {
     }
 }
 
-fn check_distinct(layout: SliceLayout, targets: &[ShardTarget]) -> Result<(), SliceError> {
+fn check_distinct(layout: SliceLayout, targets: &[Option<ShardTarget>]) -> Result<(), SliceError> {
     check_size(layout, targets.len())?;
     let mut servers = HashSet::new();
     let mut addrs = HashSet::new();
-    for t in targets {
+    for t in targets.iter().flatten() {
         if !servers.insert(t.server) {
             return Err(SliceError::SharedServer(t.server.to_string()));
         }

@@ -29,6 +29,8 @@ pub struct Backend {
     pub io: SliceIo,
     /// How long a fetched slice map is trusted (other mounts may change the file).
     pub slice_ttl: Duration,
+    /// How long a read or write waits for enough chunkservers before it fails.
+    pub io_wait: Duration,
     pub stats: crate::metrics::Stats,
 }
 
@@ -187,7 +189,7 @@ impl FileState {
         tokio::spawn(async move {
             let uploads = writer::pieces(&data)
                 .into_iter()
-                .map(|p| writer::store(&backend.meta, &backend.io, file.ino, p));
+                .map(|p| writer::store(&backend, file.ino, p));
             let stored = join_all(uploads).await;
             if let Some(mut previous) = previous {
                 let _ = previous.wait_for(|d| *d).await;

@@ -36,7 +36,9 @@ use tracing::{error, info};
     about = "Mount a LatticeFS cluster",
     long_about = "Mount a LatticeFS cluster.\n\nExample:\n  fs-client 127.0.0.1:7101,127.0.0.1:7102 /mnt/lattice -o certs=/etc/lattice/client\n\n\
 Options (-o, comma separated): certs=DIR (the mount's ca.pem, cert.pem, key.pem; or LATTICE_CERTS), \
-log=FILE, attr_timeout=SECS (1), write_buffer=SIZE (32M), flush_after=SECS (5), metrics=IP:PORT \
+log=FILE, attr_timeout=SECS (1), write_buffer=SIZE (32M), flush_after=SECS (5), io_wait=SECS (60: \
+how long a write waits for enough chunkservers to store it, at least K+1 shards of rs:K+M, and a read for \
+enough to read it, before failing with EIO), metrics=IP:PORT \
 (Prometheus metrics on /metrics), allow_other, \
 allow_root, ro, rw, nosuid, nodev, noexec, noatime, fsname=NAME.\n\n\
 Runs in the background once mounted unless -f is given; SIGTERM writes out buffered data and unmounts."
@@ -236,6 +238,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             meta: MetaClient::new(node.clone(), plan.meta.clone(), Duration::from_secs(30)),
             io: SliceIo::new(ShardClient::new(node, Duration::from_secs(10))),
             slice_ttl: plan.opts.attr_timeout,
+            io_wait: plan.opts.io_wait,
             stats: metrics::Stats::default(),
         };
         let tuning = client::Tuning {

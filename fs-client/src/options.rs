@@ -13,6 +13,8 @@ pub struct Options {
     pub attr_timeout: Duration,
     pub write_buffer: u64,
     pub flush_after: Duration,
+    /// How long a read or write waits for enough chunkservers before it fails.
+    pub io_wait: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     /// Options handed to the kernel.
@@ -27,6 +29,7 @@ impl Default for Options {
             attr_timeout: Duration::from_secs(1),
             write_buffer: 32 << 20,
             flush_after: Duration::from_secs(5),
+            io_wait: Duration::from_secs(60),
             metrics: None,
             mount: vec![
                 MountOption::FSName("latticefs".into()),
@@ -76,6 +79,7 @@ impl Options {
                 "log" => self.log = Some(PathBuf::from(need()?)),
                 "attr_timeout" => self.attr_timeout = seconds(need()?)?,
                 "flush_after" => self.flush_after = seconds(need()?)?,
+                "io_wait" => self.io_wait = seconds(need()?)?,
                 "metrics" => {
                     let addr = need()?;
                     let parsed = addr

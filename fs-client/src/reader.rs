@@ -7,10 +7,12 @@ use crate::readahead::{Fetch, BLOCK};
 use futures::future::{join_all, FutureExt};
 use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
-use lattice_common::slice_io::ShardTarget;
+use lattice_common::ids::SliceId;
+use lattice_common::slice_io::{ShardTarget, SliceError};
 use lattice_common::wire::meta::ChunkserverState;
 use std::sync::Arc;
-use tracing::warn;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
 
 /// One slice's part of a read: read `len` bytes from slice offset `from`, put them at
 /// `dest` in the output.
@@ -77,15 +79,53 @@ async fn from_blocks(
     Ok(Some(out))
 }
 
-/// The committed bytes `offset..end` (holes as zeros).
+/// The committed bytes `offset..end` (holes as zeros). A slice with too few shards
+/// reachable is tried again, with a fresh slice map, until the mount's `io_wait` has
+/// passed: servers restart and repairs move shards, and a read that waits beats an EIO.
 async fn committed(
     backend: &Backend,
     file: &FileState,
     offset: u64,
     end: u64,
 ) -> Result<Vec<u8>, Errno> {
+    let deadline = Instant::now() + backend.io_wait;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match committed_once(backend, file, offset, end).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(Unreadable::Map(e)) => return Err(e),
+            Err(Unreadable::Slice(slice, e)) if Instant::now() < deadline => {
+                debug!(ino = %file.ino, %slice, "read waits for servers: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                file.invalidate_slices();
+            }
+            Err(Unreadable::Slice(slice, e)) => {
+                warn!(ino = %file.ino, %slice, "read failed for {:?}, returning EIO: {e}", backend.io_wait);
+                return Err(Errno::IO);
+            }
+        }
+    }
+}
+
+enum Unreadable {
+    /// The slice map could not be had.
+    Map(Errno),
+    /// A slice could not be read.
+    Slice(SliceId, SliceError),
+}
+
+async fn committed_once(
+    backend: &Backend,
+    file: &FileState,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<u8>, Unreadable> {
     let (first, last) = (offset / CHUNK_SIZE, (end - 1) / CHUNK_SIZE);
-    let map = file.slice_map(backend, first, last).await?;
+    let map = file
+        .slice_map(backend, first, last)
+        .await
+        .map_err(Unreadable::Map)?;
     let mut spans: Vec<Span> = Vec::new();
     for chunk in first..=last {
         let Some(slices) = map.chunks.get(&chunk).filter(|s| !s.is_empty()) else {
@@ -132,19 +172,12 @@ async fn committed(
     });
     let mut out = vec![0u8; (end - offset) as usize];
     for (span, result) in spans.iter().zip(join_all(reads).await) {
-        match result {
-            Ok(read) => {
-                if !read.problems.is_empty() {
-                    tracing::debug!(ino = %file.ino, slice = %span.slice.slice, "read around: {:?}", read.problems);
-                }
-                let at = span.dest as usize;
-                out[at..at + read.data.len()].copy_from_slice(&read.data);
-            }
-            Err(e) => {
-                warn!(ino = %file.ino, slice = %span.slice.slice, "read failed, returning EIO: {e}");
-                return Err(Errno::IO);
-            }
+        let read = result.map_err(|e| Unreadable::Slice(span.slice.slice, e))?;
+        if !read.problems.is_empty() {
+            debug!(ino = %file.ino, slice = %span.slice.slice, "read around: {:?}", read.problems);
         }
+        let at = span.dest as usize;
+        out[at..at + read.data.len()].copy_from_slice(&read.data);
     }
     Ok(out)
 }

@@ -4,17 +4,21 @@
 //! keep the order the data was written in, so a newer slice always lands on top.
 
 use crate::extents::Extents;
+use crate::file_state::Backend;
 use bytes::Bytes;
 use lattice_common::chunk_map::{SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
-use lattice_common::slice_io::{ShardTarget, SliceError, SliceIo};
+use lattice_common::shard_client::ShardError;
+use lattice_common::slice_io::{ShardTarget, SliceError};
 use lattice_common::wire::meta::{FsOp, FsReply};
+use std::time::{Duration, Instant};
 use tracing::warn;
 
-/// Attempts at placing a slice when shards cannot be stored on the servers chosen.
-const PLACEMENT_ATTEMPTS: usize = 4;
+/// A server that failed a shard write is left out of new placements for this long (about
+/// until the metaserver itself notices a dead server).
+const AVOID_FOR: Duration = Duration::from_secs(5);
 
 /// One piece of a flush: bytes that go into one slice of one chunk.
 pub struct Piece {
@@ -51,79 +55,105 @@ pub struct Stored {
     pub slice: SliceRef,
 }
 
-/// Allocates a slice for `piece` and stores all its shards; servers that fail are
-/// avoided in a new allocation.
-pub async fn store(
-    meta: &MetaClient,
-    io: &SliceIo,
-    ino: InodeId,
-    piece: Piece,
-) -> Result<Stored, Errno> {
+/// Allocates a slice for `piece` and stores its shards. Shards that cannot be stored are
+/// left out when enough others are (the slice is committed degraded and repaired); else
+/// their servers are avoided in a new allocation. While too few servers are up the write
+/// waits, up to `io_wait`: long enough to ride out a restart, bounded so callers are
+/// not left hanging.
+pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stored, Errno> {
+    let (meta, io) = (&backend.meta, &backend.io);
     let len = piece.data.len() as u64;
-    let mut avoid: Vec<ChunkserverId> = Vec::new();
-    let mut last = Errno::IO;
-    for _ in 0..PLACEMENT_ATTEMPTS {
+    let deadline = Instant::now() + backend.io_wait;
+    let mut failed: Vec<(ChunkserverId, Instant)> = Vec::new();
+    let mut pause = Duration::from_millis(100);
+    let mut last = String::new();
+    loop {
+        failed.retain(|(_, at)| at.elapsed() < AVOID_FOR);
+        let avoid = failed.iter().map(|(id, _)| *id).collect();
         let reply = meta
-            .mutate(FsOp::AllocateSlice {
-                ino,
-                len,
-                avoid: avoid.clone(),
-            })
+            .mutate(FsOp::AllocateSlice { ino, len, avoid })
             .await
             .map_err(|e| {
                 warn!(%ino, "allocating a slice: {e}");
                 Errno::IO
-            })??;
-        let FsReply::Allocated {
-            slice,
-            layout,
-            placement,
-        } = reply
-        else {
-            return Err(Errno::IO);
-        };
-        let targets: Vec<ShardTarget> = placement
-            .iter()
-            .map(|s| ShardTarget {
-                server: s.id,
-                addr: s.addr,
-            })
-            .collect();
-        match io.write(slice, layout, piece.data.clone(), &targets).await {
-            Ok(_) => {
+            })?;
+        match reply {
+            Ok(FsReply::Allocated {
+                slice,
+                layout,
+                placement,
+            }) => {
+                let targets: Vec<Option<ShardTarget>> = placement
+                    .iter()
+                    .map(|s| {
+                        s.as_ref().map(|s| ShardTarget {
+                            server: s.id,
+                            addr: s.addr,
+                        })
+                    })
+                    .collect();
+                let mut placed: Vec<Option<ChunkserverId>> =
+                    placement.iter().map(|s| s.as_ref().map(|s| s.id)).collect();
+                match io.write(slice, layout, piece.data.clone(), &targets).await {
+                    Ok(_) => {}
+                    Err(SliceError::Write { problems, .. }) => {
+                        for p in &problems {
+                            placed[p.index] = None;
+                            if let Some(server) = p.server {
+                                failed.push((server, Instant::now()));
+                            }
+                        }
+                        last = problems
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        if placed.iter().flatten().count() < layout.policy.min_shards() {
+                            if problems
+                                .iter()
+                                .all(|p| matches!(p.error, ShardError::NoSpace(_)))
+                            {
+                                warn!(%ino, %slice, "no space for a slice: {last}");
+                                return Err(Errno::NOSPC);
+                            }
+                            if Instant::now() >= deadline {
+                                warn!(%ino, %slice, "shards not stored for {:?}, failing the write: {last}", backend.io_wait);
+                                return Err(Errno::IO);
+                            }
+                            warn!(%ino, %slice, "shards not stored, placing elsewhere: {last}");
+                            continue;
+                        }
+                        warn!(%ino, %slice, "slice stored degraded, to be repaired: {last}");
+                    }
+                    Err(e) => {
+                        warn!(%ino, %slice, "writing a slice: {e}");
+                        return Err(Errno::IO);
+                    }
+                }
                 return Ok(Stored {
                     chunk: piece.chunk,
                     slice: SliceRef {
                         slice,
                         layout,
-                        placement: placement.iter().map(|s| Some(s.id)).collect(),
+                        placement: placed,
                         chunk_offset: piece.chunk_offset,
                         skip: 0,
                         len,
                     },
-                })
+                });
             }
-            Err(SliceError::Write { problems, .. }) => {
-                warn!(%ino, %slice, "shards not stored, placing elsewhere: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "));
-                avoid.extend(problems.iter().filter_map(|p| p.server));
-                last = if problems.iter().all(|p| {
-                    matches!(
-                        p.error,
-                        lattice_common::shard_client::ShardError::NoSpace(_)
-                    )
-                }) {
-                    Errno::NOSPC
-                } else {
-                    Errno::IO
-                };
+            Ok(_) => return Err(Errno::IO),
+            Err(Errno::AGAIN) if Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Err(e) => {
-                warn!(%ino, %slice, "writing a slice: {e}");
+            Err(Errno::AGAIN) => {
+                warn!(%ino, "too few chunkservers to store a slice for {:?}, failing the write (see the metaserver leader's log){}", backend.io_wait, if last.is_empty() { String::new() } else { format!("; last shard errors: {last}") });
                 return Err(Errno::IO);
             }
+            Err(e) => return Err(e),
         }
     }
-    Err(last)
 }
 
 /// Makes a stored slice part of the file.

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
+use lattice_common::policy::Policy;
 use lattice_common::transport::{Identity, Node};
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, ChunkserverState, ClusterStatus, MetaRequest, MetaResponse,
@@ -493,6 +494,13 @@ impl Admin {
 
     pub async fn snapshot(&self) -> Result<()> {
         self.call(AdminRequest::Snapshot).await.map(drop)
+    }
+
+    /// Sets the cluster's default redundancy policy (`metaserver policy POLICY`).
+    pub async fn set_default_policy(&self, policy: Policy) -> Result<()> {
+        self.call(AdminRequest::SetDefaultPolicy { policy })
+            .await
+            .map(drop)
     }
 
     /// Waits until `count` chunkservers are registered and up.

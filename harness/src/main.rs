@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lattice_common::policy::Policy;
 use lattice_harness::{
     default_bin_dir, is_mounted, LocalCluster, CHUNKSERVER, FS_CLIENT, METASERVER,
 };
@@ -32,6 +33,10 @@ enum Cmd {
         /// Metaserver n listens on 127.0.0.1:(base + n).
         #[arg(long, env = "LATTICE_PORT_BASE", default_value_t = 7100)]
         port_base: u16,
+        /// The default redundancy policy of a new cluster [rs:4+2 from 6 chunkservers on,
+        /// else mirror:N]; a running cluster keeps its own (`metaserver policy` changes it).
+        #[arg(long, env = "LATTICE_POLICY")]
+        policy: Option<Policy>,
     },
     /// Unmount and stop everything this state directory started.
     Down,
@@ -59,7 +64,10 @@ fn main() -> Result<()> {
             chunkservers,
             mount,
             port_base,
+            policy,
         } => tokio::runtime::Runtime::new()?.block_on(async {
+            let policy = policy.unwrap_or(Policy::suggested_for(chunkservers as usize));
+            cluster.metaserver_args = vec!["--default-policy".into(), policy.to_string()];
             for n in 1..=metaservers {
                 cluster
                     .start_metaserver(n, metaservers, Some(port_base))

@@ -14,6 +14,7 @@ use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
+use lattice_common::policy::Policy;
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
     MemberStatus, Registration,
@@ -32,6 +33,11 @@ use tracing::{info, warn};
 pub const TICK: Duration = Duration::from_millis(50);
 /// Most inputs handled between two Raft rounds (bounds latency under load).
 const BATCH: usize = 4096;
+/// A server for each shard of a slice (`None`: left unplaced).
+type Placement = Vec<Option<ChunkserverId>>;
+
+/// How often one placement problem is logged while writers retry.
+const PLACEMENT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request was not served here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +109,8 @@ impl HealthLimits {
 pub struct Upkeep {
     pub jobs: Settings,
     pub health: HealthLimits,
+    /// The default policy a new cluster's first leader records.
+    pub default_policy: Policy,
 }
 /// Timing of failure detection.
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +253,8 @@ pub struct Core {
     /// Shards found damaged or missing, by the server holding them (soft state: scrub and
     /// reconcile find them again after a failover).
     damaged: HashSet<(ShardId, ChunkserverId)>,
+    /// The last placement problem logged, and when.
+    placement_warned: Option<(String, Instant)>,
 }
 
 impl Core {
@@ -270,6 +280,7 @@ impl Core {
             upkeep,
             book,
             damaged: HashSet::new(),
+            placement_warned: None,
         }
     }
 
@@ -662,22 +673,19 @@ impl Core {
         }
     }
 
-    /// The layout and servers of a new slice, or the errno to fail it with.
+    /// The layout and servers of a new slice, or the errno to fail it with: EAGAIN while
+    /// too few servers are up to store it even degraded (the client waits and retries),
+    /// ENOSPC when enough are up but too full.
     fn plan_allocation(
         &mut self,
         ino: InodeId,
         len: u64,
         avoid: &[ChunkserverId],
-    ) -> Answer<Result<(SliceLayout, Vec<ChunkserverId>), Errno>> {
+    ) -> Answer<Result<(SliceLayout, Placement), Errno>> {
         if !self.replica.is_leader() {
             return Err(self.not_leader());
         }
-        let live = self.candidates(&[]).len();
-        let policy = match self
-            .replica
-            .sm
-            .policy_of(ino, placement::default_policy(live))
-        {
+        let policy = match self.replica.sm.policy_of(ino, self.upkeep.default_policy) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -686,12 +694,42 @@ impl Core {
         };
         let candidates = self.candidates(avoid);
         match placement::place(policy, &candidates, layout.shard_len() * 2, &mut self.rng) {
-            Ok(servers) => Ok(Ok((layout, servers))),
+            Ok(servers) => {
+                let missing = servers.iter().filter(|s| s.is_none()).count();
+                if missing > 0 {
+                    self.placement_trouble(format!(
+                        "{ino}: a new {policy} slice lands degraded, {missing} shard(s) to be \
+                         rebuilt once servers allow: only {} server(s) can take data",
+                        candidates.len()
+                    ));
+                }
+                Ok(Ok((layout, servers)))
+            }
             Err(e) => {
-                warn!(%ino, "cannot place a slice: {e}");
-                Ok(Err(Errno::NOSPC))
+                self.placement_trouble(format!("{ino}: cannot place a slice: {e}"));
+                Ok(Err(if e.out_of_space() {
+                    Errno::NOSPC
+                } else {
+                    Errno::AGAIN
+                }))
             }
         }
+    }
+
+    /// Logs a placement problem, at most one line per reason every ten seconds (writers
+    /// retry while servers are missing).
+    fn placement_trouble(&mut self, what: String) {
+        let reason: String = what.split_once(": ").map_or(&*what, |(_, r)| r).into();
+        let now = Instant::now();
+        if self
+            .placement_warned
+            .as_ref()
+            .is_some_and(|(r, at)| *r == reason && now.duration_since(*at) < PLACEMENT_WARN_EVERY)
+        {
+            return;
+        }
+        warn!("{what}");
+        self.placement_warned = Some((reason, now));
     }
 
     /// Once a second on the leader: silent chunkservers become suspect then down, silent
@@ -701,6 +739,17 @@ impl Core {
             return;
         };
         let now = Timestamp::now();
+        if self.replica.sm.default_policy().is_none() {
+            let policy = self.upkeep.default_policy;
+            info!(%policy, "recording the cluster's default redundancy policy");
+            let cmd = Command::DefaultPolicy {
+                policy,
+                only_if_unset: true,
+                now,
+            };
+            let (reply, _) = oneshot::channel();
+            self.propose(cmd, reply);
+        }
         // A new leader first waits a full timeout so every live client can be heard from.
         if since.elapsed() >= self.liveness.session_timeout {
             self.session_duties(now);
@@ -834,7 +883,10 @@ impl Core {
             .filter(|(id, s)| {
                 s.state == ChunkserverState::Draining
                     && !plan.placed.contains_key(id)
-                    && !sm.pending.values().any(|p| p.placement.contains(id))
+                    && !sm
+                        .pending
+                        .values()
+                        .any(|p| p.placement.contains(&Some(*id)))
                     && self.live.get(id).is_none_or(|l| l.heartbeat.shards == 0)
             })
             .map(|(id, _)| id)
@@ -920,9 +972,7 @@ impl Core {
             out.transient.extend(on(&g.placement, slice));
         }
         for (&slice, p) in &sm.pending {
-            let placement: Vec<Option<ChunkserverId>> =
-                p.placement.iter().copied().map(Some).collect();
-            out.transient.extend(on(&placement, slice));
+            out.transient.extend(on(&p.placement, slice));
         }
         out
     }
@@ -973,6 +1023,7 @@ impl Core {
     fn status(&self) -> ClusterStatus {
         let sm = &self.replica.sm;
         let leader = self.replica.id();
+        let default_policy = sm.default_policy();
         let members = sm
             .members
             .iter()
@@ -1012,6 +1063,7 @@ impl Core {
             .collect();
         ClusterStatus {
             leader,
+            default_policy,
             term: self.replica.term(),
             applied_index: sm.applied,
             snapshot_index: self.replica.snapshot_index(),

@@ -68,6 +68,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the cluster's default redundancy policy, or change it (`policy rs:8+3`): files
+    /// and directories without their own policy store new data under it.
+    Policy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The new default, e.g. mirror:3 or rs:4+2.
+        set: Option<lattice_common::policy::Policy>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -147,6 +155,11 @@ struct UpkeepArgs {
     /// Drain a chunkserver automatically once it reports this many slow operations (0: never).
     #[arg(long, default_value_t = 0)]
     drain_on_slow_ops: u64,
+    /// The cluster's default redundancy policy (mirror:N or rs:K+M), for files and
+    /// directories that set none. Recorded once, by the first leader of a new cluster;
+    /// after that `metaserver policy set` changes it.
+    #[arg(long, value_name = "POLICY", default_value = "rs:4+2")]
+    default_policy: lattice_common::policy::Policy,
 }
 
 impl UpkeepArgs {
@@ -166,6 +179,7 @@ impl UpkeepArgs {
                 checksum_errors: self.drain_on_checksum_errors,
                 slow_ops: self.drain_on_slow_ops,
             },
+            default_policy: self.default_policy,
         }
     }
 }
@@ -270,6 +284,20 @@ fn main() {
         Command::Snapshot { admin } => {
             admin_call(&admin, AdminRequest::Snapshot).map(|_| println!("snapshot taken"))
         }
+        Command::Policy { admin, set: None } => {
+            admin_call(&admin, AdminRequest::Status).and_then(|r| match r {
+                AdminReply::Status(s) => {
+                    println!("{}", policy_text(s.default_policy));
+                    Ok(())
+                }
+                other => bail!("unexpected reply {other:?}"),
+            })
+        }
+        Command::Policy {
+            admin,
+            set: Some(policy),
+        } => admin_call(&admin, AdminRequest::SetDefaultPolicy { policy })
+            .map(|_| println!("default policy: {policy}")),
     };
     if let Err(e) = result {
         eprintln!("metaserver: {e:#}");
@@ -292,6 +320,10 @@ fn admin_call(args: &AdminArgs, req: AdminRequest) -> Result<AdminReply> {
     })
 }
 
+fn policy_text(p: Option<lattice_common::policy::Policy>) -> String {
+    p.map_or_else(|| "(not recorded yet)".to_string(), |p| p.to_string())
+}
+
 fn print_status(s: &ClusterStatus, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(s)?);
@@ -301,6 +333,7 @@ fn print_status(s: &ClusterStatus, json: bool) -> Result<()> {
         "leader {} (term {}), applied {}, snapshot {}",
         s.leader, s.term, s.applied_index, s.snapshot_index
     );
+    println!("default policy {}", policy_text(s.default_policy));
     println!("{} inodes, {} slices", s.inodes, s.slices);
     println!("\nMETASERVERS");
     for m in &s.members {

@@ -48,47 +48,50 @@ pub struct Candidate {
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("policy {policy} needs {need} distinct servers, only {have} can take new data")]
+#[error("policy {policy} needs at least {need} distinct servers, {have} can take new data ({full} more are up but too full)")]
 pub struct PlacementError {
     pub policy: Policy,
+    /// Servers needed at the least ([`Policy::min_shards`]).
     pub need: usize,
     pub have: usize,
+    /// Live servers left out for lack of free space.
+    pub full: usize,
 }
 
-/// The policy a file without its own gets: Reed-Solomon 4+2 once six servers are up,
-/// mirroring on smaller clusters.
-pub fn default_policy(live_servers: usize) -> Policy {
-    match live_servers {
-        n if n >= 6 => Policy::ReedSolomon { data: 4, parity: 2 },
-        n => Policy::Mirror {
-            copies: n.clamp(1, 3) as u8,
-        },
+impl PlacementError {
+    /// Whether space, not live servers, is what is missing.
+    pub fn out_of_space(&self) -> bool {
+        self.have + self.full >= self.need
     }
 }
 
-/// Picks `policy.total_shards()` distinct servers, each shard's server drawn with
-/// probability proportional to its free space, first from failure domains not used yet.
+/// Picks a distinct server for each shard of a slice, each drawn with probability
+/// proportional to its free space, first from failure domains not used yet. With fewer
+/// servers than shards but at least [`Policy::min_shards`], the last shards (parity first)
+/// stay unplaced (`None`): the slice lands degraded and is repaired when servers allow.
 pub fn place(
     policy: Policy,
     candidates: &[Candidate],
     needed_bytes: u64,
     rng: &mut impl Rng,
-) -> Result<Vec<ChunkserverId>, PlacementError> {
-    let need = policy.total_shards();
+) -> Result<Vec<Option<ChunkserverId>>, PlacementError> {
+    let total = policy.total_shards();
     let mut pool: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| c.free_bytes >= needed_bytes)
         .collect();
-    if pool.len() < need {
+    if pool.len() < policy.min_shards() {
         return Err(PlacementError {
             policy,
-            need,
+            need: policy.min_shards(),
             have: pool.len(),
+            full: candidates.len() - pool.len(),
         });
     }
-    let mut chosen = Vec::with_capacity(need);
-    let mut domains: Vec<&Domain> = Vec::with_capacity(need);
-    while chosen.len() < need {
+    let placed = total.min(pool.len());
+    let mut chosen = Vec::with_capacity(total);
+    let mut domains: Vec<&Domain> = Vec::with_capacity(placed);
+    while chosen.len() < placed {
         // Draw from the servers that share least with those chosen so far.
         let least = (0..pool.len())
             .map(|i| pool[i].domain.overlap(&domains))
@@ -110,8 +113,9 @@ pub fn place(
         }
         let c = pool.swap_remove(pick);
         domains.push(&c.domain);
-        chosen.push(c.id);
+        chosen.push(Some(c.id));
     }
+    chosen.resize(total, None);
     Ok(chosen)
 }
 
@@ -152,11 +156,11 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for _ in 0..50 {
             let m = place("mirror:3".parse().unwrap(), &c, 1, &mut rng).unwrap();
-            let racks: BTreeSet<u32> = m.iter().map(|id| id.0 % 3).collect();
+            let racks: BTreeSet<u32> = m.iter().flatten().map(|id| id.0 % 3).collect();
             assert_eq!(racks.len(), 3);
             let rs = place("rs:4+2".parse().unwrap(), &c, 1, &mut rng).unwrap();
             let mut per_rack = [0; 3];
-            for id in &rs {
+            for id in rs.iter().flatten() {
                 per_rack[(id.0 % 3) as usize] += 1;
             }
             assert_eq!(per_rack, [2, 2, 2]);
@@ -164,24 +168,26 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_grows_with_the_cluster() {
-        assert_eq!(default_policy(1).to_string(), "mirror:1");
-        assert_eq!(default_policy(2).to_string(), "mirror:2");
-        assert_eq!(default_policy(5).to_string(), "mirror:3");
-        assert_eq!(default_policy(6).to_string(), "rs:4+2");
-    }
-
-    #[test]
-    fn too_few_servers_is_an_error() {
+    fn too_few_servers_land_degraded_down_to_one_spare_shard() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let err = place("rs:4+2".parse().unwrap(), &candidates(5, 5), 1, &mut rng).unwrap_err();
-        assert_eq!((err.need, err.have), (6, 5));
+        let rs = "rs:4+2".parse().unwrap();
+        let five = place(rs, &candidates(5, 5), 1, &mut rng).unwrap();
+        assert_eq!(five.iter().flatten().count(), 5);
+        assert_eq!(five[5], None, "the parity shard is the one left out");
+        let err = place(rs, &candidates(4, 4), 1, &mut rng).unwrap_err();
+        assert_eq!((err.need, err.have, err.out_of_space()), (5, 4, false));
+        let mirror2 = place("mirror:2".parse().unwrap(), &candidates(1, 1), 1, &mut rng);
+        assert!(
+            mirror2.is_err(),
+            "a second copy is the least a mirror lands with"
+        );
         let full = vec![Candidate {
             id: ChunkserverId(1),
             free_bytes: 10,
             domain: Domain::of(&[], "a"),
         }];
-        assert!(place("mirror:1".parse().unwrap(), &full, 11, &mut rng).is_err());
+        let err = place("mirror:1".parse().unwrap(), &full, 11, &mut rng).unwrap_err();
+        assert!(err.out_of_space());
     }
 
     #[test]
@@ -191,7 +197,8 @@ mod tests {
         c[0].free_bytes = 100 << 30;
         let hits = (0..1000)
             .filter(|_| {
-                place("mirror:1".parse().unwrap(), &c, 1, &mut rng).unwrap()[0] == ChunkserverId(0)
+                place("mirror:1".parse().unwrap(), &c, 1, &mut rng).unwrap()[0]
+                    == Some(ChunkserverId(0))
             })
             .count();
         assert!(hits > 900, "the emptiest server got {hits} of 1000");
@@ -202,7 +209,7 @@ mod tests {
         fn shards_land_on_distinct_servers_and_domains_first(n in 6u32..20, domains in 1u32..8, seed: u64) {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let policy: Policy = "rs:4+2".parse().unwrap();
-            let chosen = place(policy, &candidates(n, domains), 1, &mut rng).unwrap();
+            let chosen: Vec<ChunkserverId> = place(policy, &candidates(n, domains), 1, &mut rng).unwrap().into_iter().flatten().collect();
             let distinct: BTreeSet<_> = chosen.iter().collect();
             prop_assert_eq!(distinct.len(), 6);
             let used: BTreeSet<u32> = chosen.iter().map(|id| id.0 % domains).collect();

@@ -248,6 +248,15 @@ impl Service {
                     )),
                 };
             }
+            AdminRequest::SetDefaultPolicy { policy } => {
+                let cmd = Command::DefaultPolicy {
+                    policy,
+                    only_if_unset: false,
+                    now: Timestamp::now(),
+                };
+                self.ask(|reply| Input::Propose { cmd, reply }).await?;
+                return Ok(MetaResponse::Admin(AdminReply::Done));
+            }
             AdminRequest::AddMember { id, addr } => MemberChange::Add(id, addr),
             AdminRequest::RemoveMember { id } => MemberChange::Remove(id),
         };

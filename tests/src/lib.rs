@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests: a local cluster in a temporary directory whose
 //! processes are stopped (by pid) when the test ends, pass or fail.
 
+pub mod fsx;
+
 use anyhow::{bail, Result};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::Role;
+use lattice_common::policy::Policy;
 use lattice_common::shard_client::ShardClient;
 use lattice_common::slice_io::SliceIo;
 use lattice_common::transport::{Identity, Node};
@@ -47,9 +50,13 @@ impl TestCluster {
     }
 
     /// Starts 3 metaservers and `chunkservers` chunkservers, waits until all are up, and
-    /// mounts the cluster at `<state>/mnt`. Returns the admin client and the mount point.
+    /// mounts the cluster at `<state>/mnt`. The default policy suits the cluster's size
+    /// (rs:4+2 from 6 chunkservers on). Returns the admin client and the mount point.
     pub async fn start_with_mount(&self, chunkservers: u32) -> Result<(Admin, std::path::PathBuf)> {
         let admin = self.start_metaservers(3).await?;
+        admin
+            .set_default_policy(Policy::suggested_for(chunkservers as usize))
+            .await?;
         for n in 1..=chunkservers {
             self.cluster.start_chunkserver(n).await?;
         }

@@ -242,6 +242,17 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
     }
     let status = admin.wait_chunkservers_up(3).await?;
     assert_eq!(status.chunkservers.len(), 3);
+    // The first leader records its --default-policy (rs:4+2); an admin changes it.
+    let recorded = wait_for(Duration::from_secs(10), "a default policy", || async {
+        Ok(admin.status().await?.default_policy)
+    })
+    .await?;
+    assert_eq!(recorded, "rs:4+2".parse()?);
+    admin.set_default_policy("mirror:3".parse()?).await?;
+    assert_eq!(
+        admin.status().await?.default_policy,
+        Some("mirror:3".parse()?)
+    );
     let meta = tc.meta_client("client")?;
     match meta.query(FsQuery::StatFs).await?? {
         FsReply::StatFs(s) => assert!(s.total_bytes > 0 && s.free_bytes > 0, "{s:?}"),
@@ -279,12 +290,12 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
         other => bail!("{other:?}"),
     };
     assert_eq!(layout.policy.to_string(), "mirror:3");
-    let distinct: BTreeSet<_> = placement.iter().map(|p| p.id).collect();
+    let distinct: BTreeSet<_> = placement.iter().flatten().map(|p| p.id).collect();
     assert_eq!(distinct.len(), 3);
     let slice_ref = lattice_common::chunk_map::SliceRef {
         slice,
         layout,
-        placement: placement.iter().map(|p| Some(p.id)).collect(),
+        placement: placement.iter().map(|p| p.as_ref().map(|p| p.id)).collect(),
         chunk_offset: 10,
         skip: 0,
         len: 1000,
@@ -338,7 +349,8 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
             .then_some(()))
     })
     .await?;
-    // With two servers up, a new allocation falls back to mirroring on two.
+    // With two servers up, a new slice keeps its policy and lands degraded on two (one
+    // more loss survivable); with one up, none is placed: EAGAIN, the writer waits.
     match meta
         .mutate(FsOp::AllocateSlice {
             ino: file,
@@ -347,9 +359,31 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
         })
         .await??
     {
-        FsReply::Allocated { layout, .. } => assert_eq!(layout.policy.to_string(), "mirror:2"),
+        FsReply::Allocated {
+            layout, placement, ..
+        } => {
+            assert_eq!(layout.policy.to_string(), "mirror:3");
+            assert_eq!(placement.iter().flatten().count(), 2, "{placement:?}");
+        }
         other => bail!("{other:?}"),
     }
+    assert!(tc.cluster.chunkserver(3).kill9());
+    wait_for(Duration::from_secs(20), "chunkserver 3 down", || async {
+        let s = admin.status().await?;
+        Ok(s.chunkservers
+            .iter()
+            .any(|c| c.name == "chunkserver-3" && c.state != ChunkserverState::Up)
+            .then_some(()))
+    })
+    .await?;
+    let refused = meta
+        .mutate(FsOp::AllocateSlice {
+            ino: file,
+            len: 10,
+            avoid: vec![],
+        })
+        .await?;
+    assert_eq!(refused, Err(Errno::AGAIN));
     Ok(())
 }
 

@@ -36,6 +36,11 @@ fn placement(servers: &[ShardTarget], slice: u64, shards: usize) -> Vec<ShardTar
         .collect()
 }
 
+/// Every shard placed: the targets a slice write takes.
+fn all(targets: &[ShardTarget]) -> Vec<Option<ShardTarget>> {
+    targets.iter().copied().map(Some).collect()
+}
+
 fn layout(policy: &str, len: usize) -> SliceLayout {
     SliceLayout::new(policy.parse().unwrap(), len as u64, 256 << 10).unwrap()
 }
@@ -62,7 +67,7 @@ async fn rs_4_2_survives_two_kill9() -> Result<()> {
             SliceId(s as u64),
             l,
             Bytes::copy_from_slice(bytes),
-            &targets,
+            &all(&targets),
         )
         .await?;
     }
@@ -116,8 +121,7 @@ async fn rs_4_2_survives_two_kill9() -> Result<()> {
     // A third loss is one more than rs:4+2 tolerates: a clear error, not wrong bytes.
     tc.cluster.chunkserver(1).kill9();
     let l = layout("rs:4+2", SLICE);
-    let targets: Vec<Option<ShardTarget>> =
-        placement(&servers, 0, 6).into_iter().map(Some).collect();
+    let targets = all(&placement(&servers, 0, 6));
     match io.read(SliceId(0), l, &targets, 0, SLICE as u64).await {
         Err(SliceError::Lost { problems, .. }) => assert!(problems.len() >= 3),
         other => panic!("expected a lost slice, got {other:?}"),
@@ -133,7 +137,7 @@ async fn flipped_byte_is_read_around_and_reported() -> Result<()> {
     let data = random_bytes(3 << 20, 7);
     let l = layout("rs:4+2", data.len());
     let targets = placement(&servers, 0, 6);
-    io.write(SliceId(0x77), l, Bytes::from(data.clone()), &targets)
+    io.write(SliceId(0x77), l, Bytes::from(data.clone()), &all(&targets))
         .await?;
 
     // Damage data shard 1, 100 KiB into its bytes (past the 4 KiB aligned header).
@@ -145,9 +149,8 @@ async fn flipped_byte_is_read_around_and_reported() -> Result<()> {
     file[at] ^= 0x01;
     std::fs::write(&path, file)?;
 
-    let some: Vec<Option<ShardTarget>> = targets.iter().copied().map(Some).collect();
     let read = io
-        .read(SliceId(0x77), l, &some, 0, data.len() as u64)
+        .read(SliceId(0x77), l, &all(&targets), 0, data.len() as u64)
         .await?;
     assert!(read.data == data, "bytes differ after a flipped bit");
     assert_eq!(read.problems.len(), 1, "{:?}", read.problems);
@@ -209,7 +212,9 @@ async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
     let data = random_bytes((5 << 20) + 12345, 3);
     let l = layout("rs:3+2", data.len());
     let targets = placement(&servers, 0, 5);
-    let shards = io.write(SliceId(9), l, Bytes::from(data), &targets).await?;
+    let shards = io
+        .write(SliceId(9), l, Bytes::from(data), &all(&targets))
+        .await?;
 
     // Shard 4 (parity) and shard 0 (data) are lost; chunkserver 6 holds nothing of the
     // slice and rebuilds both from the three survivors, asked by an admin.

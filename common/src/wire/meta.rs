@@ -170,10 +170,12 @@ pub enum FsReply {
     Xattr(Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
     StatFs(StatFs),
+    /// Shard i goes to `placement[i]`; `None` when too few servers could take data (the
+    /// slice then lands degraded and is repaired when servers allow).
     Allocated {
         slice: SliceId,
         layout: SliceLayout,
-        placement: Vec<ServerAddr>,
+        placement: Vec<Option<ServerAddr>>,
     },
     /// Per chunk, its slices oldest first; plus every server they name.
     Slices {
@@ -237,6 +239,11 @@ pub enum AdminRequest {
         id: ChunkserverId,
         cancel: bool,
     },
+    /// Changes the cluster's default redundancy policy (what files and directories without
+    /// their own store new data under).
+    SetDefaultPolicy {
+        policy: Policy,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +277,8 @@ pub struct ChunkserverStatusRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub leader: MetaserverId,
+    /// The cluster's default redundancy policy (recorded by the first leader).
+    pub default_policy: Option<Policy>,
     pub term: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,

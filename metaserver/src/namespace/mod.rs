@@ -328,7 +328,13 @@ impl Namespace {
             }
             None => perm &= !umask,
         }
-        let policy = p.policy;
+        // A policy set on a directory is handed down; the root's is the cluster default,
+        // looked up when data is written, so that changing it reaches every file without one.
+        let policy = if parent == InodeId::ROOT {
+            None
+        } else {
+            p.policy
+        };
         let ino = InodeId(self.next_ino);
         self.next_ino += 1;
         let inode = Inode {

@@ -34,7 +34,8 @@ pub enum Command {
         now: Timestamp,
         op: FsOp,
     },
-    /// A slice allocation with the placement the leader chose.
+    /// A slice allocation with the placement the leader chose (`None`: a shard left
+    /// unplaced for want of servers, at most as many as the policy's spare shards less one).
     Allocate {
         client: ClientId,
         seq: u64,
@@ -42,7 +43,7 @@ pub enum Command {
         now: Timestamp,
         ino: InodeId,
         layout: SliceLayout,
-        placement: Vec<ChunkserverId>,
+        placement: Vec<Option<ChunkserverId>>,
     },
     Register {
         name: String,
@@ -84,6 +85,13 @@ pub enum Command {
     },
     /// A client unmounted or went silent: its locks and its retry memory go.
     EndSession { client: ClientId },
+    /// Sets the cluster's default redundancy policy (the root directory's); with
+    /// `only_if_unset`, only if none is recorded yet (a new cluster's first leader).
+    DefaultPolicy {
+        policy: Policy,
+        only_if_unset: bool,
+        now: Timestamp,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +112,7 @@ struct Session {
 pub struct PendingSlice {
     pub ino: InodeId,
     pub layout: SliceLayout,
-    pub placement: Vec<ChunkserverId>,
+    pub placement: Vec<Option<ChunkserverId>>,
     pub since: Timestamp,
 }
 
@@ -209,6 +217,17 @@ impl StateMachine {
                 true => Outcome::Done,
                 false => Outcome::Fs(Err(Errno::INVAL)),
             },
+            Command::DefaultPolicy {
+                policy,
+                only_if_unset,
+                now,
+            } => {
+                if !only_if_unset || self.default_policy().is_none() {
+                    // The root always exists and takes a policy: this cannot fail.
+                    let _ = self.ns.set_policy(InodeId::ROOT, Some(policy), now);
+                }
+                Outcome::Done
+            }
             Command::ForgetGarbage { slices } => {
                 for s in slices {
                     self.garbage.remove(&s);
@@ -218,10 +237,9 @@ impl StateMachine {
             Command::AbandonPending { slices, now } => {
                 for id in slices {
                     if let Some(p) = self.pending.remove(&id) {
-                        let placement = p.placement.into_iter().map(Some).collect();
                         let garbage = Garbage {
                             layout: p.layout,
-                            placement,
+                            placement: p.placement,
                             since: now,
                         };
                         self.garbage.insert(id, garbage);
@@ -352,20 +370,19 @@ impl StateMachine {
         &mut self,
         ino: InodeId,
         layout: SliceLayout,
-        placement: Vec<ChunkserverId>,
+        placement: Vec<Option<ChunkserverId>>,
         now: Timestamp,
     ) -> Result<FsReply, Errno> {
         self.ns.is_file(ino)?;
-        let distinct: BTreeSet<_> = placement.iter().collect();
-        if layout.check().is_err()
-            || placement.len() != layout.policy.total_shards()
-            || distinct.len() != placement.len()
-        {
+        if layout.check().is_err() || !well_placed(layout, &placement) {
             return Err(Errno::INVAL);
         }
-        let servers: Vec<ServerAddr> = placement
+        let servers: Vec<Option<ServerAddr>> = placement
             .iter()
-            .map(|&id| self.cluster.addr_of(id).ok_or(Errno::INVAL))
+            .map(|p| match p {
+                Some(id) => self.cluster.addr_of(*id).map(Some).ok_or(Errno::INVAL),
+                None => Ok(None),
+            })
             .collect::<Result<_, _>>()?;
         self.next_slice += 1;
         let slice = SliceId(self.next_slice);
@@ -385,6 +402,8 @@ impl StateMachine {
         })
     }
 
+    /// Commits a stored slice. It may name fewer servers than its allocation did (shards
+    /// that could not be stored), never other ones, and never fewer than the policy's least.
     fn commit(
         &mut self,
         ino: InodeId,
@@ -393,9 +412,17 @@ impl StateMachine {
         now: Timestamp,
     ) -> Result<FsReply, Errno> {
         let pending = self.pending.get(&slice.slice).ok_or(Errno::STALE)?;
-        let placed: Vec<Option<ChunkserverId>> =
-            pending.placement.iter().copied().map(Some).collect();
-        if pending.ino != ino || pending.layout != slice.layout || placed != slice.placement {
+        let subset = pending.placement.len() == slice.placement.len()
+            && pending
+                .placement
+                .iter()
+                .zip(&slice.placement)
+                .all(|(p, s)| s.is_none() || s == p);
+        if pending.ino != ino
+            || pending.layout != slice.layout
+            || !subset
+            || !well_placed(slice.layout, &slice.placement)
+        {
             return Err(Errno::INVAL);
         }
         let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
@@ -451,11 +478,26 @@ impl StateMachine {
         }
     }
 
-    /// The policy new data of `ino` gets: its own, else `default`.
-    pub fn policy_of(&self, ino: InodeId, default: Policy) -> Result<Policy, Errno> {
-        self.ns.is_file(ino)?;
-        Ok(self.ns.attr(ino)?.policy.unwrap_or(default))
+    /// The cluster's default redundancy policy, once recorded.
+    pub fn default_policy(&self) -> Option<Policy> {
+        self.ns.attr(InodeId::ROOT).ok()?.policy
     }
+
+    /// The policy new data of `ino` gets: its own, else the cluster's default, else
+    /// `fallback` (a cluster whose first leader has not recorded its default yet).
+    pub fn policy_of(&self, ino: InodeId, fallback: Policy) -> Result<Policy, Errno> {
+        self.ns.is_file(ino)?;
+        let own = self.ns.attr(ino)?.policy;
+        Ok(own.or(self.default_policy()).unwrap_or(fallback))
+    }
+}
+
+/// One entry per shard, distinct servers, and at least the policy's least number placed.
+fn well_placed(layout: SliceLayout, placement: &[Option<ChunkserverId>]) -> bool {
+    let placed: BTreeSet<_> = placement.iter().flatten().collect();
+    placement.len() == layout.policy.total_shards()
+        && placed.len() == placement.iter().flatten().count()
+        && placed.len() >= layout.policy.min_shards()
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ enum Step {
         file: usize,
         len: u64,
         policy: u8,
+        /// Shards left unplaced (too few servers up).
+        missing: usize,
     },
     Commit {
         client: u64,
@@ -147,8 +149,9 @@ fn step() -> impl Strategy<Value = Step> {
     let client = 0..CLIENTS;
     prop_oneof![
         2 => (0u8..6).prop_map(Step::Create),
-        10 => (client.clone(), any::<usize>(), length(), 0u8..3).prop_map(|(client, file, len, policy)| Step::Allocate { client, file, len, policy }),
-        12 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), prop_oneof![Just(0u64), 0u64..400], length(), prop_oneof![8 => Just(0u8), 1 => 1u8..6])
+        10 => (client.clone(), any::<usize>(), length(), 0u8..3, prop_oneof![4 => Just(0usize), 1 => 1usize..3])
+            .prop_map(|(client, file, len, policy, missing)| Step::Allocate { client, file, len, policy, missing }),
+        12 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), prop_oneof![Just(0u64), 0u64..400], length(), prop_oneof![8 => Just(0u8), 1 => 1u8..7])
             .prop_map(|(client, pending, chunk, at, skip, len, tamper)| Step::Commit { client, pending, chunk, at, skip, len, tamper }),
         6 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), length())
             .prop_map(|(client, file, chunk, at, len)| Step::Write { client, file, chunk, at, len }),
@@ -294,9 +297,9 @@ impl Run<'_> {
         pick(&self.files.keys().copied().collect::<Vec<_>>(), i)
     }
 
-    fn placement(&self, shards: usize, rotate: usize) -> Vec<ChunkserverId> {
+    fn placement(&self, shards: usize, rotate: usize) -> Vec<Option<ChunkserverId>> {
         (0..shards)
-            .map(|k| ChunkserverId(((rotate + k) % SERVERS as usize) as u32 + 1))
+            .map(|k| Some(ChunkserverId(((rotate + k) % SERVERS as usize) as u32 + 1)))
             .collect()
     }
 
@@ -322,6 +325,7 @@ impl Run<'_> {
                 file,
                 len,
                 policy: p,
+                missing,
             } => {
                 let Some(ino) = self.file(file) else {
                     return Ok(());
@@ -329,6 +333,10 @@ impl Run<'_> {
                 let policy = policy(p);
                 let layout = SliceLayout::new(policy, len, 65536).unwrap();
                 let seq = self.next_seq(client);
+                let mut placement = self.placement(policy.total_shards(), file);
+                let total = placement.len();
+                placement[total.saturating_sub(missing)..].fill(None);
+                let enough = total.saturating_sub(missing) >= policy.min_shards();
                 let cmd = Command::Allocate {
                     client: ClientId(client),
                     seq,
@@ -336,13 +344,17 @@ impl Run<'_> {
                     now: self.now(),
                     ino,
                     layout,
-                    placement: self.placement(policy.total_shards(), file),
+                    placement,
                 };
                 match self.remembered(cmd) {
-                    Ok(FsReply::Allocated { slice, .. }) => {
+                    Ok(FsReply::Allocated { slice, .. }) if enough => {
                         prop_assert!(self.allocated.insert(slice), "{slice} handed out twice");
                     }
-                    other => prop_assert!(false, "allocating for a live file gave {other:?}"),
+                    Err(Errno::INVAL) if !enough => {}
+                    other => prop_assert!(
+                        false,
+                        "allocating (enough servers: {enough}) gave {other:?}"
+                    ),
                 }
             }
             Step::Commit {
@@ -364,7 +376,7 @@ impl Run<'_> {
                 let mut slice = SliceRef {
                     slice: id,
                     layout: p.layout,
-                    placement: p.placement.iter().copied().map(Some).collect(),
+                    placement: p.placement.clone(),
                     chunk_offset: at.at(),
                     skip,
                     len,
@@ -378,8 +390,21 @@ impl Run<'_> {
                     4 => {
                         slice.placement.pop();
                     }
-                    _ => slice.len = 0,
+                    5 => slice.len = 0,
+                    // A shard that could not be stored: fine while enough others were.
+                    _ => {
+                        if let Some(p) = slice.placement.iter_mut().find(|p| p.is_some()) {
+                            *p = None;
+                        }
+                    }
                 }
+                let degraded_ok =
+                    slice.placement.iter().flatten().count() >= p.layout.policy.min_shards();
+                let tamper = if tamper == 6 && degraded_ok {
+                    0
+                } else {
+                    tamper
+                };
                 let live = self.files.contains_key(&p.ino);
                 let before = self.sm.clone();
                 let result = self.client_op(
@@ -426,6 +451,7 @@ impl Run<'_> {
                     file,
                     len,
                     policy: 0,
+                    missing: 0,
                 };
                 self.do_step(allocate)?;
                 let Some((&id, _)) = self.sm.pending.iter().rev().find(|(_, p)| p.ino == ino)
@@ -654,7 +680,10 @@ impl Run<'_> {
                         data_len,
                         stripe_unit: 3,
                     },
-                    placement: placement.into_iter().map(ChunkserverId).collect(),
+                    placement: placement
+                        .into_iter()
+                        .map(|id| (id > 0).then_some(ChunkserverId(id)))
+                        .collect(),
                 };
                 if let Ok(FsReply::Allocated { slice, .. }) = self.remembered(cmd) {
                     self.allocated.insert(slice);

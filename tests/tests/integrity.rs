@@ -1,0 +1,131 @@
+//! Data safety as users meet it: writes keep their file's protection while servers are
+//! missing, and what the mount acknowledges is what comes back.
+
+use anyhow::{bail, ensure, Context, Result};
+use lattice_common::fs::Errno;
+use lattice_common::ids::InodeId;
+use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, FsOp, FsQuery, FsReply};
+use lattice_harness::process::wait_for;
+use lattice_harness::Admin;
+use lattice_tests::{random_bytes, TestCluster};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Waits until the metaservers see exactly `down` of the chunkservers out of service.
+async fn wait_missing(admin: &Admin, down: &[&str]) -> Result<ClusterStatus> {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{down:?} out of service"),
+        || async {
+            let s = admin.status().await?;
+            let ok = s
+                .chunkservers
+                .iter()
+                .all(|c| (c.state == ChunkserverState::Up) != down.contains(&c.name.as_str()));
+            Ok(ok.then_some(s))
+        },
+    )
+    .await
+}
+
+/// Writes `data` to a new file and fsyncs it; the error of whichever step failed.
+async fn write_synced(path: PathBuf, data: Vec<u8>) -> Result<(), std::io::Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })
+    .await
+    .expect("the writer thread")
+}
+
+fn same_bytes(path: &Path, want: &[u8]) -> Result<()> {
+    let got = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        got == want,
+        "{} differs from what was written",
+        path.display()
+    );
+    Ok(())
+}
+
+/// rs:4+2 on six chunkservers. One down: new data lands on the five (one more loss still
+/// survivable), fsync succeeds, and the sixth shard is rebuilt once the server returns.
+/// Three down: fewer than K+1 servers, so a write fails with EIO after the mount's
+/// `io_wait`, the reason in its log, while files of a policy that survives three
+/// losses (mirror:4) still read back and the namespace still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_never_land_with_less_protection_than_allowed() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(&["--suspect-after", "1", "--down-after", "4"])?;
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    let impatient = tc.state().join("impatient");
+    tc.cluster.start_mount(2, &impatient, "io_wait=8").await?;
+
+    // A directory whose files keep four copies, set through the metadata API.
+    std::fs::create_dir(mnt.join("safe"))?;
+    let meta = tc.meta_client("admin-tool")?;
+    let safe = match meta
+        .query(FsQuery::Lookup {
+            parent: InodeId::ROOT,
+            name: b"safe".to_vec(),
+        })
+        .await??
+    {
+        FsReply::Attr(a) => a.ino,
+        other => bail!("{other:?}"),
+    };
+    meta.mutate(FsOp::SetPolicy {
+        ino: safe,
+        policy: Some("mirror:4".parse()?),
+    })
+    .await??;
+    let kept = random_bytes(3 << 20, 1);
+    write_synced(mnt.join("safe/kept"), kept.clone()).await?;
+    let before = random_bytes(5 << 20, 2);
+    write_synced(mnt.join("before"), before.clone()).await?;
+
+    // One server down: writes succeed, degraded by one shard, then fully redundant again.
+    ensure!(tc.cluster.chunkserver(6).kill9());
+    wait_missing(&admin, &["chunkserver-6"]).await?;
+    let one_down = random_bytes(9 << 20, 3);
+    write_synced(mnt.join("one-down"), one_down.clone()).await?;
+    let s = admin.status().await?;
+    ensure!(
+        s.redundancy.degraded_1 > 0 && s.redundancy.lost == 0,
+        "{:?}",
+        s.redundancy
+    );
+    tc.cluster.start_chunkserver(6).await?;
+    wait_for(Duration::from_secs(60), "full redundancy", || async {
+        Ok(admin.status().await?.fully_redundant().then_some(()))
+    })
+    .await?;
+    same_bytes(&mnt.join("one-down"), &one_down)?;
+
+    // Three down: a new rs:4+2 write cannot get five servers and fails, in bounded time.
+    for n in [4, 5, 6] {
+        ensure!(tc.cluster.chunkserver(n).kill9());
+    }
+    wait_missing(&admin, &["chunkserver-4", "chunkserver-5", "chunkserver-6"]).await?;
+    let started = Instant::now();
+    match write_synced(impatient.join("too-late"), random_bytes(1 << 20, 4)).await {
+        Err(e) if e.raw_os_error() == Some(Errno::IO.0) => {}
+        other => bail!("a write with three of six servers down gave {other:?}"),
+    }
+    let waited = started.elapsed();
+    ensure!(
+        waited < Duration::from_secs(60),
+        "the write failed only after {waited:?}"
+    );
+    let log = tc.cluster.mount_proc(2).log_tail();
+    ensure!(log.contains("too few chunkservers"), "mount log: {log}");
+    // Everything else still answers: the namespace, and data that survives three losses.
+    same_bytes(&mnt.join("safe/kept"), &kept)?;
+    let names: Vec<_> = std::fs::read_dir(&mnt)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(names.len() == 4, "{names:?}");
+    ensure!(std::fs::metadata(mnt.join("before"))?.len() == before.len() as u64);
+    Ok(())
+}
