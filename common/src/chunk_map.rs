@@ -131,6 +131,113 @@ pub fn drop_hidden(slices: &mut Vec<SliceRef>) -> Vec<SliceRef> {
     hidden.into_iter().map(|(s, _)| s).collect()
 }
 
+/// Slices in a chunk from which compaction is worth it.
+pub const COMPACT_AT: usize = 32;
+/// Holes up to this long between compacted pieces are written as zeros (only where
+/// nothing older lies beneath), so a chunk of scattered small writes still compacts.
+const FILL_GAPS_UP_TO: u64 = 64 << 10;
+
+/// Slices of a chunk to rewrite as fewer ones: the newest slices from index `start` on,
+/// and the chunk ranges to write, one new slice each. Their bytes are what those slices
+/// show among themselves (holes as zeros); the new slices take the run's place in the list,
+/// so slices committed meanwhile stay on top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    pub start: usize,
+    pub pieces: Vec<(u64, u64)>,
+}
+
+/// Which slices to compact, if any. Size-tiered: from the newest slice back, older ones are
+/// taken while each is no longer than all taken so far, so over a chunk's life each byte
+/// is rewritten about log2(slices) times, not once per compaction. `None` when compaction
+/// would not leave fewer slices.
+pub fn plan_compaction(slices: &[SliceRef]) -> Option<Compaction> {
+    if slices.len() < COMPACT_AT {
+        return None;
+    }
+    let mut start = slices.len();
+    let mut taken = 0u64;
+    while start > 0 && (taken == 0 || slices[start - 1].len <= taken) {
+        start -= 1;
+        taken = taken.saturating_add(slices[start].len);
+    }
+    let plan = compaction_of(slices, start);
+    (plan.pieces.len() * 2 <= slices.len() - start).then_some(plan)
+}
+
+/// The pieces to write when compacting `slices[start..]`: what the run covers, in
+/// contiguous ranges.
+pub fn compaction_of(slices: &[SliceRef], start: usize) -> Compaction {
+    let run = slices.get(start..).unwrap_or_default();
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    for seg in resolve(run, 0, CHUNK_SIZE) {
+        if seg.source.is_none() {
+            continue;
+        }
+        match pieces.last_mut() {
+            // Nothing older lies beneath a run that starts the list: gaps may become zeros.
+            Some(last) if start == 0 && seg.start - last.1 <= FILL_GAPS_UP_TO => last.1 = seg.end,
+            Some(last) if last.1 == seg.start => last.1 = seg.end,
+            _ => pieces.push((seg.start, seg.end)),
+        }
+    }
+    Compaction { start, pieces }
+}
+
+/// Whether two references show the same bytes of the same slice at the same place (a
+/// shard moving to another server does not change that).
+pub fn same_view(a: &SliceRef, b: &SliceRef) -> bool {
+    (a.slice, a.chunk_offset, a.skip, a.len) == (b.slice, b.chunk_offset, b.skip, b.len)
+}
+
+/// Replaces the run `old` (consecutive in `slices`, exactly as given) with `new`, which
+/// must lie within the bytes the run covered (or, for a run that starts the list, within
+/// its span: nothing older lies beneath). Returns the replaced slices, `None` (nothing
+/// changed) when the run is no longer there as it was or `new` would reach elsewhere.
+pub fn replace_run(
+    slices: &mut Vec<SliceRef>,
+    old: &[SliceRef],
+    new: Vec<SliceRef>,
+) -> Option<Vec<SliceRef>> {
+    let first = old.first()?;
+    let at = slices.iter().position(|s| s.slice == first.slice)?;
+    let run = slices.get(at..at.checked_add(old.len())?)?;
+    if !run.iter().zip(old).all(|(a, b)| same_view(a, b)) {
+        return None;
+    }
+    let covered: Vec<(u64, u64)> = if at == 0 {
+        let lo = run.iter().map(|s| s.chunk_offset).min()?;
+        let hi = run.iter().map(|s| s.chunk_end()).max()?;
+        vec![(lo, hi)]
+    } else {
+        resolve(run, 0, CHUNK_SIZE)
+            .into_iter()
+            .filter(|seg| seg.source.is_some())
+            .map(|seg| (seg.start, seg.end))
+            .collect()
+    };
+    let inside = |a: u64, b: u64| {
+        // `covered` is sorted and its touching intervals are adjacent segments.
+        let mut need = a;
+        for &(x, y) in &covered {
+            if x <= need && need < y {
+                need = y;
+            }
+        }
+        need >= b
+    };
+    let mut sorted: Vec<&SliceRef> = new.iter().collect();
+    sorted.sort_by_key(|s| s.chunk_offset);
+    let disjoint = sorted
+        .windows(2)
+        .all(|w| w[0].chunk_end() <= w[1].chunk_offset);
+    if new.is_empty() || !disjoint || !new.iter().all(|s| inside(s.chunk_offset, s.chunk_end())) {
+        return None;
+    }
+    let replaced: Vec<SliceRef> = slices.splice(at..at + old.len(), new).collect();
+    Some(replaced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +279,69 @@ mod tests {
         let gone = truncate(&mut slices, 40);
         assert_eq!(gone.len(), 1);
         assert_eq!(slices[0].len, 40);
+    }
+
+    /// 20,000 appends of 1000 bytes, compacted whenever the plan says so: the chunk never
+    /// holds many slices, its bytes never change, and each byte is rewritten only a few
+    /// times (size-tiered), not once per compaction.
+    #[test]
+    fn appends_stay_compact_with_little_rewriting() {
+        let mut slices: Vec<SliceRef> = Vec::new();
+        let (mut next, mut rewritten, mut most) = (1u64, 0u64, 0usize);
+        for n in 0..20_000u64 {
+            slices.push(slice(next, n * 1000, 1000));
+            next += 1;
+            most = most.max(slices.len());
+            let Some(plan) = plan_compaction(&slices) else {
+                continue;
+            };
+            let new: Vec<SliceRef> = plan
+                .pieces
+                .iter()
+                .map(|&(a, b)| {
+                    let id = next;
+                    next += 1;
+                    rewritten += b - a;
+                    SliceRef {
+                        skip: 0,
+                        ..slice(id, a, b - a)
+                    }
+                })
+                .collect();
+            let old = slices[plan.start..].to_vec();
+            replace_run(&mut slices, &old, new).expect("the run is there");
+        }
+        let segs = resolve(&slices, 0, 20_000_000);
+        assert!(segs.iter().all(|s| s.source.is_some()), "a hole appeared");
+        assert_eq!(segs.last().map(|s| s.end), Some(20_000_000));
+        assert!(most <= 2 * COMPACT_AT, "{most} slices at once");
+        eprintln!("at most {most} slices, {rewritten} bytes rewritten for 20 MB");
+        assert!(
+            rewritten <= 20 * 20_000_000,
+            "{rewritten} bytes rewritten for 20 MB"
+        );
+    }
+
+    #[test]
+    fn a_run_is_replaced_only_as_it_was_and_within_what_it_covered() {
+        let mut slices = vec![slice(1, 0, 100), slice(2, 10, 5), slice(3, 20, 5)];
+        let new = |id, at, len| SliceRef {
+            skip: 0,
+            ..slice(id, at, len)
+        };
+        let old = slices[1..].to_vec();
+        // Bytes 15..20 lie between the run's slices, over slice 1: not to be covered.
+        assert_eq!(replace_run(&mut slices, &old, vec![new(9, 10, 15)]), None);
+        let mut moved = old.clone();
+        moved[0].len = 4;
+        assert_eq!(replace_run(&mut slices, &moved, vec![new(9, 10, 4)]), None);
+        let replaced = replace_run(&mut slices, &old, vec![new(8, 10, 5), new(9, 20, 5)]);
+        assert_eq!(replaced, Some(old));
+        assert_eq!(slices.len(), 3);
+        // A run that starts the list may fill its gaps (nothing older lies beneath).
+        let all = slices.clone();
+        assert!(replace_run(&mut slices, &all, vec![new(10, 0, 100)]).is_some());
+        assert_eq!(slices, vec![new(10, 0, 100)]);
     }
 
     proptest! {

@@ -25,9 +25,11 @@ pub struct Tuning {
     pub flush_after: Duration,
 }
 
-/// An open file.
+/// An open file description.
 struct Handle {
     file: Arc<FileState>,
+    /// How far it has heard of the file's write errors.
+    errors_seen: Mutex<u64>,
 }
 
 pub struct Client {
@@ -171,11 +173,15 @@ impl Client {
     }
 
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr, Errno> {
-        if let (Some(size), Some(file)) = (set.size, self.file(ino)) {
-            // Buffered bytes go first, so the truncation lands after them.
-            file.flush(&self.backend).await?;
-            file.truncate_buffers(size);
-            file.invalidate_slices();
+        let times = set.mtime.is_some() || set.atime.is_some();
+        if let Some(file) = self.file(ino).filter(|_| set.size.is_some() || times) {
+            // Buffered bytes go first: a truncation lands after them, and times set now
+            // (cp -a, tar x, rsync -a) are not overwritten by their later commit.
+            file.flush(&self.backend).await;
+            if let Some(size) = set.size {
+                file.truncate_buffers(size);
+                file.invalidate_slices();
+            }
         }
         self.attr_reply(FsOp::SetAttr { ino, set }).await
     }
@@ -372,10 +378,11 @@ impl Client {
         file.opened();
         file.invalidate_slices();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let errors_seen = Mutex::new(file.errors_mark());
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Handle { file });
+            .insert(fh, Handle { file, errors_seen });
         fh
     }
 
@@ -386,6 +393,18 @@ impl Client {
             .get(&fh)
             .map(|h| h.file.clone())
             .ok_or(Errno::INVAL)
+    }
+
+    /// Writes out the file's buffers, then tells the descriptor of any write error since it
+    /// last heard (errseq: every descriptor open when data was lost hears of it once).
+    async fn write_out(&self, fh: u64) -> Result<Arc<FileState>, Errno> {
+        let file = self.handle(fh)?;
+        file.flush(&self.backend).await;
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let handle = handles.get(&fh).ok_or(Errno::INVAL)?;
+        let mut seen = handle.errors_seen.lock().unwrap_or_else(|p| p.into_inner());
+        file.errors_since(&mut seen)?;
+        Ok(file)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
@@ -422,20 +441,20 @@ impl Client {
         Ok(data.len() as u32)
     }
 
-    /// Writes out what the handle's file has buffered (fsync); reports the first write
-    /// error not yet reported.
+    /// fsync: writes out what the file has buffered; reports a write error the descriptor
+    /// has not heard of.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
-        let file = self.handle(fh)?;
-        file.flush(&self.backend).await
+        self.write_out(fh).await.map(drop)
     }
 
-    /// A close of a descriptor: writes out the file's buffers and drops the POSIX locks the
-    /// closing process (`lock_owner`) held on it, as POSIX wants of any close.
+    /// A close of a descriptor: writes out the file's buffers (reporting as fsync does) and
+    /// drops the POSIX locks the closing process (`lock_owner`) held on it, as POSIX wants
+    /// of any close.
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let result = self.write_out(fh).await;
         let file = self.handle(fh)?;
-        let result = file.flush(&self.backend).await;
         self.drop_locks(&file, lock_owner).await?;
-        result
+        result.map(drop)
     }
 
     async fn drop_locks(&self, file: &FileState, owner: u64) -> Result<(), Errno> {
@@ -460,9 +479,11 @@ impl Client {
             return Err(Errno::INVAL);
         };
         let file = handle.file;
-        let mut result = file.flush(&self.backend).await;
+        // The close that came first (flush) reported errors; nobody hears of them here.
+        file.flush(&self.backend).await;
+        let mut result = Ok(());
         if let Some(owner) = flock_owner {
-            result = result.and(self.drop_locks(&file, owner).await);
+            result = self.drop_locks(&file, owner).await;
         }
         if file.released() && !file.has_unflushed() {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -502,7 +523,8 @@ impl Client {
             .cloned()
             .collect();
         for f in files {
-            if let Err(e) = f.flush(&self.backend).await {
+            f.flush(&self.backend).await;
+            if let Err(e) = f.errors_since(&mut f.errors_mark()) {
                 warn!(ino = %f.ino, "data not written out before unmount: {e}");
             }
         }
@@ -551,7 +573,8 @@ impl Client {
         if let Some(file) = &file {
             file.note_locker(owner);
             if lock.kind == LockKind::Unlock {
-                file.flush(&self.backend).await?;
+                // Write errors are the descriptors' to hear of; an unlock always goes ahead.
+                file.flush(&self.backend).await;
             }
         }
         let mut pause = Duration::from_millis(10);

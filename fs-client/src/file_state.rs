@@ -1,12 +1,12 @@
 //! What the client keeps per file: buffered writes, the batches being flushed (still
-//! visible to reads until committed), the first write error not yet reported, and a short
-//! cache of the file's slice map.
+//! visible to reads until committed), write-back errors for the descriptors to hear of, and
+//! a short cache of the file's slice map.
 
 use crate::extents::Extents;
 use crate::readahead::{Fetch, ReadAhead};
 use crate::writer;
 use futures::future::join_all;
-use lattice_common::chunk_map::SliceRef;
+use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::Errno;
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
@@ -22,6 +22,8 @@ use tokio::sync::watch;
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most chunks asked for in one slice-map query (the metaserver's limit).
 const CHUNKS_PER_QUERY: u64 = 64;
+/// Commits into one chunk after which it is checked for compaction.
+const COMPACT_CHECK_EVERY: u32 = (chunk_map::COMPACT_AT / 2) as u32;
 
 /// Where the client's data goes: shared by every file.
 pub struct Backend {
@@ -46,9 +48,19 @@ struct Buffers {
     /// Being written, oldest first.
     flushing: Vec<Batch>,
     next_batch: u64,
-    /// The first write error since it was last reported (at fsync or close).
-    error: Option<Errno>,
+    errors: WriteErrors,
     dirty_since: Option<Instant>,
+}
+
+/// Write-back errors as Linux's errseq keeps them: a counter of errors and the latest one.
+/// Each open file description remembers how far it has seen (from when it was opened), so
+/// every descriptor open when data was lost hears of it at its next fsync or close, once.
+#[derive(Default)]
+struct WriteErrors {
+    count: u64,
+    last: Option<Errno>,
+    /// Whether any descriptor has been told of the latest error.
+    seen: bool,
 }
 
 #[derive(Default)]
@@ -65,6 +77,8 @@ pub struct FileState {
     buffers: Mutex<Buffers>,
     slices: Mutex<SliceCache>,
     readahead: Mutex<ReadAhead>,
+    /// Per chunk, commits since its last compaction check, and whether one runs.
+    compaction: Mutex<HashMap<u64, (u32, bool)>>,
 }
 
 /// A file's slices for a range of chunks, with the servers they name.
@@ -82,6 +96,7 @@ impl FileState {
             buffers: Mutex::default(),
             slices: Mutex::default(),
             readahead: Mutex::default(),
+            compaction: Mutex::default(),
         }
     }
 
@@ -197,7 +212,14 @@ impl FileState {
             let mut error = None;
             for s in stored {
                 let result = match s {
-                    Ok(s) => writer::commit(&backend.meta, file.ino, s).await,
+                    Ok(s) => {
+                        let chunk = s.chunk;
+                        let r = writer::commit(&backend.meta, file.ino, s).await;
+                        if r.is_ok() {
+                            file.committed_into(&backend, chunk);
+                        }
+                        r
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -210,26 +232,66 @@ impl FileState {
             file.invalidate_slices();
             let mut b = file.buffers();
             b.flushing.retain(|f| f.id != id);
-            if b.error.is_none() {
-                b.error = error;
+            if let Some(e) = error {
+                b.errors.count += 1;
+                (b.errors.last, b.errors.seen) = (Some(e), false);
             }
             drop(b);
             let _ = tx.send(true);
         });
     }
 
-    /// Writes out everything buffered and waits until it is committed; reports the first
-    /// write error since the last report.
-    pub async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) -> Result<(), Errno> {
+    /// Counts a commit into `chunk`; every so many, checks the chunk for compaction in the
+    /// background (one check per chunk at a time).
+    fn committed_into(self: &Arc<Self>, backend: &Arc<Backend>, chunk: u64) {
+        {
+            let mut c = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+            let (count, running) = c.entry(chunk).or_default();
+            *count += 1;
+            if *count < COMPACT_CHECK_EVERY || *running {
+                return;
+            }
+            (*count, *running) = (0, true);
+        }
+        let (file, backend) = (self.clone(), backend.clone());
+        tokio::spawn(async move {
+            crate::compact::compact(&backend, &file, chunk).await;
+            let mut c = file.compaction.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, running)) = c.get_mut(&chunk) {
+                *running = false;
+            }
+        });
+    }
+
+    /// Writes out everything buffered and waits until it is committed. Errors are kept for
+    /// the descriptors to hear of ([`FileState::errors_since`]).
+    pub async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) {
         self.start_flush(backend);
         let last = self.buffers().flushing.last().map(|f| f.done.clone());
         if let Some(mut done) = last {
             let _ = done.wait_for(|d| *d).await;
         }
-        match self.buffers().error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
+    }
+
+    /// Where a descriptor opened now starts hearing of write errors: an error nobody has
+    /// been told of yet is still reported to it.
+    pub fn errors_mark(&self) -> u64 {
+        let e = &self.buffers().errors;
+        match e.seen {
+            false => e.count.saturating_sub(1),
+            true => e.count,
         }
+    }
+
+    /// The latest write error if there were any since `mark` (which moves past it).
+    pub fn errors_since(&self, mark: &mut u64) -> Result<(), Errno> {
+        let mut b = self.buffers();
+        let e = &mut b.errors;
+        if e.count <= *mark {
+            return Ok(());
+        }
+        (*mark, e.seen) = (e.count, true);
+        Err(e.last.unwrap_or(Errno::IO))
     }
 
     /// Drops buffered bytes at or past `size` (after a truncation).

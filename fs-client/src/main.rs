@@ -6,6 +6,7 @@
 //! /etc/fstab lines work.
 
 mod client;
+mod compact;
 mod extents;
 mod file_state;
 mod fuse_fs;

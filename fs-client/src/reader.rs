@@ -7,16 +7,17 @@ use crate::readahead::{Fetch, BLOCK};
 use futures::future::{join_all, FutureExt};
 use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
-use lattice_common::ids::SliceId;
+use lattice_common::ids::{ChunkserverId, SliceId};
 use lattice_common::slice_io::{ShardTarget, SliceError};
-use lattice_common::wire::meta::ChunkserverState;
+use lattice_common::wire::meta::{ChunkserverState, ServerAddr};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// One slice's part of a read: read `len` bytes from slice offset `from`, put them at
 /// `dest` in the output.
-struct Span<'a> {
+pub struct Span<'a> {
     slice: &'a SliceRef,
     from: u64,
     len: u64,
@@ -133,24 +134,46 @@ async fn committed_once(
         };
         let base = chunk * CHUNK_SIZE;
         let (a, b) = (offset.max(base) - base, end.min(base + CHUNK_SIZE) - base);
-        for seg in chunk_map::resolve(slices, a, b) {
-            if let Some((i, from)) = seg.source {
-                spans.push(Span {
-                    slice: &slices[i],
-                    from,
-                    len: seg.end - seg.start,
-                    dest: base + seg.start - offset,
-                });
-            }
-        }
+        spans.extend(spans_of(slices, a, b, (base + a) - offset));
     }
+    let mut out = vec![0u8; (end - offset) as usize];
+    read_spans(backend, &map.servers, &spans, &mut out)
+        .await
+        .map_err(|(slice, e)| Unreadable::Slice(slice, e))?;
+    Ok(out)
+}
+
+/// What to read of `slices` (one chunk's, oldest first) for chunk bytes `a..b`, placed from
+/// `dest` in the output.
+pub fn spans_of(slices: &[SliceRef], a: u64, b: u64, dest: u64) -> Vec<Span<'_>> {
+    chunk_map::resolve(slices, a, b)
+        .into_iter()
+        .filter_map(|seg| {
+            let (i, from) = seg.source?;
+            Some(Span {
+                slice: &slices[i],
+                from,
+                len: seg.end - seg.start,
+                dest: dest + seg.start - a,
+            })
+        })
+        .collect()
+}
+
+/// Reads every span in parallel into `out` (which is zeroed where no span lands).
+pub async fn read_spans(
+    backend: &Backend,
+    servers: &HashMap<ChunkserverId, ServerAddr>,
+    spans: &[Span<'_>],
+    out: &mut [u8],
+) -> Result<(), (SliceId, SliceError)> {
     let reads = spans.iter().map(|span| {
         let targets: Vec<Option<ShardTarget>> = span
             .slice
             .placement
             .iter()
             .map(|p| {
-                let s = map.servers.get(p.as_ref()?)?;
+                let s = servers.get(p.as_ref()?)?;
                 (s.state != ChunkserverState::Down).then_some(ShardTarget {
                     server: s.id,
                     addr: s.addr,
@@ -170,14 +193,13 @@ async fn committed_once(
                 .await
         }
     });
-    let mut out = vec![0u8; (end - offset) as usize];
     for (span, result) in spans.iter().zip(join_all(reads).await) {
-        let read = result.map_err(|e| Unreadable::Slice(span.slice.slice, e))?;
+        let read = result.map_err(|e| (span.slice.slice, e))?;
         if !read.problems.is_empty() {
-            debug!(ino = %file.ino, slice = %span.slice.slice, "read around: {:?}", read.problems);
+            debug!(slice = %span.slice.slice, "read around: {:?}", read.problems);
         }
         let at = span.dest as usize;
         out[at..at + read.data.len()].copy_from_slice(&read.data);
     }
-    Ok(out)
+    Ok(())
 }

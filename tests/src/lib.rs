@@ -203,6 +203,31 @@ pub fn same_tree(a: &Path, b: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Compares the modification times (to the nanosecond) of everything in two trees of the
+/// same shape, as `cp -a`, `tar x` and `rsync -a` keep them.
+pub fn same_times(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (std::fs::symlink_metadata(a)?, std::fs::symlink_metadata(b)?);
+    if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
+        bail!(
+            "{} has mtime {}.{:09}, {} has {}.{:09}",
+            a.display(),
+            ma.mtime(),
+            ma.mtime_nsec(),
+            b.display(),
+            mb.mtime(),
+            mb.mtime_nsec()
+        );
+    }
+    if ma.is_dir() {
+        for e in std::fs::read_dir(a)? {
+            let name = e?.file_name();
+            same_times(&a.join(&name), &b.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Byte-for-byte comparison of two files.
 pub fn same_file(a: &Path, b: &Path) -> Result<()> {
     use std::io::Read;

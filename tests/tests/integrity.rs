@@ -7,7 +7,7 @@ use lattice_common::ids::InodeId;
 use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, FsOp, FsQuery, FsReply};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
-use lattice_tests::{random_bytes, TestCluster};
+use lattice_tests::{random_bytes, same_times, same_tree, sh, TestCluster};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -127,5 +127,129 @@ async fn writes_never_land_with_less_protection_than_allowed() -> Result<()> {
         .collect::<std::io::Result<_>>()?;
     ensure!(names.len() == 4, "{names:?}");
     ensure!(std::fs::metadata(mnt.join("before"))?.len() == before.len() as u64);
+    Ok(())
+}
+
+/// A log written as a journal is: 20,000 appends of 1000 bytes, each fsynced. Every flush
+/// is a slice; compaction keeps the chunk from reaching its slice limit (16,384 once gave
+/// ENOSPC here) and the file reads back identical, here and through a fresh mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsynced_appends_are_compacted_and_read_back() -> Result<()> {
+    const APPENDS: usize = 20_000;
+    let tc = TestCluster::new()?;
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    let path = mnt.join("journal");
+    let record = |n: usize| -> Vec<u8> {
+        let mut r = format!("record {n:06} ").into_bytes();
+        r.resize(1000, b'a' + (n % 26) as u8);
+        r
+    };
+    let writer = path.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&writer)?;
+        for n in 0..APPENDS {
+            f.write_all(&record(n))?;
+            f.sync_data()?;
+        }
+        Ok(())
+    })
+    .await??;
+    let want: Vec<u8> = (0..APPENDS).flat_map(record).collect();
+    same_bytes(&path, &want)?;
+    let fresh = tc.state().join("fresh");
+    tc.cluster.start_mount(2, &fresh, "").await?;
+    same_bytes(&fresh.join("journal"), &want)?;
+    let slices = admin.status().await?.slices;
+    ensure!(
+        slices < 200,
+        "{slices} slices hold one 20 MB file after compaction"
+    );
+    Ok(())
+}
+
+/// `cp -a` of files with old times keeps the times (a buffered write's later commit once
+/// overwrote them with the time of the commit), and a second `rsync -a` finds nothing to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_keep_their_times() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let local = tempfile::tempdir()?;
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("sub"))?;
+    for (i, size) in [0usize, 10, 5000, 300_000, 3 << 20].into_iter().enumerate() {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(size, i as u64))?;
+        std::fs::write(src.join(format!("sub/g{i}")), random_bytes(size / 3, 9))?;
+    }
+    std::os::unix::fs::symlink("f1", src.join("link"))?;
+    sh(&format!(
+        "find {s} -exec touch -h -d '2001-02-03 04:05:06.123456789' {{}} + && touch -d '1999-12-31 23:59:59.5' {s}/f2",
+        s = src.display()
+    ))?;
+    let m = mnt.display();
+    sh(&format!("cp -a {} {m}/cp", src.display()))?;
+    same_tree(&src, &mnt.join("cp"))?;
+    same_times(&src, &mnt.join("cp"))?;
+    sh(&format!("rsync -a {}/ {m}/rsync/", src.display()))?;
+    same_times(&src, &mnt.join("rsync"))?;
+    let again = sh(&format!("rsync -a --stats {}/ {m}/rsync/", src.display()))?;
+    ensure!(
+        again.contains("Number of regular files transferred: 0"),
+        "a second rsync -a sent files again:\n{again}"
+    );
+    // As another mount sees them, too.
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    same_times(&src, &other.join("cp"))?;
+    Ok(())
+}
+
+/// A write lost in the background (too few servers for `io_wait`) is reported as Linux's
+/// errseq does: at the next fsync of every descriptor that was open when it was lost, once
+/// each; a descriptor opened after someone heard of it starts clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_write_is_reported_to_every_descriptor() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(&["--suspect-after", "1", "--down-after", "4"])?;
+    let (admin, _) = tc.start_with_mount(6).await?;
+    let mnt = tc.state().join("impatient");
+    tc.cluster
+        .start_mount(2, &mnt, "io_wait=3,flush_after=1")
+        .await?;
+    let path = mnt.join("f");
+    write_synced(path.clone(), random_bytes(100_000, 1)).await?;
+    let p = path.clone();
+    let (mut writer, reader) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let w = std::fs::OpenOptions::new().write(true).open(&p)?;
+        Ok((w, std::fs::File::open(&p)?))
+    })
+    .await??;
+    for n in [4, 5, 6] {
+        ensure!(tc.cluster.chunkserver(n).kill9());
+    }
+    wait_missing(&admin, &["chunkserver-4", "chunkserver-5", "chunkserver-6"]).await?;
+    writer.write_all(&random_bytes(1 << 20, 2))?;
+    // Written out after flush_after, given up after io_wait: lost before any fsync.
+    let mount = tc.cluster.mount_proc(2);
+    wait_for(
+        Duration::from_secs(60),
+        "the write to be given up",
+        || async { Ok(mount.log_tail().contains("failing the write").then_some(())) },
+    )
+    .await?;
+    let eio = |r: std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(Errno::IO.0));
+    ensure!(eio(writer.sync_all()), "fsync of the writer succeeded");
+    ensure!(
+        eio(reader.sync_all()),
+        "fsync of the other descriptor succeeded"
+    );
+    ensure!(reader.sync_all().is_ok(), "the error was reported twice");
+    ensure!(writer.sync_all().is_ok(), "the error was reported twice");
+    let late = std::fs::File::open(&path)?;
+    ensure!(
+        late.sync_all().is_ok(),
+        "a later descriptor heard of an old error"
+    );
     Ok(())
 }

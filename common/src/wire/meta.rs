@@ -99,6 +99,16 @@ pub enum FsOp {
         chunk: u64,
         slice: SliceRef,
     },
+    /// Compaction: replaces the consecutive slices `old` of a chunk (exactly as they were
+    /// read) with the written slices `new`, which show the same bytes as fewer slices.
+    /// ESTALE when the run changed meanwhile (the compaction is dropped); size and times
+    /// stay as they are.
+    ReplaceSlices {
+        ino: InodeId,
+        chunk: u64,
+        old: Vec<SliceRef>,
+        new: Vec<SliceRef>,
+    },
     /// Takes, changes or drops a lock of `owner` (within the requesting client); fails with
     /// EAGAIN when another owner's lock is in the way.
     SetLock {

@@ -84,6 +84,24 @@ impl Namespace {
         Ok((self.attr(ino)?, released))
     }
 
+    /// Compaction: replaces the run `old` of chunk `chunk` with `new` (see
+    /// [`chunk_map::replace_run`]); returns the slices nothing shows any more.
+    pub fn replace_slices(
+        &mut self,
+        ino: InodeId,
+        chunk: u64,
+        old: &[SliceRef],
+        new: Vec<SliceRef>,
+    ) -> Result<Vec<SliceRef>, Errno> {
+        if self.get(ino)?.nlink == 0 && !self.orphans.contains_key(&ino) {
+            return Err(Errno::NOENT);
+        }
+        let slices = self.chunks_mut(ino)?.get_mut(&chunk).ok_or(Errno::STALE)?;
+        let mut released = chunk_map::replace_run(slices, old, new).ok_or(Errno::STALE)?;
+        released.extend(chunk_map::drop_hidden(slices));
+        Ok(released)
+    }
+
     /// The slices of chunks `first..=last` that hold any data.
     pub fn slices(
         &self,

@@ -353,6 +353,12 @@ impl StateMachine {
             // The leader turns allocations into `Command::Allocate`.
             FsOp::AllocateSlice { .. } => Err(Errno::INVAL),
             FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, slice, now),
+            FsOp::ReplaceSlices {
+                ino,
+                chunk,
+                old,
+                new,
+            } => self.replace(ino, chunk, &old, new, now),
             FsOp::SetLock { ino, owner, lock } => {
                 self.ns.attr(ino)?;
                 self.locks
@@ -402,8 +408,7 @@ impl StateMachine {
         })
     }
 
-    /// Commits a stored slice. It may name fewer servers than its allocation did (shards
-    /// that could not be stored), never other ones, and never fewer than the policy's least.
+    /// Commits a stored slice.
     fn commit(
         &mut self,
         ino: InodeId,
@@ -411,6 +416,42 @@ impl StateMachine {
         slice: SliceRef,
         now: Timestamp,
     ) -> Result<FsReply, Errno> {
+        self.check_stored(ino, &slice)?;
+        let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
+        self.pending.remove(&slice.slice);
+        self.discard(hidden, now);
+        Ok(FsReply::Attr(attr))
+    }
+
+    /// Compaction: the slices `new`, stored, take the place of the run `old`.
+    fn replace(
+        &mut self,
+        ino: InodeId,
+        chunk: u64,
+        old: &[SliceRef],
+        new: Vec<SliceRef>,
+        now: Timestamp,
+    ) -> Result<FsReply, Errno> {
+        let distinct: BTreeSet<SliceId> = new.iter().map(|s| s.slice).collect();
+        if new.len() > old.len() || distinct.len() != new.len() {
+            return Err(Errno::INVAL);
+        }
+        for s in &new {
+            self.check_stored(ino, s)?;
+        }
+        let ids: Vec<SliceId> = new.iter().map(|s| s.slice).collect();
+        let released = self.ns.replace_slices(ino, chunk, old, new)?;
+        for id in ids {
+            self.pending.remove(&id);
+        }
+        self.discard(released, now);
+        Ok(FsReply::Done)
+    }
+
+    /// Whether `slice` is a stored allocation of `ino`: it may name fewer servers than its
+    /// allocation did (shards that could not be stored), never other ones, and never fewer
+    /// than the policy's least.
+    fn check_stored(&self, ino: InodeId, slice: &SliceRef) -> Result<(), Errno> {
         let pending = self.pending.get(&slice.slice).ok_or(Errno::STALE)?;
         let subset = pending.placement.len() == slice.placement.len()
             && pending
@@ -422,13 +463,11 @@ impl StateMachine {
             || pending.layout != slice.layout
             || !subset
             || !well_placed(slice.layout, &slice.placement)
+            || !slice.is_valid()
         {
             return Err(Errno::INVAL);
         }
-        let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
-        self.pending.remove(&slice.slice);
-        self.discard(hidden, now);
-        Ok(FsReply::Attr(attr))
+        Ok(())
     }
 
     /// Answers a read-only request (statfs needs live capacity and is answered elsewhere).

@@ -94,6 +94,15 @@ enum Step {
         chunk: u64,
         at: Offset,
     },
+    /// Compaction of the newest slices of a chunk, from a random point; `tamper` 0 is a
+    /// faithful one, else one thing about it is wrong.
+    Compact {
+        client: u64,
+        file: usize,
+        chunk: u64,
+        from: usize,
+        tamper: u8,
+    },
     Unlink(u8),
     Rename(u8, u8),
     Reap(usize),
@@ -156,6 +165,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), length())
             .prop_map(|(client, file, chunk, at, len)| Step::Write { client, file, chunk, at, len }),
         2 => (client.clone(), any::<usize>(), 0..CHUNKS + 1, offset()).prop_map(|(client, file, chunk, at)| Step::Truncate { client, file, chunk, at }),
+        3 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5])
+            .prop_map(|(client, file, chunk, from, tamper)| Step::Compact { client, file, chunk, from, tamper }),
         1 => (0u8..6).prop_map(Step::Unlink),
         1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Step::Rename(a, b)),
         1 => any::<usize>().prop_map(Step::Reap),
@@ -188,6 +199,7 @@ struct FileModel {
 
 #[derive(Default)]
 struct Coverage {
+    compactions: AtomicU64,
     commits: AtomicU64,
     hid_several: AtomicU64,
     truncations: AtomicU64,
@@ -203,6 +215,9 @@ struct Run<'a> {
     last: Option<(Command, Outcome)>,
     allocated: BTreeSet<SliceId>,
     forgotten: BTreeSet<SliceId>,
+    /// What each compacted slice holds, byte by byte: the original source of the byte, or
+    /// `None` for a zero written where a hole was.
+    contents: BTreeMap<SliceId, Vec<Option<(SliceId, u64)>>>,
     coverage: &'a Coverage,
 }
 
@@ -249,6 +264,7 @@ impl Run<'_> {
             last: None,
             allocated: BTreeSet::new(),
             forgotten: BTreeSet::new(),
+            contents: BTreeMap::new(),
             coverage,
         }
     }
@@ -301,6 +317,42 @@ impl Run<'_> {
         (0..shards)
             .map(|k| Some(ChunkserverId(((rotate + k) % SERVERS as usize) as u32 + 1)))
             .collect()
+    }
+
+    /// Where byte `at` of slice `id`'s data first came from (through compactions).
+    fn source(&self, id: SliceId, at: u64) -> Option<(SliceId, u64)> {
+        match self.contents.get(&id) {
+            Some(bytes) => bytes.get(at as usize).copied().flatten(),
+            None => Some((id, at)),
+        }
+    }
+
+    /// Allocates a mirror:1 slice of `len` bytes for `ino`; its reference at `at`.
+    fn allocate_at(&mut self, ino: InodeId, at: u64, len: u64) -> Option<SliceRef> {
+        let layout = SliceLayout::new(policy(0), len, 65536).ok()?;
+        let seq = self.next_seq(0);
+        let placement = self.placement(1, 0);
+        let cmd = Command::Allocate {
+            client: ClientId(0),
+            seq,
+            acked_below: seq,
+            now: self.now(),
+            ino,
+            layout,
+            placement: placement.clone(),
+        };
+        let Ok(FsReply::Allocated { slice, .. }) = self.remembered(cmd) else {
+            return None;
+        };
+        self.allocated.insert(slice);
+        Some(SliceRef {
+            slice,
+            layout,
+            placement,
+            chunk_offset: at,
+            skip: 0,
+            len,
+        })
     }
 
     fn do_step(&mut self, step: Step) -> Result<(), TestCaseError> {
@@ -495,6 +547,79 @@ impl Run<'_> {
                 let model = self.files.get_mut(&ino).expect("live");
                 model.size = size;
                 model.bytes.split_off(&size);
+            }
+            Step::Compact {
+                client,
+                file,
+                chunk,
+                from,
+                tamper,
+            } => {
+                let Some(ino) = self.file(file) else {
+                    return Ok(());
+                };
+                let slices = match self.sm.ns.slices(ino, chunk, chunk) {
+                    Ok(c) if !c.is_empty() => c[0].1.clone(),
+                    _ => return Ok(()),
+                };
+                let plan = chunk_map::compaction_of(&slices, from % slices.len());
+                let run = &slices[plan.start..];
+                let (mut new, mut holds) = (Vec::new(), Vec::new());
+                for &(a, b) in &plan.pieces {
+                    let Some(mut n) = self.allocate_at(ino, a, b - a) else {
+                        return Ok(());
+                    };
+                    let shown: Vec<Option<(SliceId, u64)>> = (a..b)
+                        .map(|x| {
+                            let seg = chunk_map::resolve(run, x, x + 1)[0];
+                            seg.source
+                                .and_then(|(i, off)| self.source(run[i].slice, off))
+                        })
+                        .collect();
+                    holds.push((n.slice, shown));
+                    if tamper == 3 && plan.start > 0 {
+                        // Reaching past what the run covers would hide older bytes.
+                        n.len = (n.len + 1).min(CHUNK_SIZE - n.chunk_offset);
+                    }
+                    new.push(n);
+                }
+                let mut old = run.to_vec();
+                match tamper {
+                    1 => old.reverse(),
+                    2 => old[0].len = old[0].len.saturating_sub(1).max(1),
+                    4 => new.extend(new.first().cloned()),
+                    _ => {}
+                }
+                let changed_len = tamper == 2 && old[0].len != run[0].len;
+                let reordered = tamper == 1 && old.len() > 1;
+                let grew = tamper == 3
+                    && new
+                        .iter()
+                        .zip(&plan.pieces)
+                        .any(|(n, p)| n.chunk_end() > p.1);
+                let faithful =
+                    !(changed_len || reordered || grew || (tamper == 4 && !new.is_empty()));
+                let before = self.sm.clone();
+                let result = self.client_op(
+                    client,
+                    FsOp::ReplaceSlices {
+                        ino,
+                        chunk,
+                        old,
+                        new: new.clone(),
+                    },
+                );
+                if new.is_empty() || !faithful {
+                    prop_assert!(result.is_err(), "a bad compaction was taken");
+                    prop_assert_eq!(&self.sm.ns, &before.ns);
+                    prop_assert_eq!(&self.sm.garbage, &before.garbage);
+                    return Ok(());
+                }
+                prop_assert!(result.is_ok(), "a faithful compaction failed: {result:?}");
+                self.contents.extend(holds);
+                let attr = (self.sm.ns.attr(ino), before.ns.attr(ino));
+                prop_assert_eq!(attr.0, attr.1, "a compaction changed the attributes");
+                self.coverage.compactions.fetch_add(1, Ordering::Relaxed);
             }
             Step::Unlink(n) => {
                 let op = FsOp::Unlink {
@@ -755,10 +880,10 @@ impl Run<'_> {
                     used[i] = true;
                     for x in seg.start..seg.end {
                         let want = model.bytes.get(&(base + x)).copied();
-                        let got = Some((slices[i].slice, from + x - seg.start));
+                        let got = self.source(slices[i].slice, from + x - seg.start);
                         prop_assert_eq!(got, want, "{} byte {}", ino, base + x);
+                        visible += u64::from(got.is_some());
                     }
-                    visible += seg.end - seg.start;
                 }
                 prop_assert!(
                     used.iter().all(|&u| u),
@@ -825,7 +950,8 @@ fn state_machine_matches_the_model() {
         coverage.hid_several.load(Ordering::Relaxed),
     );
     eprintln!(
-        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} truncations, {} garbage commands",
+        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} truncations, {} garbage commands",
+        coverage.compactions.load(Ordering::Relaxed),
         coverage.truncations.load(Ordering::Relaxed),
         coverage.wild.load(Ordering::Relaxed),
     );
