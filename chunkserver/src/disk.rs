@@ -11,7 +11,8 @@ use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum DiskCommand {
-    /// Start storing shards in DIR too (shards already in it are adopted).
+    /// Start storing shards in DIR too: a new or empty directory, or a data directory (its
+    /// shards are adopted); any other is refused untouched.
     Add(DiskArgs),
     /// Move every shard off DIR to the server's other directories, then stop using it.
     Remove(DiskArgs),

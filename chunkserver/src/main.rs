@@ -69,7 +69,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A directory to store shards in; repeat for several disks.
+    /// A directory to store shards in; repeat for several disks. A new or empty directory
+    /// becomes a data directory (marked by a LATTICEFS file); any other is refused.
     #[arg(long = "data", required = true, value_name = "DIR")]
     data: Vec<PathBuf>,
     /// UDP address to listen on (port 0 picks a free port).

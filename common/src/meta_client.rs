@@ -27,7 +27,8 @@ const SHUNNED_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum MetaError {
-    #[error("no metaserver answered within {0:?} (tried {1})")]
+    /// The deadline, and each member with its last failure.
+    #[error("no metaserver answered within {0:?} ({1})")]
     Unavailable(Duration, String),
     #[error("{0}")]
     Refused(String),
@@ -96,7 +97,12 @@ impl MetaClient {
             .or_else(|| order.clone().next())
     }
 
-    async fn attempt(&self, addr: SocketAddr, req: &MetaRequest) -> Result<MetaResponse, String> {
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        req: &MetaRequest,
+        timeout: Duration,
+    ) -> Result<MetaResponse, String> {
         let work = async {
             let (mut send, mut recv) = self.node.open(addr).await.map_err(|e| e.to_string())?;
             let frame = codec::encode(req).map_err(|e| e.to_string())?;
@@ -106,9 +112,9 @@ impl MetaClient {
                 .await
                 .map_err(|e| e.to_string())
         };
-        tokio::time::timeout(ATTEMPT_TIMEOUT, work)
+        tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")))
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     /// Sends `req` to one member, once, whether or not it leads.
@@ -117,7 +123,7 @@ impl MetaClient {
         addr: SocketAddr,
         req: &MetaRequest,
     ) -> Result<MetaResponse, MetaError> {
-        self.attempt(addr, req)
+        self.attempt(addr, req, ATTEMPT_TIMEOUT)
             .await
             .map_err(|e| MetaError::Unavailable(ATTEMPT_TIMEOUT, format!("{addr}: {e}")))
     }
@@ -125,7 +131,7 @@ impl MetaClient {
     /// Sends `req` to the leader, following redirects and retrying until the deadline.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, MetaError> {
         let start = Instant::now();
-        // The last failure seen from each member (an error message names them all once).
+        // The last outcome from each member tried (a failure names them all).
         let mut tried: BTreeMap<SocketAddr, String> = BTreeMap::new();
         loop {
             let Some(addr) = self.target() else {
@@ -134,17 +140,26 @@ impl MetaClient {
                     "no metaserver addresses".into(),
                 ));
             };
-            match self.attempt(addr, req).await {
+            // No attempt outlasts the deadline: the caller hears back in time.
+            let left = self.deadline.saturating_sub(start.elapsed());
+            match self.attempt(addr, req, left.min(ATTEMPT_TIMEOUT)).await {
                 Ok(MetaResponse::NotLeader { leader }) => {
-                    *self.leader() = leader.filter(|&l| l != addr);
-                    if leader.is_none() || leader == Some(addr) {
-                        tokio::time::sleep(RETRY_PAUSE).await;
+                    let elsewhere = leader.filter(|&l| l != addr);
+                    *self.leader() = elsewhere;
+                    let why = match elsewhere {
+                        Some(l) => format!("not the leader, pointed to {l}"),
+                        None => "not the leader, knows no leader".to_string(),
+                    };
+                    tried.insert(addr, why);
+                    if elsewhere.is_none() {
+                        self.pause(start).await;
                     }
                 }
                 Ok(MetaResponse::Error(e)) if e.kind == ErrorKind::Unavailable => {
                     debug!(%addr, "metaserver unavailable: {}", e.message);
+                    tried.insert(addr, e.message);
                     *self.leader() = None;
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    self.pause(start).await;
                 }
                 Ok(MetaResponse::Error(e)) => return Err(MetaError::Refused(e.to_string())),
                 Ok(resp) => {
@@ -163,10 +178,28 @@ impl MetaClient {
                 }
             }
             if start.elapsed() >= self.deadline {
-                let tried: Vec<String> = tried.iter().map(|(a, e)| format!("{a}: {e}")).collect();
-                return Err(MetaError::Unavailable(self.deadline, tried.join("; ")));
+                return Err(MetaError::Unavailable(self.deadline, self.outcomes(&tried)));
             }
         }
+    }
+
+    /// Waits before the next attempt, never past the deadline.
+    async fn pause(&self, start: Instant) {
+        let left = self.deadline.saturating_sub(start.elapsed());
+        tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+    }
+
+    /// Every member with its last outcome: the configured ones in order (also those the
+    /// deadline left untried), then leaders they pointed to.
+    fn outcomes(&self, tried: &BTreeMap<SocketAddr, String>) -> String {
+        let untried = "not tried before the deadline";
+        let redirects = tried.keys().filter(|a| !self.servers.contains(a));
+        self.servers
+            .iter()
+            .chain(redirects)
+            .map(|a| format!("{a}: {}", tried.get(a).map_or(untried, String::as_str)))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Applies a filesystem change (exactly once, however often it is retried).
@@ -222,4 +255,60 @@ fn rand_u64() -> u64 {
     );
     h.write_u32(std::process::id());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{self, Role};
+    use crate::transport::Identity;
+    use crate::wire::meta::FsQuery;
+
+    /// Addresses where nothing listens: ports the system handed out, then freed.
+    fn dead_addrs(n: usize) -> Vec<SocketAddr> {
+        let sockets: Vec<std::net::UdpSocket> = (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+    }
+
+    #[test]
+    fn unavailable_names_every_member_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "test").unwrap();
+        let certs = dir.path().join("client");
+        pki::issue(&ca, Role::Client, "client", &certs).unwrap();
+        let identity = Identity::load(&certs).unwrap();
+        let members = dead_addrs(3);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        // Time for one full attempt and half of another: the third member is never tried.
+        let deadline = ATTEMPT_TIMEOUT * 3 / 2;
+        let started = Instant::now();
+        let err = rt.block_on(async {
+            let node = Node::client(&identity).unwrap();
+            let client = MetaClient::new(node, members.clone(), deadline);
+            client.query(FsQuery::StatFs).await.unwrap_err()
+        });
+        let took = started.elapsed();
+        let MetaError::Unavailable(_, list) = &err else {
+            panic!("{err}");
+        };
+        let named: Vec<(&str, &str)> = list
+            .split("; ")
+            .map(|entry| entry.split_once(": ").unwrap_or((entry, "")))
+            .collect();
+        let addrs: Vec<String> = members.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            named.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            addrs,
+            "{err}"
+        );
+        assert!(named.iter().all(|(_, why)| !why.is_empty()), "{err}");
+        assert!(
+            err.to_string().contains("not tried before the deadline"),
+            "{err}"
+        );
+        assert!(took < deadline + ATTEMPT_TIMEOUT / 2, "took {took:?}");
+    }
 }

@@ -3,7 +3,7 @@
 //! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
 
 use crate::cluster_map::ServerRecord;
-use crate::gc::{Expected, GarbageSlice, GcWork};
+use crate::gc::{self, Doom, Expected, GarbageSlice, GcWork, ShardCopy};
 use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
 use crate::placement::{self, Candidate, Domain};
@@ -177,11 +177,18 @@ pub enum Input {
     Digest {
         reply: oneshot::Sender<AdminReply>,
     },
-    /// Up to `max_jobs` shard jobs for slices not `busy` (leader only).
+    /// Up to `max_jobs` shard jobs for slices not `busy`, with the term this member leads
+    /// in (leader only).
     Plan {
         busy: BTreeMap<SliceId, Busy>,
         max_jobs: usize,
-        reply: oneshot::Sender<Answer<Vec<Job>>>,
+        reply: oneshot::Sender<Answer<(u64, Vec<Job>)>>,
+    },
+    /// Which of these copies may be deleted now, with their servers' addresses (see
+    /// [`gc::deletable`]); answered as a linearizable read, so never from a stale state.
+    Deletable {
+        copies: Vec<(ShardCopy, Doom)>,
+        reply: oneshot::Sender<Answer<Vec<(ShardCopy, SocketAddr)>>>,
     },
     GcWork {
         reply: oneshot::Sender<Answer<GcWork>>,
@@ -223,6 +230,10 @@ enum Waiter {
     Member(oneshot::Sender<Answer<Result<(), String>>>),
     Read(FsQuery, oneshot::Sender<Answer<Result<FsReply, Errno>>>),
     Status(oneshot::Sender<Answer<ClusterStatus>>),
+    Deletable(
+        Vec<(ShardCopy, Doom)>,
+        oneshot::Sender<Answer<Vec<(ShardCopy, SocketAddr)>>>,
+    ),
 }
 
 /// What the leader knows of a client from its keepalives.
@@ -455,10 +466,14 @@ impl Core {
                 reply,
             } => {
                 let answer = match self.replica.is_leader() {
-                    true => Ok(self.plan(&busy, max_jobs)),
+                    true => Ok((self.replica.term(), self.plan(&busy, max_jobs))),
                     false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);
+            }
+            Input::Deletable { copies, reply } => {
+                let token = self.token(Waiter::Deletable(copies, reply));
+                self.read(token);
             }
             Input::GcWork { reply } => {
                 let answer = match self.replica.is_leader() {
@@ -543,6 +558,7 @@ impl Core {
             Some(Waiter::Member(reply)) => drop(reply.send(Err(reject))),
             Some(Waiter::Read(_, reply)) => drop(reply.send(Err(reject))),
             Some(Waiter::Status(reply)) => drop(reply.send(Err(reject))),
+            Some(Waiter::Deletable(_, reply)) => drop(reply.send(Err(reject))),
             None => {}
         }
     }
@@ -568,6 +584,9 @@ impl Core {
                     }
                     Some(Waiter::Status(reply)) => {
                         let _ = reply.send(Ok(self.status()));
+                    }
+                    Some(Waiter::Deletable(copies, reply)) => {
+                        let _ = reply.send(Ok(gc::deletable(&self.replica.sm, &copies)));
                     }
                     _ => {}
                 },
@@ -924,8 +943,10 @@ impl Core {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, p)| {
-                        let v = readable(p.as_ref()?)?;
-                        Some((ShardId::new(slice, i as u16), v.addr))
+                        let server = (*p)?;
+                        readable(&server)?;
+                        let shard = ShardId::new(slice, i as u16);
+                        Some(ShardCopy { shard, server })
                     })
                     .collect();
                 GarbageSlice {

@@ -4,19 +4,22 @@
 //! Everything it knows is soft state: a new leader plans afresh from the replicated state,
 //! so work resumes after a failover, and each step can be repeated without harm.
 
-use crate::core::{ask_core, Input};
-use crate::gc;
+use crate::core::{ask_core, Answer, Input};
+use crate::gc::{self, Doom, ShardCopy};
 use crate::planner::{Busy, Job};
 use crate::state_machine::{Command, Outcome};
+use futures::stream::{self, StreamExt};
 use lattice_common::ids::{ChunkserverId, ShardId, SliceId};
 use lattice_common::shard_client::ShardClient;
 use lattice_common::wire::meta::{JobKind, JobStatus};
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// Deletes in flight at once.
+const PARALLEL_DELETES: usize = 16;
 
 /// How background work is paced.
 #[derive(Clone, Copy, Debug)]
@@ -48,9 +51,49 @@ pub struct Tally {
 pub struct Book {
     pub running: BTreeMap<SliceId, Job>,
     pub tally: BTreeMap<(JobKind, Option<ChunkserverId>), Tally>,
+    /// Copies being deleted: no job re-creates one meanwhile.
+    deleting: HashSet<ShardCopy>,
 }
 
 impl Book {
+    /// Records `job` as running, unless its slice has a job running or the copy it would
+    /// create is being deleted (a later plan sees how either ends).
+    fn start(&mut self, job: &Job) -> bool {
+        let target = ShardCopy {
+            shard: job.shard(),
+            server: job.to,
+        };
+        if self.running.contains_key(&job.slice) || self.deleting.contains(&target) {
+            return false;
+        }
+        self.running.insert(job.slice, job.clone());
+        true
+    }
+
+    /// Marks copies as being deleted, leaving out those a running job is creating (its
+    /// commit is about to name them): between this and [`Book::release`], the check
+    /// against the metadata and the delete cannot race a job that brings a copy back.
+    fn claim(&mut self, copies: Vec<(ShardCopy, Doom)>) -> Vec<(ShardCopy, Doom)> {
+        let creating: HashSet<ShardCopy> = self
+            .running
+            .values()
+            .map(|j| ShardCopy {
+                shard: j.shard(),
+                server: j.to,
+            })
+            .collect();
+        copies
+            .into_iter()
+            .filter(|(c, _)| !creating.contains(c) && self.deleting.insert(*c))
+            .collect()
+    }
+
+    fn release(&mut self, copies: &[(ShardCopy, Doom)]) {
+        for (c, _) in copies {
+            self.deleting.remove(c);
+        }
+    }
+
     fn key(job: &Job) -> (JobKind, Option<ChunkserverId>) {
         match job.kind {
             JobKind::Drain => (JobKind::Drain, job.from),
@@ -96,11 +139,38 @@ impl Book {
     }
 }
 
-/// A shard to delete once its grace period is over.
-pub struct Doomed {
-    pub at: Instant,
-    pub addr: SocketAddr,
-    pub shard: ShardId,
+/// Copies left behind by moves, deleted after `gc_grace`: soft state of one leadership term.
+#[derive(Default)]
+pub struct DeleteQueue {
+    /// The term this member leads in (`None`: it does not lead).
+    term: Option<u64>,
+    queue: VecDeque<(Instant, ShardCopy)>,
+}
+
+impl DeleteQueue {
+    /// Notes whether, and in which term, this member leads. Leaving a term drops the queue:
+    /// what a deposed leader decided may have been undone since, and a new leader works
+    /// from the replicated state (copies never deleted are orphans, which reconciliation
+    /// removes).
+    pub fn lead(&mut self, term: Option<u64>) {
+        if term != self.term {
+            self.queue.clear();
+            self.term = term;
+        }
+    }
+
+    /// Queues a copy to delete at `at`; dropped unless this member leads.
+    pub fn push(&mut self, at: Instant, copy: ShardCopy) {
+        if self.term.is_some() {
+            self.queue.push_back((at, copy));
+        }
+    }
+
+    /// Takes the copies due by `now` off the queue.
+    pub fn due(&mut self, now: Instant) -> Vec<ShardCopy> {
+        let n = self.queue.partition_point(|(at, _)| *at <= now);
+        self.queue.drain(..n).map(|(_, c)| c).collect()
+    }
 }
 
 pub struct Executor {
@@ -109,7 +179,7 @@ pub struct Executor {
     pub settings: Settings,
     pub book: Arc<Mutex<Book>>,
     /// Old copies of moved shards, deleted after `gc_grace`.
-    pub doomed: Mutex<VecDeque<Doomed>>,
+    pub doomed: Mutex<DeleteQueue>,
     /// Woken when a job ends, so the next one starts without waiting for the tick.
     pub job_ended: tokio::sync::Notify,
 }
@@ -117,6 +187,10 @@ pub struct Executor {
 impl Executor {
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn doomed(&self) -> std::sync::MutexGuard<'_, DeleteQueue> {
+        self.doomed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs for the life of the process; idle unless this member leads.
@@ -149,18 +223,18 @@ impl Executor {
                 reply,
             })
             .await;
-            let Ok(jobs) = plan else {
+            let Ok((term, jobs)) = plan else {
                 // Not the leader (any more): what this member started is forgotten.
                 self.book().tally.clear();
+                self.doomed().lead(None);
                 continue;
             };
+            self.doomed().lead(Some(term));
             for job in jobs {
                 // One job per slice at a time: the next plan sees the first one's result.
-                if self.book().running.contains_key(&job.slice) {
-                    continue;
+                if self.book().start(&job) {
+                    tokio::spawn(self.clone().carry_out(job));
                 }
-                self.book().running.insert(job.slice, job.clone());
-                tokio::spawn(self.clone().carry_out(job));
             }
             if collector.due() {
                 tokio::spawn(collector.clone().round());
@@ -221,38 +295,142 @@ impl Executor {
             Ok(Outcome::Fs(Ok(_))) => {
                 info!(%shard, from = ?job.from, to = %job.to, kind = ?job.kind, "shard moved");
                 if let Some(old) = &job.copy_from {
-                    self.doom(old.addr, shard);
+                    self.doom(shard, old.server);
                 }
                 Ok(())
             }
             Ok(other) => {
                 // The slice changed meanwhile (deleted, overwritten, moved): drop the copy.
-                self.doom(job.to_addr, shard);
+                self.doom(shard, job.to);
                 Err(format!("placement not committed: {other:?}"))
             }
             Err(e) => Err(format!("placement not committed: {e}")),
         }
     }
 
-    pub fn doom(&self, addr: SocketAddr, shard: ShardId) {
+    fn doom(&self, shard: ShardId, server: ChunkserverId) {
         let at = Instant::now() + self.settings.gc_grace;
-        let mut doomed = self.doomed.lock().unwrap_or_else(|p| p.into_inner());
-        doomed.push_back(Doomed { at, addr, shard });
+        self.doomed().push(at, ShardCopy { shard, server });
     }
 
     async fn delete_doomed(&self) {
-        loop {
-            let next = {
-                let mut doomed = self.doomed.lock().unwrap_or_else(|p| p.into_inner());
-                match doomed.front() {
-                    Some(d) if d.at <= Instant::now() => doomed.pop_front(),
-                    _ => None,
-                }
-            };
-            let Some(d) = next else { return };
-            if let Err(e) = self.shards.delete(d.addr, d.shard).await {
-                warn!(shard = %d.shard, addr = %d.addr, "deleting an old copy failed (reconcile will retry): {e}");
-            }
+        let due = self.doomed().due(Instant::now());
+        if due.is_empty() {
+            return;
         }
+        let copies = due.into_iter().map(|c| (c, Doom::Unnamed)).collect();
+        if let Err(e) = self.delete(copies).await {
+            warn!("old copies left for reconciliation: {e}");
+        }
+    }
+
+    /// Deletes those of `copies` that the replicated state lets go now (see
+    /// [`gc::deletable`]); returns how many were deleted. Fails, deleting nothing, unless
+    /// this member still leads with everything committed applied (a linearizable read).
+    pub async fn delete(&self, copies: Vec<(ShardCopy, Doom)>) -> Answer<u64> {
+        let claimed = self.book().claim(copies);
+        let check = claimed.clone();
+        let checked = ask_core(&self.core, |reply| Input::Deletable {
+            copies: check,
+            reply,
+        })
+        .await;
+        let deleted = match checked {
+            Ok(ok) => {
+                stream::iter(ok)
+                    .map(|(c, addr)| async move {
+                        match self.shards.delete(addr, c.shard).await {
+                            Ok(_) => 1u64,
+                            Err(e) => {
+                                warn!(shard = %c.shard, server = %c.server, %addr, "deleting a shard copy failed (reconciliation retries): {e}");
+                                0
+                            }
+                        }
+                    })
+                    .buffer_unordered(PARALLEL_DELETES)
+                    .fold(0u64, |n, d| async move { n + d })
+                    .await
+            }
+            Err(e) => {
+                self.book().release(&claimed);
+                return Err(e);
+            }
+        };
+        self.book().release(&claimed);
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_common::ids::InodeId;
+    use lattice_common::layout::SliceLayout;
+
+    fn copy(slice: u64, server: u32) -> ShardCopy {
+        ShardCopy {
+            shard: ShardId::new(SliceId(slice), 0),
+            server: ChunkserverId(server),
+        }
+    }
+
+    #[test]
+    fn a_leadership_change_drops_queued_deletes() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
+        let mut q = DeleteQueue::default();
+        q.push(t0, copy(1, 1));
+        assert!(q.due(later).is_empty(), "queued while not leading");
+
+        q.lead(Some(3));
+        q.push(t0, copy(1, 1));
+        q.push(later, copy(2, 1));
+        q.lead(Some(3));
+        assert_eq!(q.due(t0), [copy(1, 1)], "kept within the term, in order");
+        assert!(q.due(t0).is_empty());
+
+        // Deposed: nothing it queued is deleted, even if it leads again later.
+        q.lead(None);
+        q.lead(Some(3));
+        assert!(q.due(later).is_empty());
+        q.push(t0, copy(3, 1));
+        // Re-elected between two looks (a later term): dropped as well.
+        q.lead(Some(5));
+        assert!(q.due(later).is_empty());
+    }
+
+    #[test]
+    fn a_copy_being_deleted_is_not_recreated_meanwhile() {
+        let layout = SliceLayout::new("mirror:2".parse().unwrap(), 1000, 65536).unwrap();
+        let job = |slice: u64, to: u32| Job {
+            kind: JobKind::Rebalance,
+            ino: InodeId(2),
+            chunk: 0,
+            slice: SliceId(slice),
+            layout,
+            index: 0,
+            from: Some(ChunkserverId(9)),
+            to: ChunkserverId(to),
+            to_addr: "127.0.0.1:9000".parse().unwrap(),
+            copy_from: None,
+            sources: vec![],
+            bytes: 1000,
+        };
+        let mut book = Book::default();
+        // A job moving shard 0 of slice 1 back to server 1 runs: its copy there is spared.
+        assert!(book.start(&job(1, 1)));
+        let claimed = book.claim(vec![
+            (copy(1, 1), Doom::Unnamed),
+            (copy(2, 1), Doom::Unnamed),
+        ]);
+        assert_eq!(claimed, [(copy(2, 1), Doom::Unnamed)]);
+        // While that copy is being deleted, no job re-creates it; one elsewhere may start.
+        assert!(!book.start(&job(2, 1)));
+        assert!(book.start(&job(2, 3)));
+        // Nor is a copy claimed twice by concurrent deleters.
+        assert!(book.claim(vec![(copy(2, 1), Doom::Unnamed)]).is_empty());
+        book.release(&claimed);
+        book.running.clear();
+        assert!(book.start(&job(2, 1)));
     }
 }

@@ -364,3 +364,54 @@ impl Drop for TmpfsMount {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+#[test]
+fn serve_refuses_a_foreign_data_directory_untouched() -> Result<()> {
+    use std::io::Read;
+    let tc = TestCluster::new()?;
+    let home = tc.state().join("someones-home");
+    std::fs::create_dir_all(home.join("tmp"))?;
+    std::fs::write(home.join("notes.txt"), "keep me")?;
+    // Named like a chunkserver's unfinished write, which a store deletes at start.
+    let lookalike = home.join("tmp/0000000000000001.0.42.7");
+    std::fs::write(&lookalike, "keep me too")?;
+    let certs = tc.cluster.certs(Role::Chunkserver, "chunkserver-1")?;
+    let mut child = std::process::Command::new(tc.cluster.binary(lattice_harness::CHUNKSERVER)?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&home)
+        .arg("--certs")
+        .arg(&certs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            // Ours to stop: it is serving from someone's directory.
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("chunkserver serves from a foreign directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr)?;
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not a LatticeFS data directory")
+            && stderr.contains(&home.display().to_string()),
+        "{stderr}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&home)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    left.sort();
+    assert_eq!(left, ["notes.txt", "tmp"]);
+    assert_eq!(std::fs::read_to_string(&lookalike)?, "keep me too");
+    Ok(())
+}

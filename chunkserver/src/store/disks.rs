@@ -3,7 +3,7 @@
 //! header and checksums as it is read), made durable, and only then dropped.
 
 use super::shard_file::{self, ShardReader};
-use super::{Disk, DiskState, Store, StoreError};
+use super::{layout, Disk, DiskState, Store, StoreError};
 use lattice_common::ids::ShardId;
 use std::path::{Component, Path};
 use tracing::{info, warn};
@@ -40,21 +40,40 @@ impl Store {
             .position(|d| d.root == path && d.state == state)
     }
 
-    /// Starts storing shards in `path` too (creating it if needed); shards already there are
-    /// indexed and served. Returns how many it holds.
+    /// Starts storing shards in `path` too (making a new or empty directory a data
+    /// directory); shards already there are indexed and served. Returns how many it holds.
+    /// A directory that is not empty and not a data directory is refused untouched.
     pub fn add_disk(&self, path: &Path) -> Result<u64, StoreError> {
         check_path(path)?;
-        if self.position(path, DiskState::Active).is_some() {
+        // Held throughout, so two adds of one directory cannot both claim it.
+        let mut disks = self.disks.write().unwrap_or_else(|p| p.into_inner());
+        if disks
+            .iter()
+            .any(|d| d.root == path && d.state != DiskState::Removed)
+        {
             return Err(StoreError::Invalid(format!(
                 "{} is already a data directory",
                 path.display()
             )));
         }
-        let mut disks = self.disks.write().unwrap_or_else(|p| p.into_inner());
+        let id = layout::claim(path)?;
+        // Preparing would empty the live directory's tmp/ under its writes.
+        if let Some(twin) = disks
+            .iter()
+            .find(|d| d.id == id && d.state != DiskState::Removed)
+        {
+            return Err(StoreError::Invalid(format!(
+                "{} is already a data directory, as {}",
+                path.display(),
+                twin.root.display()
+            )));
+        }
+        layout::prepare(path)?;
         let no = disks.len() as u32;
         self.scan(no, path)?;
         disks.push(Disk {
             root: path.to_path_buf(),
+            id,
             state: DiskState::Active,
         });
         drop(disks);

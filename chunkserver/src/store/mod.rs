@@ -1,10 +1,12 @@
 //! Shard storage on one or more local directories ("disks").
 //!
-//! Layout of a disk: `shards/<xx>/<slice id as 16 hex digits>.<shard index>` where `xx` is
-//! the low byte of the slice id, and `tmp/` for writes in progress (emptied at start). Paths
-//! are built from integer ids only, so nothing a peer sends can name a file elsewhere.
+//! Layout of a disk: the marker file `LATTICEFS` (see `layout`),
+//! `shards/<xx>/<slice id as 16 hex digits>.<shard index>` where `xx` is the low byte of the
+//! slice id, and `tmp/` for writes in progress (emptied at start). Paths are built from
+//! integer ids only, so nothing a peer sends can name a file elsewhere.
 
 mod disks;
+mod layout;
 pub mod shard_file;
 
 use lattice_common::ids::{ShardId, SliceId};
@@ -14,7 +16,7 @@ use shard_file::{ShardHeader, ShardReader, ShardWriter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +70,15 @@ enum DiskState {
 
 struct Disk {
     root: PathBuf,
+    /// The store id in its marker (one directory reached by two paths is one disk).
+    id: u64,
     state: DiskState,
 }
 
 impl Disk {
     fn shard_path(&self, shard: ShardId) -> PathBuf {
         self.root
-            .join("shards")
+            .join(layout::SHARDS)
             .join(format!("{:02x}", shard.slice.0 & 0xff))
             .join(format!("{}.{}", shard.slice, shard.index))
     }
@@ -82,12 +86,9 @@ impl Disk {
     fn tmp_path(&self, shard: ShardId) -> PathBuf {
         static NONCE: AtomicU64 = AtomicU64::new(0);
         let n = NONCE.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!(
-            "{}.{}.{}.{n}",
-            shard.slice,
-            shard.index,
-            std::process::id()
-        ))
+        self.root
+            .join(layout::TMP)
+            .join(layout::temp_name(shard, n))
     }
 
     /// (total, free) bytes of the filesystem under this disk.
@@ -122,6 +123,9 @@ pub struct Store {
     reserve: u64,
     pub health: Health,
     faults: Faults,
+    /// Held while a shard bucket directory is created, so no write lands in one before it
+    /// is durable.
+    buckets: Mutex<()>,
 }
 
 fn unix_secs(t: std::time::SystemTime) -> u64 {
@@ -140,23 +144,42 @@ fn parse_name(name: &str) -> Option<ShardId> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the given directories and indexes the shards they hold.
+    /// Opens the given directories (making new or empty ones data directories) and indexes
+    /// the shards they hold. Refuses, before changing anything, a directory that is not
+    /// empty and not a data directory.
     pub fn open(roots: &[PathBuf], reserve: u64, faults: Faults) -> Result<Store, StoreError> {
         if roots.is_empty() {
             return Err(StoreError::Invalid(
                 "at least one data directory is needed".into(),
             ));
         }
-        let disks = roots.iter().map(|r| Disk {
-            root: r.clone(),
-            state: DiskState::Active,
-        });
+        for root in roots {
+            layout::inspect(root)?;
+        }
+        let mut disks: Vec<Disk> = Vec::new();
+        for root in roots {
+            let id = layout::claim(root)?;
+            if let Some(twin) = disks.iter().find(|d| d.id == id) {
+                return Err(StoreError::Invalid(format!(
+                    "{} and {} are the same data directory",
+                    twin.root.display(),
+                    root.display()
+                )));
+            }
+            layout::prepare(root)?;
+            disks.push(Disk {
+                root: root.clone(),
+                id,
+                state: DiskState::Active,
+            });
+        }
         let store = Store {
-            disks: RwLock::new(disks.collect()),
+            disks: RwLock::new(disks),
             index: RwLock::new(BTreeMap::new()),
             reserve,
             health: Health::default(),
             faults,
+            buckets: Mutex::new(()),
         };
         for (i, root) in roots.iter().enumerate() {
             store.scan(i as u32, root)?;
@@ -172,18 +195,10 @@ impl Store {
         self.disks()[disk as usize].shard_path(shard)
     }
 
-    /// Indexes the shards of one data directory (creating its layout if new); shards
-    /// already indexed from another directory are left alone.
+    /// Indexes the shards of one prepared data directory; shards already indexed from
+    /// another directory are left alone.
     fn scan(&self, disk_no: u32, root: &std::path::Path) -> Result<(), StoreError> {
-        let disk = Disk {
-            root: root.to_path_buf(),
-            state: DiskState::Active,
-        };
-        let tmp = disk.root.join("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| shard_file::io_error(&tmp, e))?;
-        let shards = disk.root.join("shards");
-        std::fs::create_dir_all(&shards).map_err(|e| shard_file::io_error(&shards, e))?;
+        let shards = root.join(layout::SHARDS);
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         let mut found = 0u64;
         for sub in std::fs::read_dir(&shards).map_err(|e| shard_file::io_error(&shards, e))? {
@@ -224,7 +239,7 @@ impl Store {
                 }
             }
         }
-        info!(disk = %disk.root.display(), shards = found, "disk indexed");
+        info!(disk = %root.display(), shards = found, "disk indexed");
         Ok(())
     }
 
@@ -277,8 +292,9 @@ impl Store {
             let disk = &self.disks()[disk_no as usize];
             (disk.shard_path(shard), disk.tmp_path(shard))
         };
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| shard_file::io_error(dir, e))?;
+        if let Some(bucket) = dest.parent() {
+            let _one = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            layout::create_dir_synced(bucket)?;
         }
         let writer = self.note(ShardWriter::create(header, tmp, dest))?;
         Ok((writer, disk_no))

@@ -226,11 +226,24 @@ impl Drop for ShardWriter {
     }
 }
 
+/// Fsyncs the directory holding `path`, making its entry (a rename, a new directory) durable.
 pub fn sync_parent(path: &Path) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    #[cfg(test)]
+    SYNCED_DIRS.with(|s| s.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error(dir, e))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The directories this thread fsynced: a test can see a new directory made durable.
+    pub static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An open shard file whose header and checksum table have been read and checked.

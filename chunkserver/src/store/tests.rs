@@ -24,6 +24,7 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 fn shard_file(dir: &Path, shard: ShardId) -> PathBuf {
     Disk {
         root: dir.to_path_buf(),
+        id: 0,
         state: DiskState::Active,
     }
     .shard_path(shard)
@@ -185,4 +186,219 @@ fn disks_are_added_and_emptied_at_run_time() {
     );
     assert_eq!(store.add_disk(&a).unwrap(), 0);
     assert_eq!(store.disk_status().len(), 2);
+}
+
+/// Every entry under `dir` with its kind, contents and modification time: equal snapshots
+/// mean nothing was created, changed or removed (even temporarily) in it.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let contents = if meta.is_dir() {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            todo.extend(names.iter().cloned());
+            names
+                .iter()
+                .flat_map(|n| n.as_os_str().as_encoded_bytes().to_vec())
+                .collect()
+        } else {
+            std::fs::read(&p).unwrap()
+        };
+        out.push((p, contents, meta.modified().unwrap()));
+    }
+    out.sort();
+    out
+}
+
+/// A directory someone else owns: files of theirs, and some that look like a store's.
+fn foreign(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join("tmp")).unwrap();
+    std::fs::create_dir_all(home.join("shards/01")).unwrap();
+    std::fs::write(home.join("notes.txt"), "keep me").unwrap();
+    std::fs::write(home.join("tmp/0000000000000001.0.42.7"), "not ours").unwrap();
+    std::fs::write(home.join("shards/01/0000000000000001.0"), "not ours").unwrap();
+    home
+}
+
+#[test]
+fn a_foreign_directory_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = foreign(dir.path());
+    let before = snapshot(&home);
+    let fresh = dir.path().join("fresh");
+    let err = Store::open(&[fresh.clone(), home.clone()], 0, Faults::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("not a LatticeFS data directory"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&home), before);
+    assert!(
+        !fresh.exists(),
+        "created a directory though the open failed"
+    );
+
+    // Nor is it taken as a disk added at run time.
+    let ours = dir.path().join("ours");
+    let store = Store::open(std::slice::from_ref(&ours), 0, Faults::default()).unwrap();
+    let err = store.add_disk(&home).err().unwrap();
+    assert!(
+        err.to_string().contains("not a LatticeFS data directory"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&home), before);
+    assert!(store.remove_disk(&home).is_err());
+    assert_eq!(snapshot(&home), before);
+    assert_eq!(store.disk_status().len(), 1);
+}
+
+#[test]
+fn a_new_or_empty_directory_gets_a_marker_and_opens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, missing) = (dir.path().join("empty"), dir.path().join("new/deep"));
+    // A freshly made filesystem is empty but for lost+found.
+    std::fs::create_dir_all(empty.join("lost+found")).unwrap();
+    let roots = vec![empty.clone(), missing.clone()];
+    let store = Store::open(&roots, 0, Faults::default()).unwrap();
+    let shard = ShardId::new(SliceId(3), 1);
+    put(&store, shard, layout(4000), &[5; 1000]);
+    drop(store);
+    let ids: Vec<u64> = roots
+        .iter()
+        .map(|r| match layout::inspect(r).unwrap() {
+            layout::Found::Marked(id) => id,
+            other => panic!("{}: {other:?}", r.display()),
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    let text = std::fs::read_to_string(empty.join(layout::MARKER)).unwrap();
+    assert!(text.starts_with("LatticeFS chunkserver data directory\nformat 1\n"));
+
+    // Marked, it opens with whatever it holds; the marker stays as it was.
+    std::fs::write(empty.join("README"), "an operator's note").unwrap();
+    let store = Store::open(&roots, 0, Faults::default()).unwrap();
+    assert_eq!(store.stat(shard).unwrap().layout, layout(4000));
+    assert_eq!(
+        std::fs::read_to_string(empty.join(layout::MARKER)).unwrap(),
+        text
+    );
+    assert!(empty.join("README").exists());
+    drop(store);
+
+    // A marker this code does not understand is refused, not rewritten.
+    std::fs::write(
+        empty.join(layout::MARKER),
+        text.replace("format 1", "format 2"),
+    )
+    .unwrap();
+    let err = Store::open(&roots, 0, Faults::default()).err().unwrap();
+    assert!(err.to_string().contains("format 2"), "{err}");
+}
+
+#[test]
+fn a_directory_from_before_markers_is_marked_and_keeps_its_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("old");
+    let store = Store::open(std::slice::from_ref(&root), 0, Faults::default()).unwrap();
+    let shard = ShardId::new(SliceId(0x1234), 2);
+    put(&store, shard, layout(4000), &[9; 1000]);
+    drop(store);
+    std::fs::remove_file(root.join(layout::MARKER)).unwrap();
+    assert_eq!(layout::inspect(&root).unwrap(), layout::Found::Unmarked);
+    let store = Store::open(std::slice::from_ref(&root), 0, Faults::default()).unwrap();
+    assert!(store.stat(shard).is_ok());
+    assert!(matches!(
+        layout::inspect(&root).unwrap(),
+        layout::Found::Marked(_)
+    ));
+}
+
+#[test]
+fn one_directory_by_two_paths_is_one_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("d");
+    let alias = dir.path().join("alias");
+    let store = Store::open(std::slice::from_ref(&root), 0, Faults::default()).unwrap();
+    std::os::unix::fs::symlink(&root, &alias).unwrap();
+    // A write in progress on the live disk: adding its alias must not clean it away.
+    let (w, _) = store
+        .create(ShardId::new(SliceId(1), 0), layout(4000))
+        .unwrap();
+    let err = store.add_disk(&alias).err().unwrap();
+    assert!(
+        err.to_string().contains("already a data directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 1);
+    drop(w);
+    drop(store);
+    let err = Store::open(&[root, alias], 0, Faults::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("same data directory"), "{err}");
+}
+
+#[test]
+fn only_unfinished_writes_are_cleaned_from_tmp() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("d");
+    drop(Store::open(std::slice::from_ref(&root), 0, Faults::default()).unwrap());
+    let tmp = root.join("tmp");
+    std::fs::write(tmp.join("0000000000000001.0.42.7"), "unfinished").unwrap();
+    std::fs::write(tmp.join("keep.txt"), "someone's").unwrap();
+    std::fs::create_dir(tmp.join("0000000000000002.0.42.8")).unwrap();
+    drop(Store::open(std::slice::from_ref(&root), 0, Faults::default()).unwrap());
+    let mut left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["0000000000000002.0.42.8", "keep.txt"]);
+}
+
+/// What this can show: a new shard bucket is created through the helper that fsyncs the
+/// directory holding it, before the shard is renamed into it. What it cannot show: that the
+/// fsync reaches the platter (that needs a power cut).
+#[test]
+fn a_new_bucket_directory_is_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
+    let synced = || shard_file::SYNCED_DIRS.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let shard = ShardId::new(SliceId(0xab), 0);
+    let bucket = shard_file(dir.path(), shard)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(!bucket.exists());
+    synced();
+    put(&store, shard, layout(4000), &[1; 1000]);
+    assert_eq!(synced(), [dir.path().join("shards"), bucket.clone()]);
+    // An existing bucket needs no new fsync of its parent.
+    put(
+        &store,
+        ShardId::new(SliceId(0xab), 1),
+        layout(4000),
+        &[2; 1000],
+    );
+    assert_eq!(synced(), [bucket]);
+
+    // Missing parents are each made durable in theirs.
+    let deep = dir.path().join("x/y/z");
+    layout::create_dir_synced(&deep).unwrap();
+    assert!(deep.is_dir());
+    assert_eq!(
+        synced(),
+        [
+            dir.path().to_path_buf(),
+            dir.path().join("x"),
+            dir.path().join("x/y")
+        ]
+    );
 }
