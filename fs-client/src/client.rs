@@ -71,7 +71,7 @@ impl Client {
 
     /// Forgets everything cached about a file's contents, here and in the kernel: another
     /// mount may have changed it (called when a lock is taken).
-    fn revalidate(&self, ino: InodeId) {
+    async fn revalidate(&self, ino: InodeId) {
         if let Some(f) = self.file(ino) {
             f.invalidate_slices();
         }
@@ -79,8 +79,12 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ino);
-        if let Some(k) = self.kernel.get() {
-            if let Err(e) = k.inval_inode(ino.0, 0, -1) {
+        if let Some(k) = self.kernel.get().cloned() {
+            // The kernel waits for page locks here, which reads in flight hold until they
+            // are answered: on a runtime worker this call could stall the very task that
+            // answers them (two SQLite processes on one mount hung this way).
+            let dropped = tokio::task::spawn_blocking(move || k.inval_inode(ino.0, 0, -1)).await;
+            if let Ok(Err(e)) = dropped {
                 tracing::debug!(%ino, "dropping kernel caches: {e}");
             }
         }
@@ -585,7 +589,7 @@ impl Client {
                     pause = (pause * 2).min(LOCK_POLL_MAX);
                 }
                 Ok(()) if lock.kind != LockKind::Unlock => {
-                    self.revalidate(ino);
+                    self.revalidate(ino).await;
                     return Ok(());
                 }
                 other => return other,
