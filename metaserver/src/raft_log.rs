@@ -4,18 +4,21 @@
 //! change also goes to a [`Durable`] backend before it counts. [`DiskLog`] is the real one:
 //!
 //! ```text
-//! <dir>/log       records [len u32][crc32c u32][kind u8][payload], appended and fsynced
+//! <dir>/log       records [len u32][crc32c u32][kind u8][payload], appended and fsynced;
+//!                 the first names the snapshot the log continues
 //! <dir>/snapshot  [magic][crc32c u32][len u64][index][term][conf state][state machine]
 //! ```
 //! A torn record at the end of `log` (a crash mid-write, never acknowledged) is cut off at
-//! start. Compaction writes a new snapshot, then a new `log` holding only what follows it,
-//! each by write-fsync-rename-fsync, so a crash at any point leaves a consistent pair.
+//! start; a bad record followed by valid ones is damage, and the member refuses to start.
+//! Compaction and snapshot installs write a new snapshot, then a new `log` holding only what
+//! follows it, each by write-fsync-rename-fsync; a crash between the two leaves the old log
+//! beside the new snapshot, and replay reads it against that snapshot.
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::warn;
@@ -24,6 +27,7 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"LATSNAP1";
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_CONF_STATE: u8 = 3;
+const KIND_BASE: u8 = 4;
 /// Largest single log record (a batch of entries); larger appends are split.
 const MAX_RECORD: usize = 64 << 20;
 
@@ -313,6 +317,21 @@ impl Durable for MemDisk {
 pub struct DiskLog {
     dir: PathBuf,
     log: File,
+    /// Tests: fail `save_snapshot` right after this step, as a crash there would.
+    #[cfg(test)]
+    pub crash_after: Option<(&'static str, Step)>,
+}
+
+/// The steps of replacing a file, after each of which a crash leaves something different
+/// on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The new contents are in `<name>.tmp`, fsynced.
+    Written,
+    /// Renamed over `<name>`; the rename may not be durable yet.
+    Renamed,
+    /// The directory is fsynced: the rename is durable.
+    DirSynced,
 }
 
 fn invalid(msg: String) -> std::io::Error {
@@ -323,14 +342,23 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `data` to `path` atomically and durably.
-fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes `data` to `dir/name` atomically and durably; `reached` hears of each step.
+fn replace_file(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    mut reached: impl FnMut(Step) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let path = dir.join(name);
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    reached(Step::Written)?;
+    std::fs::rename(&tmp, &path)?;
+    reached(Step::Renamed)?;
+    sync_dir(dir)?;
+    reached(Step::DirSynced)
 }
 
 fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -342,6 +370,14 @@ fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(payload);
     out
+}
+
+/// The record that starts every log file: the snapshot (index, term) it continues.
+fn base_record(index: u64, term: u64) -> Vec<u8> {
+    record(
+        KIND_BASE,
+        &[index.to_le_bytes(), term.to_le_bytes()].concat(),
+    )
 }
 
 fn entries_records(entries: &[Entry]) -> std::io::Result<Vec<u8>> {
@@ -360,6 +396,21 @@ fn entries_records(entries: &[Entry]) -> std::io::Result<Vec<u8>> {
         out.extend(record(KIND_ENTRIES, &payload));
     }
     Ok(out)
+}
+
+/// A log file that continues `snapshot` with `hs` and `rest`.
+fn log_after(snapshot: &Snapshot, hs: &HardState, rest: &[Entry]) -> std::io::Result<Vec<u8>> {
+    let meta = snapshot.get_metadata();
+    let cs = meta
+        .get_conf_state()
+        .write_to_bytes()
+        .map_err(|e| invalid(e.to_string()))?;
+    let hs = hs.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
+    let mut log = base_record(meta.index, meta.term);
+    log.extend(record(KIND_CONF_STATE, &cs));
+    log.extend(record(KIND_HARD_STATE, &hs));
+    log.extend(entries_records(rest)?);
+    Ok(log)
 }
 
 fn encode_snapshot(s: &Snapshot) -> std::io::Result<Vec<u8>> {
@@ -385,39 +436,245 @@ fn decode_snapshot(bytes: &[u8]) -> std::io::Result<Snapshot> {
     Snapshot::parse_from_bytes(body).map_err(|e| invalid(e.to_string()))
 }
 
+/// How to recover a member whose durable state is damaged (README: "Re-seeding a
+/// metaserver member").
+const RESEED: &str = "this member's Raft state cannot be trusted: re-seed it from its peers \
+(stop it; `metaserver member remove --id ID`; empty its data directory; start it with \
+`metaserver serve --join` under a new id; `metaserver member add --id NEW_ID --addr ADDR`: \
+it then gets a snapshot from the leader)";
+
+fn damaged(path: &Path, at: usize, why: &str) -> std::io::Error {
+    invalid(format!(
+        "{} is damaged at byte {at}: {why}; {RESEED}",
+        path.display()
+    ))
+}
+
+/// A log file read back.
+#[derive(Default)]
+struct Replayed {
+    /// The snapshot (index, term) the file continues; none in files written before base
+    /// records existed.
+    base: Option<(u64, u64)>,
+    hard_state: Option<HardState>,
+    conf_state: Option<ConfState>,
+    entries: Vec<Entry>,
+    /// Length of the whole records (what follows is a torn tail).
+    whole: usize,
+}
+
+/// The record at `at`, if its length and checksum hold: its kind and payload.
+fn check_record(bytes: &[u8], at: usize) -> Result<(u8, &[u8]), &'static str> {
+    let rest = &bytes[at..];
+    if rest.len() < 9 {
+        return Err("a record header cut short");
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD + 1 {
+        return Err("an impossible record length");
+    }
+    if rest.len() - 8 < len {
+        return Err("a record running past the end of the file");
+    }
+    let body = &rest[8..8 + len];
+    if crc32c::crc32c(body) != crc {
+        return Err("a checksum mismatch");
+    }
+    Ok((body[0], &body[1..]))
+}
+
+/// The first offset after the bad record at `bad` where a valid record starts. A crash
+/// mid-append leaves only the one record being written, so any such record means the bad
+/// one was damaged after it was written.
+fn next_valid_record(bytes: &[u8], bad: usize) -> Option<usize> {
+    let valid = |at: usize| {
+        at < bytes.len()
+            && check_record(bytes, at)
+                .is_ok_and(|(kind, _)| (KIND_ENTRIES..=KIND_BASE).contains(&kind))
+    };
+    // Where the bad record says it ends is the likeliest place (a damaged body).
+    let claimed = bytes
+        .get(bad..bad + 4)
+        .map(|len| bad + 8 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+    claimed
+        .into_iter()
+        .chain(bad + 1..bytes.len())
+        .find(|&at| valid(at))
+}
+
+impl Replayed {
+    fn read(&mut self, at: usize, kind: u8, payload: &[u8]) -> Result<(), String> {
+        let parse_err = |e: protobuf::ProtobufError| e.to_string();
+        match kind {
+            KIND_ENTRIES => {
+                let mut p = payload;
+                while !p.is_empty() {
+                    let n = p
+                        .get(..4)
+                        .map(|n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize)
+                        .filter(|&n| p.len() - 4 >= n)
+                        .ok_or("an entry runs past the end of its record")?;
+                    self.push(Entry::parse_from_bytes(&p[4..4 + n]).map_err(parse_err)?)?;
+                    p = &p[4 + n..];
+                }
+            }
+            KIND_HARD_STATE => {
+                self.hard_state = Some(HardState::parse_from_bytes(payload).map_err(parse_err)?)
+            }
+            KIND_CONF_STATE => {
+                self.conf_state = Some(ConfState::parse_from_bytes(payload).map_err(parse_err)?)
+            }
+            KIND_BASE if at == 0 => {
+                let (index, term) = payload
+                    .split_at_checked(8)
+                    .and_then(|(i, t)| Some((i.try_into().ok()?, t.try_into().ok()?)))
+                    .ok_or("a base record of the wrong size")?;
+                self.base = Some((u64::from_le_bytes(index), u64::from_le_bytes(term)));
+            }
+            KIND_BASE => return Err("a misplaced base record".into()),
+            other => return Err(format!("unknown record kind {other}")),
+        }
+        Ok(())
+    }
+
+    /// Appends an entry, dropping those it overwrites (as the write that made it did).
+    fn push(&mut self, e: Entry) -> Result<(), String> {
+        if let Some(last) = self.entries.last().filter(|l| e.index > l.index + 1) {
+            return Err(format!("entry {} follows entry {}", e.index, last.index));
+        }
+        truncate_from(&mut self.entries, e.index);
+        self.entries.push(e);
+        Ok(())
+    }
+}
+
+/// Reads the records of a log file. A bad record with nothing valid after it is a write
+/// cut short by a crash (never acknowledged): it ends the log. One followed by valid records
+/// is damage, and an error.
+fn replay(bytes: &[u8], path: &Path) -> std::io::Result<Replayed> {
+    let mut out = Replayed::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (kind, payload) = match check_record(bytes, at) {
+            Ok(r) => r,
+            Err(why) => match next_valid_record(bytes, at) {
+                Some(next) => {
+                    let why = format!("{why}, yet a valid record follows at byte {next}");
+                    return Err(damaged(path, at, &why));
+                }
+                None => break,
+            },
+        };
+        // Its checksum holds, so it is what was written: unreadable is damage, not a tear.
+        out.read(at, kind, payload)
+            .map_err(|why| damaged(path, at, &why))?;
+        at += 9 + payload.len();
+    }
+    out.whole = at;
+    Ok(out)
+}
+
+/// The state a snapshot and the log beside it describe, and whether the log is the one from
+/// before the snapshot.
+fn assemble(snapshot: Snapshot, log: Replayed, path: &Path) -> std::io::Result<(Persisted, bool)> {
+    let meta = snapshot.get_metadata();
+    let (index, term) = (meta.index, meta.term);
+    let inconsistent = |why: String| invalid(format!("{}: {why}; {RESEED}", path.display()));
+    // A log without a base record continues the snapshot beside it.
+    let base = log.base.unwrap_or((index, term));
+    if base.0 > index || (base.0 == index && base.1 != term) {
+        return Err(inconsistent(format!(
+            "the log continues a snapshot at index {} term {} but the snapshot file holds \
+             index {index} term {term}",
+            base.0, base.1
+        )));
+    }
+    // A crash after the new snapshot was renamed into place and before the new log was:
+    // the log is the one before the snapshot. Its configuration records precede the
+    // snapshot; its entries continue it only if it holds the snapshot's last entry.
+    let stale = base.0 < index;
+    let mut entries = log.entries;
+    let continues = !stale || entries.iter().any(|e| e.index == index && e.term == term);
+    entries.retain(|e| continues && e.index > index);
+    let conf_state = match (stale, log.conf_state) {
+        (false, Some(cs)) => cs,
+        _ => meta.get_conf_state().clone(),
+    };
+    let mut hard_state = log.hard_state.unwrap_or_default();
+    hard_state.term = hard_state.term.max(term);
+    hard_state.commit = hard_state.commit.max(index);
+    let last = entries.last().map_or(index, |e| e.index);
+    if entries.first().is_some_and(|e| e.index != index + 1) {
+        return Err(inconsistent(format!(
+            "the log starts at entry {} after a snapshot at {index}",
+            entries[0].index
+        )));
+    }
+    if hard_state.commit > last {
+        return Err(inconsistent(format!(
+            "entries up to {} were committed but the log ends at {last}",
+            hard_state.commit
+        )));
+    }
+    let state = Persisted {
+        hard_state,
+        conf_state,
+        snapshot,
+        entries,
+    };
+    Ok((state, stale))
+}
+
 impl DiskLog {
-    /// Opens the Raft state in `dir` (created empty if missing) and reads it back.
+    /// Opens the Raft state in `dir` (created empty if missing) and reads it back. Damage
+    /// (anything but a torn last record) is an error that says how to recover.
     pub fn open(dir: &Path) -> std::io::Result<(DiskLog, Persisted)> {
         std::fs::create_dir_all(dir)?;
-        let mut state = Persisted::default();
         let snap_path = dir.join("snapshot");
-        if snap_path.exists() {
-            state.snapshot = decode_snapshot(&std::fs::read(&snap_path)?)?;
-            let meta = state.snapshot.get_metadata();
-            state.conf_state = meta.get_conf_state().clone();
-            state.hard_state.commit = meta.index;
-            state.hard_state.term = meta.term;
-        }
+        let snapshot = match std::fs::read(&snap_path) {
+            Ok(bytes) => decode_snapshot(&bytes)
+                .map_err(|e| invalid(format!("{}: {e}; {RESEED}", snap_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+            Err(e) => return Err(e),
+        };
         let log_path = dir.join("log");
-        let mut bytes = Vec::new();
-        if log_path.exists() {
-            File::open(&log_path)?.read_to_end(&mut bytes)?;
+        if !log_path.exists() {
+            if snapshot.get_metadata().index > 0 {
+                return Err(invalid(format!(
+                    "{} is missing beside {}; {RESEED}",
+                    log_path.display(),
+                    snap_path.display()
+                )));
+            }
+            replace_file(dir, "log", &base_record(0, 0), |_| Ok(()))?;
         }
-        let good = replay(&bytes, &mut state)?;
-        if good < bytes.len() {
-            warn!(path = %log_path.display(), at = good, dropped = bytes.len() - good, "cutting off a torn log record");
+        // Left by a crash while replacing a file.
+        for tmp in ["snapshot.tmp", "log.tmp"] {
+            let _ = std::fs::remove_file(dir.join(tmp));
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        log.set_len(good as u64)?;
-        log.sync_all()?;
-        sync_dir(dir)?;
+        let bytes = std::fs::read(&log_path)?;
+        let replayed = replay(&bytes, &log_path)?;
+        let whole = replayed.whole;
+        let (state, stale) = assemble(snapshot, replayed, &log_path)?;
+        if stale {
+            // Finish the interrupted install, so that appends continue the snapshot.
+            warn!(path = %log_path.display(), "finishing a snapshot install cut short by a crash");
+            let log = log_after(&state.snapshot, &state.hard_state, &state.entries)?;
+            replace_file(dir, "log", &log, |_| Ok(()))?;
+        }
+        let log = OpenOptions::new().append(true).open(&log_path)?;
+        if !stale && whole < bytes.len() {
+            warn!(path = %log_path.display(), at = whole, dropped = bytes.len() - whole, "cutting off a torn log record");
+            log.set_len(whole as u64)?;
+            log.sync_all()?;
+        }
         Ok((
             DiskLog {
                 dir: dir.to_path_buf(),
                 log,
+                #[cfg(test)]
+                crash_after: None,
             },
             state,
         ))
@@ -427,50 +684,26 @@ impl DiskLog {
         self.log.write_all(bytes)?;
         self.log.sync_data()
     }
-}
 
-/// Applies the log records in `bytes` to `state`; returns how many bytes were whole.
-fn replay(bytes: &[u8], state: &mut Persisted) -> std::io::Result<usize> {
-    let mut pos = 0;
-    while bytes.len() - pos >= 9 {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len == 0 || len > MAX_RECORD + 1 || bytes.len() - pos - 8 < len {
-            break;
-        }
-        let body = &bytes[pos + 8..pos + 8 + len];
-        if crc32c::crc32c(body) != crc {
-            break;
-        }
-        let (kind, payload) = (body[0], &body[1..]);
-        match kind {
-            KIND_ENTRIES => {
-                let mut p = payload;
-                while p.len() >= 4 {
-                    let n = u32::from_le_bytes(p[..4].try_into().expect("4 bytes")) as usize;
-                    let e = Entry::parse_from_bytes(&p[4..4 + n.min(p.len() - 4)])
-                        .map_err(|e| invalid(e.to_string()))?;
-                    p = &p[(4 + n).min(p.len())..];
-                    if e.index <= state.snapshot.get_metadata().index {
-                        continue;
-                    }
-                    truncate_from(&mut state.entries, e.index);
-                    state.entries.push(e);
-                }
-            }
-            KIND_HARD_STATE => {
-                state.hard_state =
-                    HardState::parse_from_bytes(payload).map_err(|e| invalid(e.to_string()))?
-            }
-            KIND_CONF_STATE => {
-                state.conf_state =
-                    ConfState::parse_from_bytes(payload).map_err(|e| invalid(e.to_string()))?
-            }
-            other => return Err(invalid(format!("unknown log record kind {other}"))),
-        }
-        pos += 8 + len;
+    /// Replaces `dir/name`, stopping where a test simulates a crash.
+    fn replace(&self, name: &'static str, data: &[u8]) -> std::io::Result<()> {
+        replace_file(&self.dir, name, data, |step| self.reached(name, step))
     }
-    Ok(pos)
+
+    #[cfg(test)]
+    fn reached(&self, name: &'static str, step: Step) -> std::io::Result<()> {
+        match self.crash_after {
+            Some(crash) if crash == (name, step) => Err(std::io::Error::other(format!(
+                "simulated crash after {step:?} of {name}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn reached(&self, _name: &'static str, _step: Step) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Durable for DiskLog {
@@ -489,25 +722,18 @@ impl Durable for DiskLog {
         self.write(&record(KIND_CONF_STATE, &payload))
     }
 
+    /// The snapshot is replaced first, then the log; a crash in between leaves the old log
+    /// beside the new snapshot, which its base record tells apart (see [`assemble`]).
     fn save_snapshot(
         &mut self,
         snapshot: &Snapshot,
         hs: &HardState,
         rest: &[Entry],
     ) -> std::io::Result<()> {
-        replace_file(&self.dir.join("snapshot"), &encode_snapshot(snapshot)?)?;
-        let cs = snapshot
-            .get_metadata()
-            .get_conf_state()
-            .write_to_bytes()
-            .map_err(|e| invalid(e.to_string()))?;
-        let hs = hs.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
-        let mut log = record(KIND_CONF_STATE, &cs);
-        log.extend(record(KIND_HARD_STATE, &hs));
-        log.extend(entries_records(rest)?);
-        let log_path = self.dir.join("log");
-        replace_file(&log_path, &log)?;
-        self.log = OpenOptions::new().append(true).open(&log_path)?;
+        let log = log_after(snapshot, hs, rest)?;
+        self.replace("snapshot", &encode_snapshot(snapshot)?)?;
+        self.replace("log", &log)?;
+        self.log = OpenOptions::new().append(true).open(self.dir.join("log"))?;
         Ok(())
     }
 }
@@ -582,31 +808,204 @@ mod tests {
         assert_eq!(log.hard_state().vote, 7);
     }
 
+    /// Opens `dir` as a member does: raft-rs must accept the state read back.
+    fn start(dir: &Path) -> raft::RawNode<RaftLog> {
+        let log = open(dir);
+        let config = raft::Config {
+            id: 1,
+            applied: log.snapshot_index(),
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        raft::RawNode::new(&config, log, &logger).unwrap()
+    }
+
     #[test]
-    fn torn_tail_is_cut_off() {
+    fn a_torn_last_record_is_cut_off_and_the_member_starts() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
         let mut log = open(dir.path());
         log.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        let whole = std::fs::read(&path).unwrap();
         log.append(&[entry(3, 1, "c")]).unwrap();
         drop(log);
+        let full = std::fs::read(&path).unwrap();
+        let mut flipped = full.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let garbage = [0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let torn = [
+            ("header cut short", full[..whole.len() + 5].to_vec()),
+            (
+                "record running past the end",
+                full[..full.len() - 3].to_vec(),
+            ),
+            ("bad checksum in the last record", flipped),
+            ("zeros", [&whole[..], &[0; 100]].concat()),
+            ("garbage", [&whole[..], &garbage].concat()),
+        ];
+        for (what, bytes) in torn {
+            std::fs::write(&path, &bytes).unwrap();
+            let mut node = start(dir.path());
+            assert_eq!(node.store().last_index().unwrap(), 2, "{what}");
+            assert_eq!(std::fs::read(&path).unwrap(), whole, "{what}: cut");
+            node.mut_store().append(&[entry(3, 2, "C")]).unwrap();
+            drop(node);
+            assert_eq!(
+                open(dir.path()).term(3).unwrap(),
+                2,
+                "{what}: appends after the cut"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_followed_by_valid_records_fails_open_with_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
-        let log = open(dir.path());
-        assert_eq!(log.last_index().unwrap(), 2);
-        // Garbage in place of the tail is cut too.
+        let mut log = open(dir.path());
+        log.append(&[entry(1, 1, "a")]).unwrap();
+        let second = std::fs::metadata(&path).unwrap().len() as usize;
+        log.append(&[entry(2, 1, "b")]).unwrap();
+        log.append(&[entry(3, 1, "c")]).unwrap();
         drop(log);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9])
-            .unwrap();
-        drop(f);
-        let log = open(dir.path());
-        assert_eq!(log.last_index().unwrap(), 2);
+        let good = std::fs::read(&path).unwrap();
+        let expect_damage = |bytes: &[u8], at: usize, what: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let err = DiskLog::open(dir.path()).err().expect(what).to_string();
+            assert!(err.contains(&path.display().to_string()), "{what}: {err}");
+            assert!(
+                err.contains(&format!("damaged at byte {at}:")),
+                "{what}: {err}"
+            );
+            assert!(err.contains("metaserver member remove"), "{what}: {err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "{what}: left as it was"
+            );
+        };
+        for (what, byte) in [("body", second + 12), ("length", second)] {
+            let mut bad = good.clone();
+            bad[byte] ^= 0x10;
+            expect_damage(&bad, second, what);
+        }
+        // Its checksum holds, so it is no torn write, even last.
+        let unreadable = [&good[..], &record(KIND_ENTRIES, &[0xff; 8])].concat();
+        expect_damage(&unreadable, good.len(), "unreadable last record");
+    }
+
+    /// Everything a member starts from.
+    fn view(log: &RaftLog) -> (Snapshot, HardState, ConfState, Vec<Entry>) {
+        let p = log.state.clone();
+        (p.snapshot, p.hard_state, p.conf_state, p.entries)
+    }
+
+    fn snapshot(index: u64, term: u64, voters: &[u64], data: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.set_data(data.as_bytes().to_vec().into());
+        let meta = s.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.mut_conf_state().voters = voters.to_vec();
+        s
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    fn voters(ids: &[u64]) -> ConfState {
+        ConfState {
+            voters: ids.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    type Op = fn(&mut RaftLog) -> raft::Result<()>;
+
+    /// Histories that end in a snapshot being saved: (what, how the directory gets there,
+    /// the operation).
+    fn snapshot_histories() -> Vec<(&'static str, Op, Op)> {
+        vec![
+            (
+                "compaction",
+                |log| {
+                    let first: Vec<Entry> = (1..=4).map(|i| entry(i, 1, "x")).collect();
+                    log.append(&first)?;
+                    log.set_conf_state(voters(&[1, 2, 3]))?;
+                    log.set_hard_state(hard_state(2, 2, 3))?;
+                    log.compact(2, b"state at 2".to_vec())?;
+                    log.append(&[entry(5, 2, "y"), entry(6, 2, "z")])?;
+                    log.set_conf_state(voters(&[1, 2, 3, 4]))?;
+                    log.set_commit(6)
+                },
+                |log| log.compact(5, b"state at 5".to_vec()),
+            ),
+            (
+                "a leader's snapshot past a diverging log",
+                |log| {
+                    log.append(&[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")])?;
+                    log.set_conf_state(voters(&[1, 2, 3]))?;
+                    log.set_hard_state(hard_state(1, 1, 2))
+                },
+                |log| log.apply_snapshot(snapshot(10, 3, &[1, 2, 3, 4], "leader's")),
+            ),
+            (
+                "a joining member's first snapshot",
+                |log| log.set_hard_state(hard_state(3, 0, 0)),
+                |log| log.apply_snapshot(snapshot(10, 3, &[1, 2, 4], "leader's")),
+            ),
+            (
+                "the founding snapshot",
+                |_| Ok(()),
+                |log| log.apply_snapshot(snapshot(1, 1, &[1, 2, 3], "founding")),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_saving_a_snapshot_leaves_the_state_before_or_after() {
+        let steps = [Step::Written, Step::Renamed, Step::DirSynced];
+        for (what, prepare, op) in snapshot_histories() {
+            let run = |crash: Option<(&'static str, Step)>| {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = open(dir.path());
+                prepare(&mut log).unwrap();
+                drop(log);
+                let before = view(&open(dir.path()));
+                let (mut disk, state) = DiskLog::open(dir.path()).unwrap();
+                disk.crash_after = crash;
+                let mut log = RaftLog::new(state, Box::new(disk));
+                assert_eq!(op(&mut log).is_ok(), crash.is_none(), "{what} {crash:?}");
+                drop(log);
+                (dir, before)
+            };
+            let (done, _) = run(None);
+            let after = view(&open(done.path()));
+            for crash in ["snapshot", "log"]
+                .into_iter()
+                .flat_map(|file| steps.map(|step| (file, step)))
+            {
+                let (dir, before) = run(Some(crash));
+                let mut node = start(dir.path());
+                let got = view(node.store());
+                assert!(
+                    got == before || got == after,
+                    "{what}, crash after {crash:?}: {got:#?}\nbefore {before:#?}\nafter {after:#?}"
+                );
+                // The member goes on from there: an append is read back after it.
+                let next = node.store().last_index().unwrap() + 1;
+                node.mut_store().append(&[entry(next, 9, "next")]).unwrap();
+                drop(node);
+                let log = open(dir.path());
+                assert_eq!(log.term(next).unwrap(), 9, "{what}, crash after {crash:?}");
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub type Token = u64;
 /// Largest state machine snapshot accepted from a peer.
 const MAX_STATE_BYTES: u64 = 8 << 30;
 /// A read index request unanswered for this many ticks is asked again (raft-rs drops read
-/// requests a new leader gets before it has committed in its term).
+/// requests a new leader gets before it has committed in its term, and heartbeats get lost).
 const READ_RETRY_TICKS: u32 = 10;
 
 #[derive(Clone, Copy, Debug)]
@@ -107,9 +107,11 @@ fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
         max_inflight_msgs: 256,
         check_quorum: true,
         pre_vote: true,
-        // Reads are served by a leader that holds the lease check_quorum maintains (no other
-        // member can have been elected meanwhile), without a round trip per read.
-        read_only_option: raft::ReadOnlyOption::LeaseBased,
+        // A read waits for a quorum to acknowledge a heartbeat sent after it arrived (one
+        // round per batch of reads): a leader paused past its election timeout, whose
+        // followers have since elected another, then learns it was deposed instead of
+        // answering from its old state. A lease counted in ticks cannot promise that.
+        read_only_option: raft::ReadOnlyOption::Safe,
         max_election_tick: t.max_election_tick,
         ..Default::default()
     }
@@ -228,9 +230,13 @@ impl Replica {
         self.reads_waiting.extend(retry);
     }
 
-    /// Hands a message from a peer to Raft; malformed or stale messages are dropped.
+    /// Hands a message from a peer to Raft; malformed or stale messages are dropped, and so
+    /// are those for another member (queued for a removed member that served at this
+    /// address: Raft would take them for its own, and a commit index beyond this log panics).
     pub fn step(&mut self, msg: Message) {
-        let _ = self.node.step(msg);
+        if msg.to == self.id {
+            let _ = self.node.step(msg);
+        }
     }
 
     pub fn report_unreachable(&mut self, id: u64) {
@@ -303,8 +309,10 @@ impl Replica {
         Ok(())
     }
 
+    /// Starts a read index round for the reads waiting, unless one is in flight: reads that
+    /// arrive meanwhile share the next round, so a busy leader sends few.
     fn issue_reads(&mut self) {
-        if self.reads_waiting.is_empty() {
+        if self.reads_waiting.is_empty() || !self.reads_inflight.is_empty() {
             return;
         }
         let ctx = self.next_read;
@@ -329,8 +337,12 @@ impl Replica {
     /// (a leader's appends: followers then persist while the leader does).
     pub fn advance(&mut self, send_early: &mut dyn FnMut(Vec<Message>)) -> Result<Output, String> {
         let mut out = Output::default();
-        self.issue_reads();
-        if self.node.has_ready() {
+        // A round that ends here lets the reads waiting for it start the next one.
+        loop {
+            self.issue_reads();
+            if !self.node.has_ready() {
+                break;
+            }
             self.handle_ready(&mut out, send_early)?;
         }
         self.after(&mut out)?;
@@ -527,4 +539,38 @@ fn founding_snapshot(members: &BTreeMap<MetaserverId, SocketAddr>) -> Result<Sna
     meta.term = 1;
     meta.mut_conf_state().voters = members.keys().map(|m| m.0).collect();
     Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft_log::{MemDisk, Persisted};
+    use raft::prelude::MessageType;
+
+    #[test]
+    fn a_message_for_another_member_is_dropped() {
+        let log = RaftLog::new(Persisted::default(), Box::new(MemDisk::default()));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut joining = Replica::new(
+            MetaserverId(4),
+            log,
+            &BTreeMap::new(),
+            Tuning::default(),
+            &logger,
+            0,
+        )
+        .unwrap();
+        // The leader's heartbeat to the removed member 3, which had its log up to 52.
+        let heartbeat = Message {
+            msg_type: MessageType::MsgHeartbeat,
+            from: 2,
+            to: 3,
+            term: 2,
+            commit: 52,
+            ..Default::default()
+        };
+        joining.step(heartbeat);
+        joining.advance(&mut |_| {}).unwrap();
+        assert_eq!((joining.term(), joining.leader()), (0, None));
+    }
 }

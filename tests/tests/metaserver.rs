@@ -1,14 +1,22 @@
 //! The metaserver group with real processes on loopback: failover under load, restarts
-//! from disk, catch-up from snapshots, the cluster map, and bad requests.
+//! from disk, catch-up from snapshots, the cluster map, bad requests, reads at a paused
+//! leader, and re-seeding a member whose log is damaged.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lattice_common::fs::{Caller, Errno, FileKind, RenameMode, SetAttr};
 use lattice_common::ids::InodeId;
 use lattice_common::meta_client::MetaClient;
-use lattice_common::wire::meta::{ChunkserverState, FsOp, FsQuery, FsReply};
-use lattice_harness::process::wait_for;
-use lattice_tests::TestCluster;
+use lattice_common::pki::Role;
+use lattice_common::wire::meta::{
+    AdminReply, AdminRequest, ChunkserverState, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
+};
+use lattice_common::wire::ErrorKind;
+use lattice_harness::process::{wait_for, Proc};
+use lattice_harness::{METASERVER, START_TIMEOUT};
+use lattice_tests::{sh, TestCluster};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -469,5 +477,241 @@ async fn bad_requests_get_errors() -> Result<()> {
     let resp: MetaResponse = lattice_common::codec::read_frame(&mut recv).await?;
     assert!(matches!(resp, MetaResponse::Error(_)), "{resp:?}");
     assert!(lookup(&meta, ROOT, "d").await?.is_ok());
+    Ok(())
+}
+
+/// A process stopped with SIGSTOP, as a busy host or a debugger would; continued when dropped,
+/// so a failing test leaves nothing stopped.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(p: &Proc) -> Result<Stopped> {
+        let pid = p
+            .pid()
+            .with_context(|| format!("{} does not run", p.name()))?;
+        sh(&format!("kill -STOP {pid}"))?;
+        Ok(Stopped(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Err(e) = sh(&format!("kill -CONT {}", self.0)) {
+            eprintln!("continuing {}: {e:#}", self.0);
+        }
+    }
+}
+
+/// What one member said to a lookup sent to it alone.
+#[derive(Debug, PartialEq)]
+enum Said {
+    /// It answered from its state: whether the name exists.
+    Found(bool),
+    NotLeader,
+    /// Retry later, or no answer.
+    Nothing,
+}
+
+async fn lookup_at(client: &MetaClient, addr: SocketAddr, name: &str) -> Result<Said> {
+    let query = MetaRequest::Query(FsQuery::Lookup {
+        parent: ROOT,
+        name: name.as_bytes().to_vec(),
+    });
+    match client.call_at(addr, &query).await {
+        Ok(MetaResponse::Fs(Ok(FsReply::Attr(_)))) => Ok(Said::Found(true)),
+        Ok(MetaResponse::Fs(Err(Errno::NOENT))) => Ok(Said::Found(false)),
+        Ok(MetaResponse::NotLeader { .. }) => Ok(Said::NotLeader),
+        Ok(MetaResponse::Error(e)) if e.kind == ErrorKind::Unavailable => Ok(Said::Nothing),
+        Err(_) => Ok(Said::Nothing),
+        Ok(other) => bail!("lookup at {addr} gave {other:?}"),
+    }
+}
+
+/// Clients reading from a leader as it resumes; pause rounds (each catches a lease-based
+/// leader answering from its old state about two times in three).
+const READERS: usize = 32;
+const ROUNDS: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_never_answers_a_read_from_its_old_state() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let admin = tc.start_metaservers(3).await?;
+    let meta = tc.meta_client("writer")?;
+    meta.mutate(mkdir("before")).await??;
+    let reader = Arc::new(tc.meta_client("reader")?);
+    for round in 0..ROUNDS {
+        let (old, old_addr) = wait_for(Duration::from_secs(30), "a leader", || async {
+            let l = admin.status().await?.leader.0 as u32;
+            let addr = tc.cluster.meta_addr(l, None)?;
+            // Connected before the pause: a read after it is a single packet away.
+            let said = lookup_at(&reader, addr, "before").await?;
+            Ok((said == Said::Found(true)).then_some((l, addr)))
+        })
+        .await?;
+
+        let stopped = Stopped::new(&tc.cluster.metaserver(old))?;
+        let others: Vec<SocketAddr> = (1..=3)
+            .filter(|&n| n != old)
+            .map(|n| tc.cluster.meta_addr(n, None))
+            .collect::<Result<_>>()?;
+        wait_for(Duration::from_secs(30), "another leader", || async {
+            for &addr in &others {
+                let digest = MetaRequest::Admin(AdminRequest::Digest);
+                if let Ok(MetaResponse::Admin(AdminReply::Digest {
+                    leader: Some(l), ..
+                })) = admin.meta.call_at(addr, &digest).await
+                {
+                    if l.0 != u64::from(old) {
+                        return Ok(Some(()));
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+        let name = format!("after-{round}");
+        meta.mutate(mkdir(&name)).await??;
+
+        // Reads reach it as it resumes (the first ones are sent while it is still stopped),
+        // until it answers from its state or says it no longer leads.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (reader, name) = (reader.clone(), name.clone());
+                tokio::spawn(async move {
+                    loop {
+                        match lookup_at(&reader, old_addr, &name).await? {
+                            Said::Nothing if Instant::now() < deadline => {}
+                            said => return Ok::<Said, anyhow::Error>(said),
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(stopped);
+        for said in futures::future::join_all(readers).await {
+            match said?? {
+                Said::Found(true) | Said::NotLeader => {}
+                Said::Found(false) => bail!("round {round}: {old} answered from its old state"),
+                Said::Nothing => bail!("round {round}: {old} never answered"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `metaserver ARGS --meta ... --certs <admin>`, as an admin runs it; fails if it fails.
+fn admin_cli(tc: &TestCluster, args: &[&str]) -> Result<()> {
+    let meta: Vec<String> = tc
+        .cluster
+        .meta_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let mut cmd = Command::new(tc.cluster.binary(METASERVER)?);
+    cmd.args(args)
+        .arg("--meta")
+        .arg(meta.join(","))
+        .arg("--certs")
+        .arg(tc.cluster.certs(Role::Admin, "admin")?);
+    tc.cluster.run_to_end(cmd)
+}
+
+/// Where the record holding byte `at` of a Raft log starts ([len u32][crc u32][body]).
+fn record_start(log: &[u8], at: usize) -> usize {
+    let mut start = 0;
+    loop {
+        let len = u32::from_le_bytes(log[start..start + 4].try_into().unwrap()) as usize;
+        if start + 8 + len > at {
+            return start;
+        }
+        start += 8 + len;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_damaged_log_refuses_to_start_and_is_reseeded_from_its_peers() -> Result<()>
+{
+    let tc = TestCluster::new()?;
+    let admin = tc.start_metaservers(3).await?;
+    let meta = tc.meta_client("writer")?;
+    for i in 0..50 {
+        meta.mutate(mkdir(&format!("d{i}"))).await??;
+    }
+    tc.wait_members_agree(&admin).await?;
+    let current = leader(&tc, &admin).await?;
+    let victim = (1..=3).find(|&n| n != current).unwrap();
+    tc.cluster
+        .metaserver(victim)
+        .stop(Duration::from_secs(10))?;
+
+    // A bit flips in the middle of its log, records after it intact.
+    let data = tc.state().join(format!("metaserver-{victim}"));
+    let log_path = data.join("raft").join("log");
+    let mut log = std::fs::read(&log_path)?;
+    let middle = log.len() / 2;
+    log[middle] ^= 0x08;
+    std::fs::write(&log_path, &log)?;
+    let refused = tc.cluster.start_metaserver(victim, 3, None).await;
+    let why = format!("{:#}", refused.err().context("a damaged member started")?);
+    let at = record_start(&log, middle);
+    assert!(
+        why.contains(&format!("{} is damaged at byte {at}:", log_path.display())),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read(&log_path)?,
+        log,
+        "the damaged log is kept as it was"
+    );
+
+    // Re-seeded as the README says: removed, emptied, back under a new id at its address.
+    admin_cli(&tc, &["member", "remove", "--id", &victim.to_string()])?;
+    std::fs::remove_dir_all(&data)?;
+    let addr = tc.cluster.meta_addr(victim, None)?;
+    let reseeded = tc.cluster.metaserver(4);
+    let addr_file = tc.state().join(format!("{}.addr", reseeded.name()));
+    let mut cmd = Command::new(tc.cluster.binary(METASERVER)?);
+    cmd.args([
+        "serve",
+        "--id",
+        "4",
+        "--join",
+        "--listen",
+        &addr.to_string(),
+    ])
+    .arg("--data")
+    .arg(&data)
+    .arg("--certs")
+    .arg(
+        tc.cluster
+            .certs(Role::Metaserver, &format!("metaserver-{victim}"))?,
+    )
+    .arg("--addr-file")
+    .arg(&addr_file);
+    reseeded.spawn(cmd)?;
+    wait_for(START_TIMEOUT, "the re-seeded member to serve", || async {
+        reseeded.check_running()?;
+        Ok(addr_file.exists().then_some(()))
+    })
+    .await?;
+    admin_cli(
+        &tc,
+        &["member", "add", "--id", "4", "--addr", &addr.to_string()],
+    )?;
+    meta.mutate(mkdir("after-reseed")).await??;
+    // A new admin client: the old one holds a connection to the member that was there.
+    let admin = tc.cluster.admin()?;
+    tc.wait_members_agree(&admin).await?;
+    let members: BTreeSet<u64> = admin
+        .status()
+        .await?
+        .members
+        .iter()
+        .map(|m| m.id.0)
+        .collect();
+    let expected: BTreeSet<u64> = (1..=4).filter(|&n| n != u64::from(victim)).collect();
+    assert_eq!(members, expected);
+    assert_eq!(list(&meta, ROOT).await?.len(), 51);
     Ok(())
 }
