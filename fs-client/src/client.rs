@@ -8,7 +8,7 @@ use lattice_common::fs::{
     XattrMode,
 };
 use lattice_common::ids::InodeId;
-use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest};
+use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -423,6 +423,7 @@ impl Client {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let file = self.handle(fh)?;
+        file.check_locks()?;
         if offset
             .checked_add(data.len() as u64)
             .is_none_or(|e| e > lattice_common::fs::MAX_FILE_SIZE)
@@ -448,7 +449,7 @@ impl Client {
     /// fsync: writes out what the file has buffered; reports a write error the descriptor
     /// has not heard of.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
-        self.write_out(fh).await.map(drop)
+        self.write_out(fh).await?.check_locks()
     }
 
     /// A close of a descriptor: writes out the file's buffers (reporting as fsync does) and
@@ -575,6 +576,7 @@ impl Client {
     ) -> Result<(), Errno> {
         let file = self.file(ino);
         if let Some(file) = &file {
+            file.check_locks()?;
             file.note_locker(owner);
             if lock.kind == LockKind::Unlock {
                 // Write errors are the descriptors' to hear of; an unlock always goes ahead.
@@ -592,8 +594,43 @@ impl Client {
                     self.revalidate(ino).await;
                     return Ok(());
                 }
+                Err(Errno::NOLCK) => {
+                    self.locks_lost().await;
+                    return Err(Errno::IO);
+                }
                 other => return other,
             }
+        }
+    }
+
+    /// This mount was silent longer than the session timeout and the metaservers released
+    /// its locks: every file that held some says so to its users (EIO) until closed; then
+    /// the session takes locks again.
+    async fn locks_lost(&self) {
+        let files: Vec<Arc<FileState>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let lost: Vec<InodeId> = files
+            .iter()
+            .filter(|f| f.lose_locks())
+            .map(|f| f.ino)
+            .collect();
+        warn!(
+            "this mount was cut off longer than the session timeout and its locks were \
+             released; lock operations, writes and fsyncs fail with EIO on {lost:?} until closed"
+        );
+        let client = self.backend.meta.client_id();
+        if let Err(e) = self
+            .backend
+            .meta
+            .call(&MetaRequest::ResumeSession { client })
+            .await
+        {
+            warn!("resuming the session: {e}");
         }
     }
 
@@ -610,13 +647,15 @@ impl Client {
                 .keys()
                 .copied()
                 .collect();
-            if let Err(e) = self
+            match self
                 .backend
                 .meta
                 .call(&MetaRequest::KeepAlive { client, open })
                 .await
             {
-                warn!("keepalive: {e}");
+                Ok(MetaResponse::LocksLost) => self.locks_lost().await,
+                Ok(_) => {}
+                Err(e) => warn!("keepalive: {e}"),
             }
         }
     }

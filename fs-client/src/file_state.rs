@@ -13,7 +13,7 @@ use lattice_common::meta_client::MetaClient;
 use lattice_common::slice_io::SliceIo;
 use lattice_common::wire::meta::{FsQuery, FsReply, ServerAddr};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -74,6 +74,7 @@ pub struct FileState {
     opens: AtomicU32,
     /// Lock owners that took a lock on this file here (only they have locks to drop).
     lockers: Mutex<HashSet<u64>>,
+    locks_lost: AtomicBool,
     buffers: Mutex<Buffers>,
     slices: Mutex<SliceCache>,
     readahead: Mutex<ReadAhead>,
@@ -93,6 +94,7 @@ impl FileState {
             ino,
             opens: AtomicU32::new(0),
             lockers: Mutex::default(),
+            locks_lost: AtomicBool::new(false),
             buffers: Mutex::default(),
             slices: Mutex::default(),
             readahead: Mutex::default(),
@@ -122,6 +124,27 @@ impl FileState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(owner);
+    }
+
+    /// The metaservers released this file's locks while this mount was silent: until every
+    /// descriptor is closed, lock operations, writes and fsyncs on it fail with EIO (its
+    /// holders must not go on as if they still held them).
+    pub fn lose_locks(&self) -> bool {
+        let mut lockers = self.lockers.lock().unwrap_or_else(|p| p.into_inner());
+        if lockers.is_empty() {
+            return false;
+        }
+        lockers.clear();
+        self.locks_lost.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// EIO once the file's locks were lost (see [`FileState::lose_locks`]).
+    pub fn check_locks(&self) -> Result<(), Errno> {
+        match self.locks_lost.load(Ordering::Relaxed) {
+            true => Err(Errno::IO),
+            false => Ok(()),
+        }
     }
 
     /// Whether `owner` may hold locks here (forgets it: the caller drops them).

@@ -159,10 +159,11 @@ pub enum Input {
         heartbeat: Heartbeat,
         reply: oneshot::Sender<Answer<()>>,
     },
+    /// Answered with whether the client's locks were released while it was silent.
     KeepAlive {
         client: ClientId,
         open: Vec<InodeId>,
-        reply: oneshot::Sender<Answer<()>>,
+        reply: oneshot::Sender<Answer<bool>>,
     },
     Member {
         change: MemberChange,
@@ -438,7 +439,7 @@ impl Core {
                             open,
                         },
                     );
-                    Ok(())
+                    Ok(self.replica.sm.locks_lost(client))
                 } else {
                     Err(self.not_leader())
                 };

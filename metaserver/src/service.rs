@@ -186,12 +186,22 @@ impl Service {
             }
             MetaRequest::KeepAlive { client, open } => {
                 allow(peer, &fs_users)?;
-                self.ask(|reply| Input::KeepAlive {
-                    client,
-                    open,
-                    reply,
+                let lost = self
+                    .ask(|reply| Input::KeepAlive {
+                        client,
+                        open,
+                        reply,
+                    })
+                    .await?;
+                Ok(match lost {
+                    true => MetaResponse::LocksLost,
+                    false => MetaResponse::KeepAliveAck,
                 })
-                .await?;
+            }
+            MetaRequest::ResumeSession { client } => {
+                allow(peer, &fs_users)?;
+                let cmd = Command::ResumeSession { client };
+                self.ask(|reply| Input::Propose { cmd, reply }).await?;
                 Ok(MetaResponse::KeepAliveAck)
             }
             MetaRequest::Goodbye { client } => {

@@ -2,9 +2,11 @@
 //! missing, and what the mount acknowledges is what comes back.
 
 use anyhow::{bail, ensure, Context, Result};
-use lattice_common::fs::Errno;
-use lattice_common::ids::InodeId;
-use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, FsOp, FsQuery, FsReply};
+use lattice_common::fs::{Caller, Errno, FileKind, LockKind, LockRange};
+use lattice_common::ids::{ClientId, InodeId};
+use lattice_common::wire::meta::{
+    ChunkserverState, ClusterStatus, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
+};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
 use lattice_tests::{random_bytes, same_times, same_tree, sh, TestCluster};
@@ -341,6 +343,170 @@ async fn sqlite_writers_share_a_database() -> Result<()> {
         solo[0],
         one_mount.iter().cloned().fold(0.0, f64::max),
         two_mounts.iter().cloned().fold(0.0, f64::max)
+    );
+    Ok(())
+}
+
+/// A request sent again after its client was silent longer than the session timeout (its
+/// reply lost, say) gets the first reply: never EEXIST for its own create. The silence
+/// cost it its locks: its next lock request fails (ENOLCK) until it says it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_long_silence_gets_its_first_reply() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(&["--session-timeout", "2"])?;
+    tc.start_metaservers(3).await?;
+    let (meta, other) = (tc.meta_client("silent")?, tc.meta_client("other")?);
+    let me = ClientId(0x5eed);
+    // The reply to the create (seq 1) never arrived: nothing is acknowledged.
+    let mutate = |seq: u64, op: FsOp| MetaRequest::Mutate {
+        client: me,
+        seq,
+        acked_below: 1,
+        op,
+    };
+    let fs = |r: MetaResponse| match r {
+        MetaResponse::Fs(r) => Ok(r),
+        other => bail!("{other:?}"),
+    };
+    let create = mutate(
+        1,
+        FsOp::Mknod {
+            parent: InodeId::ROOT,
+            name: b"mine".to_vec(),
+            kind: FileKind::File,
+            perm: 0o644,
+            umask: 0,
+            rdev: 0,
+            caller: Caller { uid: 0, gid: 0 },
+        },
+    );
+    let first = fs(meta.call(&create).await?)?;
+    let Ok(FsReply::Attr(attr)) = &first else {
+        bail!("create gave {first:?}");
+    };
+    let whole = |kind| LockRange {
+        kind,
+        start: 0,
+        end: u64::MAX,
+        pid: 1,
+    };
+    let lock = |seq| {
+        mutate(
+            seq,
+            FsOp::SetLock {
+                ino: attr.ino,
+                owner: 1,
+                lock: whole(LockKind::Write),
+            },
+        )
+    };
+    ensure!(fs(meta.call(&lock(2)).await?)?.is_ok());
+    // Silent now: once the session times out, another client gets the lock.
+    wait_for(
+        Duration::from_secs(30),
+        "the silent client's lock to go",
+        || async {
+            let taken = other
+                .mutate(FsOp::SetLock {
+                    ino: attr.ino,
+                    owner: 9,
+                    lock: whole(LockKind::Write),
+                })
+                .await?;
+            Ok(taken.is_ok().then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        fs(meta.call(&create).await?)? == first,
+        "the retry got another reply"
+    );
+    ensure!(fs(meta.call(&lock(3)).await?)? == Err(Errno::NOLCK));
+    meta.call(&MetaRequest::ResumeSession { client: me })
+        .await?;
+    ensure!(
+        fs(meta.call(&lock(4)).await?)? == Err(Errno::AGAIN),
+        "the other client's lock is in the way"
+    );
+    Ok(())
+}
+
+/// A mount stopped (SIGSTOP) longer than the session timeout loses its locks to another
+/// mount; when it runs again, the process that held one is told: its next lock operation,
+/// write and fsync on that file fail with EIO, and after closing it the file works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_cut_off_too_long_tells_its_lock_holders() -> Result<()> {
+    const HOLDER: &str = r#"
+import fcntl, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()
+out = []
+for what, op in [("relock", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                 ("write", lambda: os.pwrite(fd, b"late", 0)),
+                 ("fsync", lambda: os.fsync(fd))]:
+    try:
+        op()
+        out.append(what + " ok")
+    except OSError as e:
+        out.append("%s %d" % (what, e.errno))
+os.close(fd)
+fd = os.open(path, os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+os.pwrite(fd, b"again", 0)
+os.fsync(fd)
+out.append("reopened ok")
+print(" ".join(out), flush=True)
+"#;
+    const TAKER: &str = r#"
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+deadline = time.time() + 60
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit("the lock never came free")
+        time.sleep(0.2)
+fcntl.lockf(fd, fcntl.LOCK_UN)
+"#;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tc = TestCluster::with_metaserver_args(&["--session-timeout", "3"])?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    let mut holder = Command::new("python3")
+        .args(["-c", HOLDER])
+        .arg(mnt.join("locked"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut said = BufReader::new(holder.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    said.read_line(&mut line)?;
+    ensure!(line.trim() == "locked", "holder said {line:?}");
+    let mount = tc.cluster.mount_proc(1);
+    ensure!(mount.signal(nix::sys::signal::Signal::SIGSTOP));
+    let taken = tokio::task::spawn_blocking({
+        let path = other.join("locked");
+        move || sh(&format!("python3 -c '{TAKER}' {}", path.display()))
+    })
+    .await?;
+    ensure!(mount.signal(nix::sys::signal::Signal::SIGCONT));
+    taken?;
+    let mut stdin = holder.stdin.take().context("stdin")?;
+    stdin.write_all(b"go\n")?;
+    line.clear();
+    said.read_line(&mut line)?;
+    ensure!(holder.wait()?.success(), "holder failed: {line}");
+    let eio = Errno::IO.0;
+    ensure!(
+        line.trim() == format!("relock {eio} write {eio} fsync {eio} reopened ok"),
+        "holder said {line:?}"
     );
     Ok(())
 }

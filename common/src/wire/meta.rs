@@ -398,6 +398,11 @@ pub enum MetaRequest {
     Goodbye {
         client: ClientId,
     },
+    /// A client heard that its locks were released while it was silent
+    /// ([`MetaResponse::LocksLost`]) and has told its holders: it may take locks again.
+    ResumeSession {
+        client: ClientId,
+    },
     Admin(AdminRequest),
     /// Raft messages from another member, followed by `sizes.iter().sum()` raw bytes: each
     /// a protobuf-encoded `eraftpb::Message`. `addr` is where the sender serves (a member
@@ -423,6 +428,9 @@ pub enum MetaResponse {
     HeartbeatAck,
     DamageNoted,
     KeepAliveAck,
+    /// To a keepalive: this client went silent for longer than the session timeout, and its
+    /// locks were released (others may hold them now).
+    LocksLost,
     Admin(AdminReply),
     RaftAck,
     /// The request could not be served (no quorum, shutting down, malformed, not allowed).

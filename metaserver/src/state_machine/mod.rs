@@ -83,8 +83,12 @@ pub enum Command {
         slices: Vec<SliceId>,
         now: Timestamp,
     },
-    /// A client unmounted or went silent: its locks and its retry memory go.
+    /// A client unmounted or went silent: its locks go, and its lock requests fail until it
+    /// says it knows ([`Command::ResumeSession`]). Its retry memory stays (a client cut off
+    /// for a while still gets the first reply to a request it sends again).
     EndSession { client: ClientId },
+    /// A client whose locks were released has heard so: it may take locks again.
+    ResumeSession { client: ClientId },
     /// Sets the cluster's default redundancy policy (the root directory's); with
     /// `only_if_unset`, only if none is recorded yet (a new cluster's first leader).
     DefaultPolicy {
@@ -105,6 +109,8 @@ pub enum Outcome {
 struct Session {
     replies: BTreeMap<u64, Result<FsReply, Errno>>,
     last_active: Timestamp,
+    /// Its locks were released while it was silent and it has not heard so yet.
+    locks_lost: bool,
 }
 
 /// A slice id handed out but not yet committed.
@@ -189,7 +195,13 @@ impl StateMachine {
             }
             Command::EndSession { client } => {
                 self.locks.release_client(client);
-                self.sessions.remove(&client);
+                self.sessions.entry(client).or_default().locks_lost = true;
+                Outcome::Done
+            }
+            Command::ResumeSession { client } => {
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.locks_lost = false;
+                }
                 Outcome::Done
             }
             Command::MoveShard {
@@ -361,6 +373,10 @@ impl StateMachine {
             } => self.replace(ino, chunk, &old, new, now),
             FsOp::SetLock { ino, owner, lock } => {
                 self.ns.attr(ino)?;
+                if self.locks_lost(client) {
+                    // It holds nothing it thinks it holds: it must hear so before going on.
+                    return Err(Errno::NOLCK);
+                }
                 self.locks
                     .set(ino, client, owner, lock)
                     .map(|()| FsReply::Done)
@@ -515,6 +531,11 @@ impl StateMachine {
                 })
             }
         }
+    }
+
+    /// Whether `client`'s locks were released (it went silent) without its hearing so.
+    pub fn locks_lost(&self, client: ClientId) -> bool {
+        self.sessions.get(&client).is_some_and(|s| s.locks_lost)
     }
 
     /// The cluster's default redundancy policy, once recorded.

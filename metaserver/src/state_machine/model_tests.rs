@@ -121,6 +121,7 @@ enum Step {
         end: u64,
     },
     EndSession(u64),
+    ResumeSession(u64),
     ForgetGarbage(usize),
     AbandonPending(usize),
     /// The previous client command again, with the same sequence number.
@@ -175,6 +176,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (client.clone(), any::<usize>(), 0u64..3, any::<bool>(), wild(), wild())
             .prop_map(|(client, file, owner, write, start, end)| Step::Lock { client, file, owner, write, start, end }),
         1 => client.clone().prop_map(Step::EndSession),
+        1 => client.clone().prop_map(Step::ResumeSession),
         1 => any::<usize>().prop_map(Step::ForgetGarbage),
         1 => any::<usize>().prop_map(Step::AbandonPending),
         2 => Just(Step::Retry),
@@ -708,12 +710,26 @@ impl Run<'_> {
                     end,
                     pid: 1,
                 };
-                let _ = self.client_op(client, FsOp::SetLock { ino, owner, lock });
+                let lost = self.sm.locks_lost(ClientId(client));
+                let before = self.sm.locks.clone();
+                let result = self.client_op(client, FsOp::SetLock { ino, owner, lock });
+                if lost && self.sm.ns.attr(ino).is_ok() {
+                    prop_assert_eq!(
+                        result,
+                        Err(Errno::NOLCK),
+                        "a client whose locks were lost took one"
+                    );
+                    prop_assert_eq!(&self.sm.locks, &before);
+                }
             }
             Step::EndSession(client) => {
-                // With the session, the memory of its replies goes: no retry after this.
-                self.last = None;
+                // Its locks go; its replies stay, so a retry still gets the first one.
                 self.apply(Command::EndSession {
+                    client: ClientId(client),
+                });
+            }
+            Step::ResumeSession(client) => {
+                self.apply(Command::ResumeSession {
                     client: ClientId(client),
                 });
             }
