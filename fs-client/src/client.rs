@@ -619,10 +619,12 @@ impl Client {
             .filter(|f| f.lose_locks())
             .map(|f| f.ino)
             .collect();
-        warn!(
-            "this mount was cut off longer than the session timeout and its locks were \
-             released; lock operations, writes and fsyncs fail with EIO on {lost:?} until closed"
-        );
+        if !lost.is_empty() {
+            warn!(
+                "this mount was cut off longer than the session timeout and its locks were \
+                 released; lock operations, writes and fsyncs fail with EIO on {lost:?} until closed"
+            );
+        }
         let client = self.backend.meta.client_id();
         if let Err(e) = self
             .backend

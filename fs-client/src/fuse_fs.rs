@@ -19,6 +19,7 @@ use lattice_common::ids::InodeId;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::debug;
@@ -32,20 +33,32 @@ pub struct LatticeFs {
     client: Arc<Client>,
     runtime: tokio::runtime::Handle,
     ttl: Duration,
+    /// Requests being served (a stopping mount lets them finish for a moment).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl LatticeFs {
-    pub fn new(client: Arc<Client>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        client: Arc<Client>,
+        runtime: tokio::runtime::Handle,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         let ttl = client.tuning().attr_ttl;
         LatticeFs {
             client,
             runtime,
             ttl,
+            in_flight,
         }
     }
 
     fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        self.runtime.spawn(f);
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        self.runtime.spawn(async move {
+            f.await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod options;
 mod readahead;
 mod reader;
+mod stop;
 mod writer;
 
 use anyhow::{bail, Context, Result};
@@ -28,8 +29,10 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -281,7 +284,8 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             .map_err(|e| anyhow::anyhow!("the metaserver refused to show the root: {e}"))?;
         anyhow::Ok(client)
     })?;
-    let fs = fuse_fs::LatticeFs::new(client.clone(), runtime.handle().clone());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let fs = fuse_fs::LatticeFs::new(client.clone(), runtime.handle().clone(), in_flight.clone());
     let mut session = fuser::Session::new(fs, &plan.mountpoint, &plan.opts.mount)
         .with_context(|| format!("mounting at {}", plan.mountpoint.display()))?;
     info!(mountpoint = %plan.mountpoint.display(), meta = ?plan.meta, "mounted");
@@ -303,13 +307,34 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
     runtime.spawn(client.clone().keep_alive());
     let stopper = client.clone();
     let mountpoint = plan.mountpoint.clone();
+    let connection = stop::connection_of(&mountpoint);
     runtime.spawn(async move {
         lattice_common::transport::shutdown_signal().await;
         info!(mountpoint = %mountpoint.display(), "signalled: writing out buffers and unmounting");
-        stopper.flush_all().await;
-        stopper.goodbye().await;
-        if let Err(e) = unmounter.unmount() {
-            error!("unmounting: {e}");
+        if tokio::time::timeout(stop::FLUSH_LIMIT, stopper.flush_all())
+            .await
+            .is_err()
+        {
+            warn!(
+                "buffers not written out within {:?}: stopping anyway",
+                stop::FLUSH_LIMIT
+            );
+        }
+        let _ = tokio::time::timeout(stop::GOODBYE_LIMIT, stopper.goodbye()).await;
+        // fuser reports a failed unmount only in its log: look at the mount table instead.
+        let _ = unmounter.unmount();
+        if stop::connection_of(&mountpoint).is_some() {
+            // Busy (a process has a file open or its directory here): detach it now, let
+            // requests being served finish for a moment, then end the connection so that
+            // nobody waits on it for ever, and go.
+            warn!("the mount is in use: detaching it and ending its connection");
+            stop::detach(&mountpoint);
+            stop::drain(&in_flight).await;
+            if let Some(c) = connection {
+                stop::abort(c);
+            }
+            info!("stopped");
+            std::process::exit(0);
         }
     });
     session.run().context("serving the mount")?;

@@ -28,6 +28,8 @@ use std::time::Duration;
 /// How long a process may take to start serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A mount may take longer: it writes out its buffers first (bounded by fs-client itself).
+const MOUNT_STOP_GRACE: Duration = Duration::from_secs(30);
 pub const METASERVER: &str = "metaserver";
 pub const CHUNKSERVER: &str = "chunkserver";
 pub const FS_CLIENT: &str = "fs-client";
@@ -418,7 +420,7 @@ impl LocalCluster {
     /// Stops a mount: SIGTERM (it writes out its buffers and unmounts); a mount left behind
     /// by a client that died is detached.
     pub fn stop_mount(&self, p: &Proc) -> Result<()> {
-        p.stop(STOP_GRACE)?;
+        p.stop(MOUNT_STOP_GRACE)?;
         if let Some(mp) = self.mountpoint(p).filter(|mp| is_mounted(mp)) {
             let _ = Command::new("umount").arg("-l").arg(&mp).status();
         }

@@ -510,3 +510,61 @@ fcntl.lockf(fd, fcntl.LOCK_UN)
     );
     Ok(())
 }
+
+/// A mount told to stop (SIGTERM, what `cluster.sh down` sends) while a process has its
+/// directory in it and another waits on a read that cannot be served (three of six
+/// chunkservers gone): it detaches, fails the waiting read, and exits. Nobody hangs (a
+/// mount that could not unmount once stayed, and its callers with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_mount_leaves_nobody_hanging() -> Result<()> {
+    use std::process::{Command, Stdio};
+    let tc = TestCluster::with_metaserver_args(&["--suspect-after", "1", "--down-after", "4"])?;
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    write_synced(mnt.join("data"), random_bytes(4 << 20, 1)).await?;
+    let mut busy = Command::new("sleep").arg("600").current_dir(&mnt).spawn()?;
+    for n in [4, 5, 6] {
+        ensure!(tc.cluster.chunkserver(n).kill9());
+    }
+    wait_missing(&admin, &["chunkserver-4", "chunkserver-5", "chunkserver-6"]).await?;
+    let reader = Command::new("cat")
+        .arg(mnt.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let wchan = format!("/proc/{}/wchan", reader.id());
+    wait_for(
+        Duration::from_secs(20),
+        "the reader to wait on the mount",
+        || async {
+            let at = std::fs::read_to_string(&wchan).unwrap_or_default();
+            let waits = ["request_wait_answer", "folio_wait", "fuse"];
+            Ok(waits.iter().any(|w| at.contains(w)).then_some(()))
+        },
+    )
+    .await?;
+    let mount = tc.cluster.mount_proc(1);
+    ensure!(mount.signal(nix::sys::signal::Signal::SIGTERM));
+    let reader = std::sync::Mutex::new(reader);
+    let stopped = wait_for(Duration::from_secs(40), "the mount to stop", || async {
+        let read = reader.lock().expect("one test thread").try_wait()?;
+        Ok(
+            (mount.pid().is_none() && !lattice_harness::is_mounted(&mnt))
+                .then_some(read)
+                .flatten(),
+        )
+    })
+    .await;
+    let mut reader = reader.into_inner().expect("one test thread");
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let status = match stopped {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = reader.kill();
+            let _ = reader.wait();
+            return Err(e.context(mount.log_tail()));
+        }
+    };
+    ensure!(!status.success(), "the read of lost data succeeded");
+    Ok(())
+}
