@@ -13,6 +13,8 @@
 #   LATTICE_METASERVERS   number of metaservers [3]
 #   LATTICE_CHUNKSERVERS  number of chunkservers [6]
 #   LATTICE_PORT_BASE     metaserver n listens on 127.0.0.1:(base+n) [7100]
+#   LATTICE_POLICY        a new cluster's default redundancy policy [rs:4+2 from 6 chunkservers,
+#                         else mirror:N]; later `metaserver policy` changes it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LATTICE_STATE=${LATTICE_STATE:-$PWD/.lattice} LATTICE_MOUNT=${LATTICE_MOUNT:-$PWD/mnt}
@@ -34,6 +36,6 @@ case "${1:-}" in
   status) shift; exec "$bin/lattice-harness" status "$@" ;;
   join) exec "$bin/lattice-harness" join ;;
   drain) shift; exec "$bin/lattice-harness" drain "$@" ;;
-  -h | --help | "") sed -n '2,16s/^# \{0,1\}//p' "$0"; [[ -n ${1:-} ]] ;;
+  -h | --help | "") sed -n '2,18s/^# \{0,1\}//p' "$0"; [[ -n ${1:-} ]] ;;
   *) echo "cluster.sh: unknown command '$1' (up, down, status, join, drain)" >&2; exit 2 ;;
 esac
