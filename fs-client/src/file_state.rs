@@ -22,8 +22,9 @@ use tokio::sync::watch;
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most chunks asked for in one slice-map query (the metaserver's limit).
 const CHUNKS_PER_QUERY: u64 = 64;
-/// Commits into one chunk after which it is checked for compaction.
-const COMPACT_CHECK_EVERY: u32 = (chunk_map::COMPACT_AT / 2) as u32;
+/// A chunk is checked for compaction again once it holds this many more slices than at its
+/// last check (a check that found nothing worth doing is not repeated at every commit).
+const COMPACT_RECHECK_AFTER: usize = chunk_map::COMPACT_AT / 2;
 
 /// Where the client's data goes: shared by every file.
 pub struct Backend {
@@ -78,8 +79,9 @@ pub struct FileState {
     buffers: Mutex<Buffers>,
     slices: Mutex<SliceCache>,
     readahead: Mutex<ReadAhead>,
-    /// Per chunk, commits since its last compaction check, and whether one runs.
-    compaction: Mutex<HashMap<u64, (u32, bool)>>,
+    /// Per chunk, how many slices it held at its last compaction check, and whether one
+    /// runs.
+    compaction: Mutex<HashMap<u64, (usize, bool)>>,
 }
 
 /// A file's slices for a range of chunks, with the servers they name.
@@ -237,11 +239,9 @@ impl FileState {
                 let result = match s {
                     Ok(s) => {
                         let chunk = s.chunk;
-                        let r = writer::commit(&backend.meta, file.ino, s).await;
-                        if r.is_ok() {
-                            file.committed_into(&backend, chunk);
-                        }
-                        r
+                        writer::commit(&backend.meta, file.ino, s)
+                            .await
+                            .map(|slices| file.committed_into(&backend, chunk, slices))
                     }
                     Err(e) => Err(e),
                 };
@@ -264,17 +264,22 @@ impl FileState {
         });
     }
 
-    /// Counts a commit into `chunk`; every so many, checks the chunk for compaction in the
-    /// background (one check per chunk at a time).
-    fn committed_into(self: &Arc<Self>, backend: &Arc<Backend>, chunk: u64) {
+    /// A commit left `slices` slices in `chunk`: a chunk that holds many is checked for
+    /// compaction in the background (one check per chunk at a time).
+    fn committed_into(self: &Arc<Self>, backend: &Arc<Backend>, chunk: u64, slices: usize) {
         {
             let mut c = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
-            let (count, running) = c.entry(chunk).or_default();
-            *count += 1;
-            if *count < COMPACT_CHECK_EVERY || *running {
+            let (checked, running) = c.entry(chunk).or_default();
+            if slices < chunk_map::COMPACT_AT
+                || *running
+                || (*checked > 0 && slices < *checked + COMPACT_RECHECK_AFTER)
+            {
+                if slices < *checked {
+                    *checked = slices;
+                }
                 return;
             }
-            (*count, *running) = (0, true);
+            (*checked, *running) = (slices, true);
         }
         let (file, backend) = (self.clone(), backend.clone());
         tokio::spawn(async move {

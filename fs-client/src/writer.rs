@@ -156,15 +156,16 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
     }
 }
 
-/// Makes a stored slice part of the file.
-pub async fn commit(meta: &MetaClient, ino: InodeId, stored: Stored) -> Result<(), Errno> {
+/// Makes a stored slice part of the file; returns how many slices its chunk now holds.
+pub async fn commit(meta: &MetaClient, ino: InodeId, stored: Stored) -> Result<usize, Errno> {
     let op = FsOp::CommitSlice {
         ino,
         chunk: stored.chunk,
         slice: stored.slice,
     };
     match meta.mutate(op).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(FsReply::Committed { slices, .. })) => Ok(slices as usize),
+        Ok(Ok(_)) => Err(Errno::IO),
         Ok(Err(e)) => Err(e),
         Err(e) => {
             warn!(%ino, "committing a slice: {e}");

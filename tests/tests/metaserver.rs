@@ -316,7 +316,7 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
         })
         .await??
     {
-        FsReply::Attr(a) => a,
+        FsReply::Committed { attr, slices: 1 } => attr,
         other => bail!("{other:?}"),
     };
     assert_eq!(attr.size, 1010);

@@ -194,6 +194,12 @@ pub enum FsReply {
         servers: Vec<ServerAddr>,
     },
     Lock(Option<LockRange>),
+    /// A committed slice: the file's attributes now, and how many slices its chunk holds
+    /// (the writer compacts a chunk that holds many).
+    Committed {
+        attr: Attr,
+        slices: u32,
+    },
     Done,
 }
 

@@ -436,7 +436,15 @@ impl StateMachine {
         let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
         self.pending.remove(&slice.slice);
         self.discard(hidden, now);
-        Ok(FsReply::Attr(attr))
+        let slices = self
+            .ns
+            .slices(ino, chunk, chunk)?
+            .first()
+            .map_or(0, |(_, s)| s.len());
+        Ok(FsReply::Committed {
+            attr,
+            slices: slices as u32,
+        })
     }
 
     /// Compaction: the slices `new`, stored, take the place of the run `old`.
