@@ -502,15 +502,19 @@ impl Client {
         result
     }
 
-    /// Writes out buffers that have waited too long (run periodically).
-    pub fn flush_old(&self) {
-        let files: Vec<Arc<FileState>> = self
-            .files
+    /// Every file this mount has state for (open, or with data not written out yet).
+    fn open_files(&self) -> Vec<Arc<FileState>> {
+        self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Writes out buffers that have waited too long (run periodically).
+    pub fn flush_old(&self) {
+        let files = self.open_files();
         for f in files {
             if f.dirty_for(self.tuning.flush_after) {
                 f.start_flush(&self.backend);
@@ -520,13 +524,7 @@ impl Client {
 
     /// Writes out every buffer and waits (before unmounting).
     pub async fn flush_all(&self) {
-        let files: Vec<Arc<FileState>> = self
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let files = self.open_files();
         for f in files {
             f.flush(&self.backend).await;
             if let Err(e) = f.errors_since(&mut f.errors_mark()) {
@@ -607,13 +605,7 @@ impl Client {
     /// its locks: every file that held some says so to its users (EIO) until closed; then
     /// the session takes locks again.
     async fn locks_lost(&self) {
-        let files: Vec<Arc<FileState>> = self
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let files = self.open_files();
         let lost: Vec<InodeId> = files
             .iter()
             .filter(|f| f.lose_locks())

@@ -10,7 +10,7 @@ use crate::writer::{self, Piece};
 use bytes::Bytes;
 use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::Errno;
-use lattice_common::wire::meta::{FsOp, FsQuery, FsReply};
+use lattice_common::wire::meta::FsOp;
 use tracing::{debug, warn};
 
 /// Compacts chunk `chunk` of `file` if it is fragmented enough to be worth it.
@@ -29,21 +29,7 @@ pub async fn compact(backend: &Backend, file: &FileState, chunk: u64) {
 /// Returns how many slices were replaced.
 async fn try_compact(backend: &Backend, file: &FileState, chunk: u64) -> Result<usize, Errno> {
     let ino = file.ino;
-    let reply = backend
-        .meta
-        .query(FsQuery::Slices {
-            ino,
-            first: chunk,
-            last: chunk,
-        })
-        .await
-        .map_err(|_| Errno::IO)??;
-    let FsReply::Slices {
-        chunks, servers, ..
-    } = reply
-    else {
-        return Err(Errno::IO);
-    };
+    let (chunks, servers) = backend.slices(ino, chunk, chunk).await?;
     let Some((_, slices)) = chunks.into_iter().find(|(c, _)| *c == chunk) else {
         return Ok(0);
     };

@@ -26,6 +26,9 @@ const CHUNKS_PER_QUERY: u64 = 64;
 /// last check (a check that found nothing worth doing is not repeated at every commit).
 const COMPACT_RECHECK_AFTER: usize = chunk_map::COMPACT_AT / 2;
 
+/// The slices of chunks `first..=last` of a file, and the servers they name.
+pub type Slices = (Vec<(u64, Vec<SliceRef>)>, Vec<ServerAddr>);
+
 /// Where the client's data goes: shared by every file.
 pub struct Backend {
     pub meta: MetaClient,
@@ -35,6 +38,23 @@ pub struct Backend {
     /// How long a read or write waits for enough chunkservers before it fails.
     pub io_wait: Duration,
     pub stats: crate::metrics::Stats,
+}
+
+impl Backend {
+    /// Asks the metaservers for the slices of chunks `first..=last` of `ino`.
+    pub async fn slices(&self, ino: InodeId, first: u64, last: u64) -> Result<Slices, Errno> {
+        let reply = self
+            .meta
+            .query(FsQuery::Slices { ino, first, last })
+            .await
+            .map_err(|_| Errno::IO)??;
+        match reply {
+            FsReply::Slices {
+                chunks, servers, ..
+            } => Ok((chunks, servers)),
+            _ => Err(Errno::IO),
+        }
+    }
 }
 
 struct Batch {
@@ -385,21 +405,7 @@ impl FileState {
             let mut start = lo;
             while start <= hi {
                 let end = hi.min(start + CHUNKS_PER_QUERY - 1);
-                let reply = backend
-                    .meta
-                    .query(FsQuery::Slices {
-                        ino: self.ino,
-                        first: start,
-                        last: end,
-                    })
-                    .await
-                    .map_err(|_| Errno::IO)??;
-                let FsReply::Slices {
-                    chunks, servers, ..
-                } = reply
-                else {
-                    return Err(Errno::IO);
-                };
+                let (chunks, servers) = backend.slices(self.ino, start, end).await?;
                 let now = Instant::now();
                 let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
                 for c in start..=end {
