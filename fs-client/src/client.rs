@@ -32,6 +32,12 @@ struct Handle {
     errors_seen: Mutex<u64>,
 }
 
+/// Whether reporting a write error to a descriptor counts as it having heard of it.
+enum Heard {
+    Once,
+    NotYet,
+}
+
 pub struct Client {
     pub backend: Arc<Backend>,
     tuning: Tuning,
@@ -401,13 +407,19 @@ impl Client {
 
     /// Writes out the file's buffers, then tells the descriptor of any write error since it
     /// last heard (errseq: every descriptor open when data was lost hears of it once).
-    async fn write_out(&self, fh: u64) -> Result<Arc<FileState>, Errno> {
+    /// Only `Heard::Once` (fsync) counts it as heard: a close (FLUSH) may come from a copy
+    /// of the descriptor that lives on, e.g. a forked child's close-on-exec, and the
+    /// process that still holds it must hear of the error at its own fsync.
+    async fn write_out(&self, fh: u64, heard: Heard) -> Result<Arc<FileState>, Errno> {
         let file = self.handle(fh)?;
         file.flush(&self.backend).await;
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         let handle = handles.get(&fh).ok_or(Errno::INVAL)?;
         let mut seen = handle.errors_seen.lock().unwrap_or_else(|p| p.into_inner());
-        file.errors_since(&mut seen)?;
+        match heard {
+            Heard::Once => file.errors_since(&mut seen)?,
+            Heard::NotYet => file.errors_since(&mut seen.clone())?,
+        }
         Ok(file)
     }
 
@@ -449,14 +461,15 @@ impl Client {
     /// fsync: writes out what the file has buffered; reports a write error the descriptor
     /// has not heard of.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
-        self.write_out(fh).await?.check_locks()
+        self.write_out(fh, Heard::Once).await?.check_locks()
     }
 
-    /// A close of a descriptor: writes out the file's buffers (reporting as fsync does) and
+    /// A close of a descriptor: writes out the file's buffers (reporting as fsync does, but
+    /// the error stays unheard for other copies of the descriptor) and
     /// drops the POSIX locks the closing process (`lock_owner`) held on it, as POSIX wants
     /// of any close.
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
-        let result = self.write_out(fh).await;
+        let result = self.write_out(fh, Heard::NotYet).await;
         let file = self.handle(fh)?;
         self.drop_locks(&file, lock_owner).await?;
         result.map(drop)

@@ -146,6 +146,13 @@ enum Step {
         ino: u64,
         size: u64,
     },
+    /// Cluster-map commands with any ids: a server's state, a drain, a (re-)registration.
+    WildCluster {
+        id: u32,
+        state: u8,
+        cancel: bool,
+        name: u8,
+    },
     WildMove {
         ino: u64,
         chunk: u64,
@@ -186,6 +193,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (wild(), prop::collection::vec(0..SERVERS + 3, 0..8), wild())
             .prop_map(|(ino, placement, data_len)| Step::WildAllocate { ino, placement, data_len }),
         1 => (wild(), wild()).prop_map(|(ino, size)| Step::WildTruncate { ino, size }),
+        1 => (prop_oneof![0..SERVERS + 2, any::<u32>()], 0u8..5, any::<bool>(), 0u8..10)
+            .prop_map(|(id, state, cancel, name)| Step::WildCluster { id, state, cancel, name }),
         1 => (wild(), wild(), wild(), any::<u16>(), any::<u32>())
             .prop_map(|(ino, chunk, slice, index, to)| Step::WildMove { ino, chunk, slice, index, to }),
     ]
@@ -842,6 +851,37 @@ impl Run<'_> {
                     model.size = size;
                     model.bytes.split_off(&size);
                 }
+            }
+            Step::WildCluster {
+                id,
+                state,
+                cancel,
+                name,
+            } => {
+                self.coverage.wild.fetch_add(1, Ordering::Relaxed);
+                use lattice_common::wire::meta::ChunkserverState as S;
+                let (id, now) = (ChunkserverId(id), self.now());
+                let state = [S::Up, S::Suspect, S::Down, S::Draining, S::Drained][state as usize];
+                self.apply(Command::SetServerState { id, state, now });
+                self.apply(Command::Drain {
+                    id,
+                    cancel,
+                    reason: "test".into(),
+                    health: Default::default(),
+                    now,
+                });
+                let registration = Registration {
+                    addr: format!("127.0.0.1:{}", 9000 + u16::from(name))
+                        .parse()
+                        .unwrap(),
+                    disks: vec![],
+                    labels: vec![("rack".into(), format!("r{name}"))],
+                };
+                self.apply(Command::Register {
+                    name: format!("cs-{name}"),
+                    registration,
+                    now,
+                });
             }
             Step::WildMove {
                 ino,
