@@ -11,6 +11,7 @@ lattice_need_fsx
 
 cargo fmt --all --check
 cargo clippy --all-targets -- -D warnings
-# Integration tests run the release binaries, built here once.
-cargo build --release --workspace --bins
+# Integration tests run the release binaries: built here with the tests, in one build (one
+# dependency graph keeps both cores busy).
+cargo build --release --workspace --bins --tests
 cargo test --release --workspace "$@"

@@ -10,9 +10,10 @@ use lattice_tests::fsx::{run_many, Run};
 use lattice_tests::{same_file, TestCluster};
 use std::time::Duration;
 
-/// Every mix with several seeds: about 31,000 operations, two runs at a time (CI's time
-/// budget; `LATTICE_FSX_SCALE` and scripts/soak.sh run far more). Each file is
-/// then read through a second mount, which must see exactly what the first one closed.
+/// Every mix with several seeds: about 88,000 operations (with the fault runs below over
+/// 100,000), four runs at a time, longest first. Most are the "small" mix, the cheapest per
+/// operation and the densest in overlaps, so CI's time allows them. Each file is then read
+/// through a second mount, which must see exactly what the first one closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fsx_mixes_on_a_mount() -> Result<()> {
     let tc = TestCluster::new()?;
@@ -20,19 +21,25 @@ async fn fsx_mixes_on_a_mount() -> Result<()> {
     let other = tc.state().join("other");
     tc.cluster.start_mount(2, &other, "").await?;
     let runs = [
-        ("plain", 1, 3_000),
-        ("plain", 2, 3_000),
-        ("mmap", 3, 3_000),
-        ("mmap", 4, 3_000),
-        ("copy", 5, 3_000),
-        ("copy", 6, 3_000),
-        ("small", 7, 4_000),
-        ("small", 8, 4_000),
-        ("small", 9, 4_000),
+        ("small", 7, 8_000),
+        ("small", 8, 8_000),
+        ("small", 9, 8_000),
+        ("small", 11, 8_000),
+        ("small", 12, 8_000),
+        ("small", 13, 8_000),
+        ("small", 14, 8_000),
+        ("small", 15, 8_000),
+        ("small", 16, 8_000),
         ("chunk", 10, 1_200),
+        ("mmap", 3, 2_500),
+        ("copy", 5, 2_500),
+        ("plain", 1, 2_500),
+        ("mmap", 4, 2_500),
+        ("copy", 6, 2_500),
+        ("plain", 2, 2_500),
     ]
     .map(|(mix, seed, ops)| Run::new(&mnt, mix, seed, ops));
-    let done = run_many(&runs, 2).await?;
+    let done = run_many(&runs, 4).await?;
     for run in &runs {
         same_file(
             &run.file,
@@ -76,8 +83,8 @@ async fn fsx_survives_chunkserver_kills() -> Result<()> {
     let tc = TestCluster::with_metaserver_args(&["--suspect-after", "1", "--down-after", "5"])?;
     let (admin, mnt) = tc.start_with_mount(6).await?;
     let runs = [
-        Run::new(&mnt, "small", 21, 1_500),
-        Run::new(&mnt, "copy", 22, 900),
+        Run::new(&mnt, "small", 21, 2_500),
+        Run::new(&mnt, "copy", 22, 1_500),
     ];
     let (cluster, admin) = (&tc.cluster, &admin);
     let (done, rounds) = under_faults(&runs, |round| async move {
@@ -113,8 +120,8 @@ async fn fsx_survives_metaserver_leader_kills() -> Result<()> {
     let tc = TestCluster::new()?;
     let (admin, mnt) = tc.start_with_mount(6).await?;
     let runs = [
-        Run::new(&mnt, "small", 31, 3_500),
-        Run::new(&mnt, "mmap", 32, 1_800),
+        Run::new(&mnt, "small", 31, 6_000),
+        Run::new(&mnt, "mmap", 32, 3_000),
     ];
     let (cluster, admin) = (&tc.cluster, &admin);
     let (done, rounds) = under_faults(&runs, |round| async move {
