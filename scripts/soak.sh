@@ -3,6 +3,7 @@
 # and every mix in tests/fsx/, until OPS operations are done; then prints
 #   soak: N ops, M mismatches
 # and exits non-zero if any run failed (its fsx report is kept under $LATTICE_STATE/soak).
+# Every ten runs it prints how far it has got.
 #   scripts/soak.sh [OPS]          (default 1000000)
 # Environment [default]: LATTICE_SOAK_PARALLEL fsx runs at once [4]; the cluster is
 # scripts/cluster.sh's, on its own state, mount and ports unless set:
@@ -44,6 +45,7 @@ finish() { # PID: account for one finished run
     tail -5 "$out/$mix-$seed.log" >&2
   fi
   runs=$((runs + 1))
+  ((runs % 10)) || echo "soak: $done_ops ops so far, $mismatches mismatches ($runs runs, $(date +%T))"
 }
 while ((started < ops)); do
   if ((${#running[@]} >= parallel)); then

@@ -49,3 +49,54 @@ fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// Set in the child process the test below starts from this same test binary.
+    const CHILD: &str = "LATTICE_PANIC_CHILD";
+
+    /// The child's part (does nothing when run on its own): a process set up as every server
+    /// is, whose non-main thread panics while the main thread would carry on.
+    #[test]
+    fn panicking_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        super::init();
+        let worker = std::thread::Builder::new()
+            .name("raft-core".into())
+            .spawn(|| panic!("on purpose"))
+            .expect("a thread");
+        let _ = worker.join();
+        println!("still running after the panic");
+    }
+
+    #[test]
+    fn a_panic_in_any_thread_ends_the_process() {
+        let out = Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "logging::tests::panicking_child", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .expect("running the child");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        assert!(!stdout.contains("still running"), "{stdout}");
+        assert!(
+            stderr.contains("panic, stopping the process: on purpose")
+                && stderr.contains("raft-core")
+                && stderr.contains("logging.rs"),
+            "{stderr}"
+        );
+    }
+}
