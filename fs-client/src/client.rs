@@ -602,6 +602,13 @@ impl Client {
                     pause = (pause * 2).min(LOCK_POLL_MAX);
                 }
                 Ok(()) if lock.kind != LockKind::Unlock => {
+                    if file.as_ref().is_some_and(|f| f.check_locks().is_err()) {
+                        // The keepalive heard the locks were lost (and resumed the session)
+                        // while this one was being taken: its holder must hear EIO like
+                        // every lock operation on the file, and the lock just taken goes.
+                        self.done_reply(FsOp::ReleaseLocks { ino, owner }).await?;
+                        return Err(Errno::IO);
+                    }
                     self.revalidate(ino).await;
                     return Ok(());
                 }

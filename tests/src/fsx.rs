@@ -18,10 +18,7 @@ pub struct Run {
 impl Run {
     /// A run of `ops` operations (times `LATTICE_FSX_SCALE`) in `dir`.
     pub fn new(dir: &Path, mix: &'static str, seed: u64, ops: u64) -> Run {
-        let scale: f64 = std::env::var("LATTICE_FSX_SCALE")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1.0);
+        let scale: f64 = crate::size_from_env("LATTICE_FSX_SCALE", 1.0);
         Run {
             mix,
             seed,

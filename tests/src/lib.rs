@@ -132,6 +132,15 @@ impl Drop for TestCluster {
     }
 }
 
+/// A test's size from the environment variable `name` (e.g. `LATTICE_APPENDS=20000` for a
+/// run at full size by hand), else `default` (what CI's time allows).
+pub fn size_from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Reproducible random bytes.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];

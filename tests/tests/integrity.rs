@@ -9,7 +9,7 @@ use lattice_common::wire::meta::{
 };
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
-use lattice_tests::{random_bytes, same_times, same_tree, sh, TestCluster};
+use lattice_tests::{random_bytes, same_times, same_tree, sh, size_from_env, TestCluster};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,10 +140,7 @@ async fn writes_never_land_with_less_protection_than_allowed() -> Result<()> {
 /// old limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fsynced_appends_are_compacted_and_read_back() -> Result<()> {
-    let appends: usize = std::env::var("LATTICE_APPENDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000);
+    let appends: usize = size_from_env("LATTICE_APPENDS", 3_000);
     let tc = TestCluster::new()?;
     let (admin, mnt) = tc.start_with_mount(6).await?;
     let path = mnt.join("journal");
@@ -325,10 +322,7 @@ fn sqlite_check(db: &Path) -> Result<String> {
 /// `LATTICE_SQLITE_TXNS` sets the transactions per writer (default 50).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_writers_share_a_database() -> Result<()> {
-    let n: usize = std::env::var("LATTICE_SQLITE_TXNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let n: usize = size_from_env("LATTICE_SQLITE_TXNS", 50);
     let tc = TestCluster::new()?;
     let (_admin, mnt) = tc.start_with_mount(6).await?;
     let other = tc.state().join("other");
