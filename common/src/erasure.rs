@@ -21,6 +21,10 @@ pub enum ErasureError {
     ShardCount { expected: usize, got: usize },
     #[error("shard pieces differ in length")]
     UnequalLengths,
+    #[error("{missing} of {total} shards missing in a pattern the survivors do not determine")]
+    Unrecoverable { missing: usize, total: usize },
+    #[error("no shard {index} in a slice of {total}")]
+    NoSuchShard { index: usize, total: usize },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("reed-solomon: {0:?}")]
@@ -37,7 +41,7 @@ pub struct ErasureCode {
 
 type CodeCache = Mutex<HashMap<(usize, usize), Arc<ReedSolomon>>>;
 
-fn shared_rs(data: usize, parity: usize) -> Result<Arc<ReedSolomon>, ErasureError> {
+pub(crate) fn shared_rs(data: usize, parity: usize) -> Result<Arc<ReedSolomon>, ErasureError> {
     static CODES: OnceLock<CodeCache> = OnceLock::new();
     let mut codes = CODES
         .get_or_init(Default::default)

@@ -1,7 +1,7 @@
 //! LatticeFS shared library: what every process agrees on.
 //!
 //! - [`ids`], [`policy`], [`layout`]: what a slice and its shards are, and where bytes sit.
-//! - [`erasure`]: parity encoding and reconstruction.
+//! - [`erasure`], [`grid`]: parity encoding and reconstruction; grid parity's product code.
 //! - [`fs`], [`chunk_map`]: the POSIX model, and a file's bytes as layered slices.
 //! - [`codec`], [`wire`]: the bounded, versioned message encoding and the messages.
 //! - [`pki`], [`transport`]: the cluster CA and QUIC with mutual TLS.
@@ -14,6 +14,7 @@ pub mod chunk_map;
 pub mod codec;
 pub mod erasure;
 pub mod fs;
+pub mod grid;
 pub mod ids;
 pub mod layout;
 pub mod logging;
