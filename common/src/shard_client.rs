@@ -123,13 +123,27 @@ impl ShardClient {
             .await
             .map_err(|e| ShardError::Unreachable(e.to_string()))?;
         let lost = |e: quinn::WriteError| ShardError::Unreachable(format!("{addr}: {e}"));
-        send.write_all(&codec::encode(req)?).await.map_err(lost)?;
-        if !body.is_empty() {
-            send.write_all(body).await.map_err(lost)?;
+        let head = codec::encode(req)?;
+        // A server that refuses a request (a full disk, say) answers and stops reading it:
+        // its answer, not the stopped write, is what the caller must hear.
+        let mut stopped = None;
+        for part in [&head[..], body].into_iter().filter(|p| !p.is_empty()) {
+            match send.write_all(part).await {
+                Ok(()) => {}
+                Err(e @ quinn::WriteError::Stopped(_)) => {
+                    stopped = Some(e);
+                    break;
+                }
+                Err(e) => return Err(lost(e)),
+            }
         }
-        let _ = send.finish();
-        let resp = codec::read_frame(&mut recv).await?;
-        Ok((resp, recv))
+        if stopped.is_none() {
+            let _ = send.finish();
+        }
+        match codec::read_frame(&mut recv).await {
+            Ok(resp) => Ok((resp, recv)),
+            Err(e) => Err(stopped.map_or_else(|| ShardError::from(e), lost)),
+        }
     }
 
     async fn call(&self, addr: SocketAddr, req: ChunkRequest) -> Result<ChunkResponse, ShardError> {
