@@ -122,7 +122,7 @@ fn grid_against_rs(c: &mut Criterion) {
 
     let mut lost = vec![false; 25];
     lost[5] = true;
-    let plan = grid.repair_plan(&lost, &[5]).unwrap();
+    let plan = grid.repair_plan(&lost, &[5], &[false; 25]).unwrap();
     eprintln!(
         "bytes read to rebuild one lost {SHARD}-byte shard: grid:4x4+1 {} (shards {:?}), \
          rs:16+3 {}",

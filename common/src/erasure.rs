@@ -3,6 +3,7 @@
 //! Works on equal-length pieces: whole shards when writing a slice, or the same byte range
 //! of each shard when reading around a lost one (parity is computed per byte position).
 
+use crate::grid::{GridCode, GridShape};
 use crate::layout::{LayoutError, SliceLayout};
 use crate::policy::Policy;
 use reed_solomon_erasure::galois_8::ReedSolomon;
@@ -32,14 +33,36 @@ pub enum ErasureError {
 }
 
 /// The erasure code of one policy. Cheap to clone; Reed-Solomon matrices (and their decode
-/// matrix caches) are shared per policy across the process.
+/// matrix caches) and grid tables are shared per policy across the process.
 #[derive(Clone)]
 pub struct ErasureCode {
     policy: Policy,
-    rs: Option<Arc<ReedSolomon>>,
+    codec: Codec,
+}
+
+#[derive(Clone)]
+enum Codec {
+    Mirror,
+    Rs(Arc<ReedSolomon>),
+    Grid(Arc<GridCode>),
 }
 
 type CodeCache = Mutex<HashMap<(usize, usize), Arc<ReedSolomon>>>;
+type GridCache = Mutex<HashMap<GridShape, Arc<GridCode>>>;
+
+fn shared_grid(shape: GridShape) -> Result<Arc<GridCode>, ErasureError> {
+    static CODES: OnceLock<GridCache> = OnceLock::new();
+    let mut codes = CODES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(g) = codes.get(&shape) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(GridCode::new(shape)?);
+    codes.insert(shape, g.clone());
+    Ok(g)
+}
 
 pub(crate) fn shared_rs(data: usize, parity: usize) -> Result<Arc<ReedSolomon>, ErasureError> {
     static CODES: OnceLock<CodeCache> = OnceLock::new();
@@ -57,13 +80,14 @@ pub(crate) fn shared_rs(data: usize, parity: usize) -> Result<Arc<ReedSolomon>, 
 
 impl ErasureCode {
     pub fn new(policy: Policy) -> Result<Self, ErasureError> {
-        let rs = match policy {
-            Policy::Mirror { .. } => None,
+        let codec = match policy {
+            Policy::Mirror { .. } => Codec::Mirror,
             Policy::ReedSolomon { data, parity } => {
-                Some(shared_rs(data as usize, parity as usize)?)
+                Codec::Rs(shared_rs(data as usize, parity as usize)?)
             }
+            Policy::Grid(shape) => Codec::Grid(shared_grid(shape)?),
         };
-        Ok(ErasureCode { policy, rs })
+        Ok(ErasureCode { policy, codec })
     }
 
     pub fn policy(&self) -> Policy {
@@ -95,11 +119,12 @@ impl ErasureCode {
         {
             return Err(ErasureError::UnequalLengths);
         }
-        match &self.rs {
-            None => parity
+        match &self.codec {
+            Codec::Mirror => parity
                 .iter_mut()
                 .for_each(|p| p.copy_from_slice(data[0].as_ref())),
-            Some(rs) => rs.encode_sep(data, parity).map_err(ErasureError::Codec)?,
+            Codec::Rs(rs) => rs.encode_sep(data, parity).map_err(ErasureError::Codec)?,
+            Codec::Grid(g) => g.parity_into(data, parity)?,
         }
         Ok(())
     }
@@ -119,8 +144,28 @@ impl ErasureCode {
     /// Fills in every `None` entry from the present ones. `pieces` has one entry per shard
     /// index; all present entries must be the same byte range of their shards.
     pub fn reconstruct(&self, pieces: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
+        let all: Vec<usize> = (0..pieces.len()).filter(|&i| pieces[i].is_none()).collect();
+        self.reconstruct_wanted(pieces, &all)
+    }
+
+    /// Fills in the `wanted` entries (and whatever else comes with them) from the present
+    /// ones, all the same byte range of their shards.
+    pub fn reconstruct_wanted(
+        &self,
+        pieces: &mut [Option<Vec<u8>>],
+        wanted: &[usize],
+    ) -> Result<(), ErasureError> {
         let total = self.policy.total_shards();
         self.check_count(pieces.len(), total)?;
+        if let Some(&index) = wanted.iter().find(|&&w| w >= total) {
+            return Err(ErasureError::NoSuchShard { index, total });
+        }
+        if wanted.iter().all(|&w| pieces[w].is_some()) {
+            return Ok(());
+        }
+        if let Codec::Grid(g) = &self.codec {
+            return g.reconstruct_wanted(pieces, wanted);
+        }
         let have = pieces.iter().filter(|p| p.is_some()).count();
         let need = self.policy.data_shards();
         if have < need {
@@ -135,8 +180,9 @@ impl ErasureCode {
             pieces.iter_mut().for_each(|p| *p = Some(Vec::new()));
             return Ok(());
         }
-        match &self.rs {
-            None => {
+        match &self.codec {
+            Codec::Rs(rs) => rs.reconstruct(pieces).map_err(ErasureError::Codec),
+            _ => {
                 let copy = pieces.iter().flatten().next().cloned().unwrap_or_default();
                 pieces
                     .iter_mut()
@@ -144,7 +190,97 @@ impl ErasureCode {
                     .for_each(|p| *p = Some(copy.clone()));
                 Ok(())
             }
-            Some(rs) => rs.reconstruct(pieces).map_err(ErasureError::Codec),
+        }
+    }
+
+    /// Which shards to read, beyond those `in_hand` (held, or on their way), to get the
+    /// `wanted` ones: taken from `usable` (readable, best first), as few as the code allows
+    /// (a grid reads a wanted shard that is usable as it is). `None` if `usable` is not
+    /// enough.
+    pub fn reads_for(
+        &self,
+        wanted: &[usize],
+        in_hand: &[bool],
+        usable: &[usize],
+    ) -> Option<Vec<usize>> {
+        let total = self.policy.total_shards();
+        if in_hand.len() != total || wanted.iter().chain(usable).any(|&i| i >= total) {
+            return None;
+        }
+        let mut usable: Vec<usize> = usable.iter().copied().filter(|&i| !in_hand[i]).collect();
+        let mut seen = vec![false; total];
+        usable.retain(|&i| !std::mem::replace(&mut seen[i], true));
+        let Codec::Grid(g) = &self.codec else {
+            let missing = wanted.iter().any(|&w| !in_hand[w]);
+            let have = in_hand.iter().filter(|&&h| h).count();
+            let more = if missing {
+                self.policy.data_shards().saturating_sub(have)
+            } else {
+                0
+            };
+            return (more <= usable.len()).then(|| usable[..more].to_vec());
+        };
+        let mut direct: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|w| usable.contains(w))
+            .collect();
+        let mut lost: Vec<bool> = in_hand.iter().map(|&h| !h).collect();
+        usable.iter().for_each(|&i| lost[i] = false);
+        let rest: Vec<usize> = wanted.iter().copied().filter(|&w| lost[w]).collect();
+        if rest.is_empty() {
+            return Some(direct);
+        }
+        let reads = match g.repair_plan(&lost, &rest, in_hand) {
+            Ok(plan) => plan.reads,
+            // Peeling cannot get there; every readable shard at once may.
+            Err(_) if g.determines(&lost, &rest) => usable.clone(),
+            Err(_) => return None,
+        };
+        direct.extend(reads.into_iter().filter(|&i| !in_hand[i]));
+        direct.sort_unstable();
+        direct.dedup();
+        Some(direct)
+    }
+
+    /// Reads that help while the `late` ones (launched, slow) are still awaited, when
+    /// [`ErasureCode::reads_for`] finds no way around them: spare shards up to K for
+    /// Reed-Solomon; for a grid, a plan that counts on the late ones arriving.
+    pub fn spare_reads(
+        &self,
+        wanted: &[usize],
+        in_hand: &[bool],
+        late: &[bool],
+        usable: &[usize],
+    ) -> Vec<usize> {
+        let total = self.policy.total_shards();
+        if late.len() != total || in_hand.len() != total {
+            return Vec::new();
+        }
+        let hand: Vec<bool> = (0..total).map(|i| in_hand[i] || late[i]).collect();
+        let usable: Vec<usize> = usable
+            .iter()
+            .copied()
+            .filter(|&i| i < total && !hand[i])
+            .collect();
+        match &self.codec {
+            Codec::Grid(_) => self.reads_for(wanted, &hand, &usable).unwrap_or_default(),
+            _ => {
+                let have = in_hand.iter().filter(|&&h| h).count();
+                let more = self.policy.data_shards().saturating_sub(have);
+                usable.into_iter().take(more).collect()
+            }
+        }
+    }
+
+    /// Whether the shards not marked `lost` determine every shard of the slice.
+    pub fn decodable(&self, lost: &[bool]) -> bool {
+        match &self.codec {
+            Codec::Grid(g) => g.decodable(lost),
+            _ => {
+                let have = lost.iter().filter(|&&l| !l).count();
+                lost.len() == self.policy.total_shards() && have >= self.policy.data_shards()
+            }
         }
     }
 
@@ -172,7 +308,31 @@ mod tests {
         prop_oneof![
             (1u8..=4).prop_map(|copies| Policy::Mirror { copies }),
             (1u8..=10, 1u8..=4).prop_map(|(data, parity)| Policy::ReedSolomon { data, parity }),
+            prop::sample::select(vec![
+                "grid:2x2+1",
+                "grid:4x4+1",
+                "grid:2x3+2",
+                "grid:2x2x2+1"
+            ])
+            .prop_map(|text| text.parse().unwrap()),
         ]
+    }
+
+    /// The fewest reads that rebuild one lost shard: K for Reed-Solomon, one line of a grid.
+    #[test]
+    fn one_lost_shard_needs_k_reads_or_one_grid_line() {
+        for (text, reads) in [
+            ("rs:4+2", 4),
+            ("rs:16+3", 16),
+            ("mirror:3", 1),
+            ("grid:4x4+1", 4),
+        ] {
+            let code = ErasureCode::new(text.parse().unwrap()).unwrap();
+            let total = code.policy().total_shards();
+            let usable: Vec<usize> = (1..total).collect();
+            let got = code.reads_for(&[0], &vec![false; total], &usable).unwrap();
+            assert_eq!(got.len(), reads, "{text}: {got:?}");
+        }
     }
 
     #[test]
@@ -232,6 +392,32 @@ mod tests {
             code.reconstruct(&mut pieces).unwrap();
             for (i, s) in shards.iter().enumerate() {
                 prop_assert_eq!(pieces[i].as_deref(), Some(&s[a..b]), "shard {}", i);
+            }
+        }
+
+        /// The reads `reads_for` picks are enough: with only those in hand, the wanted shards
+        /// come back exactly; and it finds reads whenever the loss is within the tolerance.
+        #[test]
+        fn reads_for_picks_enough(policy in policy_strategy(), len in 1u64..20_000, seed: u64) {
+            let layout = SliceLayout::new(policy, len, 4096).unwrap();
+            let code = ErasureCode::new(policy).unwrap();
+            let shards = code.encode_slice(&layout, &random_bytes(seed, len as usize)).unwrap();
+            let total = policy.total_shards();
+            prop_assume!(total > 1);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut order: Vec<usize> = (0..total).collect();
+            for i in (1..total).rev() { order.swap(i, rng.gen_range(0..=i)); }
+            let lost_count = rng.gen_range(1..=policy.tolerance().max(1)).min(total - 1);
+            let (lost, usable) = order.split_at(lost_count);
+            let wanted: Vec<usize> = lost.iter().copied().filter(|_| rng.gen_bool(0.6)).chain([lost[0]]).collect();
+            let reads = code.reads_for(&wanted, &vec![false; total], usable);
+            let reads = reads.expect("a loss within the tolerance has reads");
+            prop_assert!(reads.iter().all(|r| usable.contains(r)));
+            let mut pieces: Vec<Option<Vec<u8>>> = vec![None; total];
+            reads.iter().for_each(|&r| pieces[r] = Some(shards[r].clone()));
+            code.reconstruct_wanted(&mut pieces, &wanted).unwrap();
+            for &w in &wanted {
+                prop_assert_eq!(pieces[w].as_ref(), Some(&shards[w]));
             }
         }
 

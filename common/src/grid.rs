@@ -316,8 +316,22 @@ impl GridCode {
     /// Fills in every `None` entry that the present ones determine (all present entries the
     /// same byte range of their shards); an error if any stays unknown.
     pub fn reconstruct(&self, pieces: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
+        let all: Vec<usize> = (0..pieces.len()).filter(|&s| pieces[s].is_none()).collect();
+        self.reconstruct_wanted(pieces, &all)
+    }
+
+    /// Fills in the `wanted` entries, and what rebuilding them brings along, from the present
+    /// ones; an error if one of them stays unknown.
+    pub fn reconstruct_wanted(
+        &self,
+        pieces: &mut [Option<Vec<u8>>],
+        wanted: &[usize],
+    ) -> Result<(), ErasureError> {
         let total = self.shape.total_shards();
         check_count(pieces.len(), total)?;
+        if let Some(&index) = wanted.iter().find(|&&w| w >= total) {
+            return Err(ErasureError::NoSuchShard { index, total });
+        }
         let mut lens = pieces.iter().flatten().map(Vec::len);
         let len = lens.next().ok_or(ErasureError::Unrecoverable {
             missing: total,
@@ -331,13 +345,38 @@ impl GridCode {
             return Ok(());
         }
         let lost: Vec<bool> = pieces.iter().map(Option::is_none).collect();
-        let wanted: Vec<usize> = (0..total).filter(|&s| lost[s]).collect();
-        let (steps, _) = self.peel(&lost, &wanted);
+        let (steps, _) = self.peel(&lost, wanted, &vec![false; total]);
         self.run(&steps, pieces)?;
-        if pieces.iter().any(Option::is_none) {
-            self.solve(pieces, len)?;
+        if wanted.iter().any(|&w| pieces[w].is_none()) {
+            self.solve(pieces, len);
         }
-        Ok(())
+        match wanted.iter().filter(|&&w| pieces[w].is_none()).count() {
+            0 => Ok(()),
+            missing => Err(ErasureError::Unrecoverable { missing, total }),
+        }
+    }
+
+    /// Whether the shards not marked `lost` determine every shard.
+    pub fn decodable(&self, lost: &[bool]) -> bool {
+        let all: Vec<usize> = (0..lost.len()).filter(|&s| lost[s]).collect();
+        self.determines(lost, &all)
+    }
+
+    /// Whether the shards not marked `lost` determine the `wanted` ones (others may stay
+    /// unknown).
+    pub fn determines(&self, lost: &[bool], wanted: &[usize]) -> bool {
+        let total = self.shape.total_shards();
+        if lost.len() != total || wanted.iter().any(|&w| w >= total) {
+            return false;
+        }
+        let (_, missing) = self.peel(lost, wanted, &vec![false; total]);
+        if wanted.iter().all(|&w| !missing[w]) {
+            return true;
+        }
+        let determined = self.equations(&missing).determined;
+        wanted
+            .iter()
+            .all(|&w| !missing[w] || determined.iter().any(|(s, _)| *s == w))
     }
 
     /// Runs repair steps (from [`GridCode::repair_plan`]) on `pieces`, which hold at least
@@ -364,19 +403,26 @@ impl GridCode {
         Ok(())
     }
 
-    /// How to rebuild the `wanted` shards (those not marked in `lost` need nothing) by peeling, reading as few
-    /// surviving shards as it can: each step uses the shortest line that can be repaired,
-    /// preferring lines through a wanted shard, and reads survivors already read before
-    /// other ones. An error when peeling cannot reach them all; decoding may still
-    /// succeed then, from every survivor at once (see [`GridCode::reconstruct`]).
-    pub fn repair_plan(&self, lost: &[bool], wanted: &[usize]) -> Result<RepairPlan, ErasureError> {
+    /// How to rebuild the `wanted` shards (those not marked in `lost` need nothing) by
+    /// peeling, reading as few surviving shards as it can: each step uses the shortest line
+    /// that can be repaired, preferring lines through a wanted shard, and reads shards
+    /// `in_hand` or read for an earlier step before others. An error when peeling cannot
+    /// reach them all; decoding may still succeed then, from every survivor at once (see
+    /// [`GridCode::decodable`]).
+    pub fn repair_plan(
+        &self,
+        lost: &[bool],
+        wanted: &[usize],
+        in_hand: &[bool],
+    ) -> Result<RepairPlan, ErasureError> {
         let total = self.shape.total_shards();
         check_count(lost.len(), total)?;
+        check_count(in_hand.len(), total)?;
         if let Some(&index) = wanted.iter().find(|&&w| w >= total) {
             return Err(ErasureError::NoSuchShard { index, total });
         }
         let wanted: Vec<usize> = wanted.iter().copied().filter(|&w| lost[w]).collect();
-        let (steps, missing) = self.peel(lost, &wanted);
+        let (steps, missing) = self.peel(lost, &wanted, in_hand);
         if wanted.iter().any(|&w| missing[w]) {
             return Err(ErasureError::Unrecoverable {
                 missing: lost.iter().filter(|&&l| l).count(),
@@ -392,15 +438,31 @@ impl GridCode {
 
     /// Peels the `lost` pattern until the `wanted` shards are back or nothing more can be
     /// repaired; returns the steps that the wanted shards need (in order) and what stays
-    /// missing. Each step repairs one line with at most M losses.
-    fn peel(&self, lost: &[bool], wanted: &[usize]) -> (Vec<RepairStep>, Vec<bool>) {
+    /// missing. Each step repairs one line with at most M losses, reading `in_hand` shards
+    /// first.
+    fn peel(
+        &self,
+        lost: &[bool],
+        wanted: &[usize],
+        in_hand: &[bool],
+    ) -> (Vec<RepairStep>, Vec<bool>) {
         let m = self.shape.parity as usize;
         let mut missing = lost.to_vec();
-        let mut read_before = vec![false; missing.len()];
+        let mut read_before = in_hand.to_vec();
         let mut steps: Vec<RepairStep> = Vec::new();
         let repairable = |missing: &[bool], l: usize| {
             let n = self.lines[l].shards.iter().filter(|&&s| missing[s]).count();
             (1..=m).contains(&n)
+        };
+        // New reads a line needs (shards in hand are free), then its length.
+        let cost = |missing: &[bool], read_before: &[bool], l: usize| {
+            let line = &self.lines[l];
+            let held = line
+                .shards
+                .iter()
+                .filter(|&&s| !missing[s] && (read_before[s] || lost[s]))
+                .count();
+            (self.side(line).saturating_sub(held), line.shards.len(), l)
         };
         while wanted.iter().any(|&w| missing[w]) {
             let through_wanted = wanted
@@ -408,11 +470,11 @@ impl GridCode {
                 .filter(|&&w| missing[w])
                 .flat_map(|&w| self.lines_of[w].iter().copied())
                 .filter(|&l| repairable(&missing, l))
-                .min_by_key(|&l| (self.lines[l].shards.len(), l));
+                .min_by_key(|&l| cost(&missing, &read_before, l));
             let next = through_wanted.or_else(|| {
                 (0..self.lines.len())
                     .filter(|&l| repairable(&missing, l))
-                    .min_by_key(|&l| (self.lines[l].shards.len(), l))
+                    .min_by_key(|&l| cost(&missing, &read_before, l))
             });
             let Some(l) = next else { break };
             let line = &self.lines[l];
@@ -460,12 +522,11 @@ impl GridCode {
         (kept, missing)
     }
 
-    /// Recovers what peeling could not: every line's parity equations over GF(2^8), solved
-    /// for the missing shards by Gaussian elimination; each missing shard the survivors
-    /// determine is written as a sum of survivors times coefficients.
-    fn solve(&self, pieces: &mut [Option<Vec<u8>>], len: usize) -> Result<(), ErasureError> {
-        let total = pieces.len();
-        let unknown: Vec<usize> = (0..total).filter(|&s| pieces[s].is_none()).collect();
+    /// Every line's parity equations over GF(2^8) with at least one `missing` shard, solved
+    /// for the missing ones by Gaussian elimination.
+    fn equations(&self, missing: &[bool]) -> Equations {
+        let total = missing.len();
+        let unknown: Vec<usize> = (0..total).filter(|&s| missing[s]).collect();
         let mut column = vec![usize::MAX; total];
         for (u, &s) in unknown.iter().enumerate() {
             column[s] = u;
@@ -495,30 +556,36 @@ impl GridCode {
             }
         }
         let pivots = eliminate(&mut rows, unknown.len());
-        let mut solved = 0;
-        for (r, &u) in pivots.iter().enumerate() {
-            // Determined only if no free unknown is left in its row.
-            if (0..unknown.len()).any(|v| v != u && rows[r][v] != 0) {
-                continue;
-            }
+        // A pivot row with no free unknown left in it gives its unknown outright.
+        let determined = pivots
+            .iter()
+            .enumerate()
+            .filter(|&(r, &u)| (0..unknown.len()).all(|v| v == u || rows[r][v] == 0))
+            .map(|(r, &u)| (unknown[u], rows[r][unknown.len()..].to_vec()))
+            .collect();
+        Equations { determined }
+    }
+
+    /// Recovers what peeling could not: each missing shard the survivors determine, as a
+    /// sum of survivors times coefficients.
+    fn solve(&self, pieces: &mut [Option<Vec<u8>>], len: usize) {
+        let missing: Vec<bool> = pieces.iter().map(Option::is_none).collect();
+        for (shard, coefs) in self.equations(&missing).determined {
             let mut out = vec![0u8; len];
-            for (s, &c) in rows[r][unknown.len()..].iter().enumerate() {
+            for (s, &c) in coefs.iter().enumerate() {
                 if c != 0 {
                     let known = pieces[s].as_deref().unwrap_or_default();
                     gf::mul_slice_xor(c, known, &mut out);
                 }
             }
-            pieces[unknown[u]] = Some(out);
-            solved += 1;
+            pieces[shard] = Some(out);
         }
-        if solved < unknown.len() {
-            return Err(ErasureError::Unrecoverable {
-                missing: unknown.len() - solved,
-                total,
-            });
-        }
-        Ok(())
     }
+}
+
+/// What the survivors determine: per missing shard, its coefficient for every shard.
+struct Equations {
+    determined: Vec<(usize, Vec<u8>)>,
 }
 
 /// Reduces `rows` to reduced row echelon form over GF(2^8) in their first `columns`

@@ -1,9 +1,10 @@
 //! Redundancy policies: how a slice is cut into shards and how many losses it survives.
 //!
-//! A policy travels and is stored as its text form (`mirror:3`, `rs:4+2`), so every decode
-//! validates it and new shapes (grid parity) add new spellings without changing how the
+//! A policy travels and is stored as its text form (`mirror:3`, `rs:4+2`, `grid:4x4+1`), so
+//! every decode validates it and new shapes add new spellings without changing how the
 //! existing ones are stored.
 
+use crate::grid::GridShape;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -23,10 +24,15 @@ pub enum Policy {
     /// Reed-Solomon over GF(2^8): `data` data shards plus `parity` parity shards, each on a
     /// distinct server; any `parity` of them may be lost.
     ReedSolomon { data: u8, parity: u8 },
+    /// Grid parity ([`crate::grid`]): the data shards on a grid, every line along every
+    /// axis with its own Reed-Solomon parity; any (M+1)^n − 1 may be lost.
+    Grid(GridShape),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid redundancy policy {text:?}: {reason} (expected e.g. mirror:3 or rs:4+2)")]
+#[error(
+    "invalid redundancy policy {text:?}: {reason} (expected e.g. mirror:3, rs:4+2 or grid:4x4+1)"
+)]
 pub struct PolicyError {
     pub text: String,
     pub reason: String,
@@ -38,6 +44,7 @@ impl Policy {
         match *self {
             Policy::Mirror { .. } => 1,
             Policy::ReedSolomon { data, .. } => data as usize,
+            Policy::Grid(g) => g.data_shards(),
         }
     }
 
@@ -46,6 +53,7 @@ impl Policy {
         match *self {
             Policy::Mirror { copies } => (copies as usize).saturating_sub(1),
             Policy::ReedSolomon { parity, .. } => parity as usize,
+            Policy::Grid(g) => g.total_shards() - g.data_shards(),
         }
     }
 
@@ -65,16 +73,21 @@ impl Policy {
         }
     }
 
-    /// How many shards of a slice may be lost with every byte still recoverable.
+    /// How many shards of a slice may be lost, whichever they are, with every byte still
+    /// recoverable (a grid survives many larger patterns too).
     pub fn tolerance(&self) -> usize {
-        self.parity_shards()
+        match self {
+            Policy::Grid(g) => g.tolerance(),
+            _ => self.parity_shards(),
+        }
     }
 
-    /// The fewest shards a new slice may be stored with when servers are missing: one more
-    /// than needed to read it, so one more loss is still survivable (as Ceph's `min_size`);
-    /// all of them for a policy without parity. The rest are rebuilt as soon as servers allow.
+    /// The fewest shards a new slice may be stored with when servers are missing: enough
+    /// that one more loss, any one, is still survivable (as Ceph's `min_size`; K+1 for
+    /// Reed-Solomon); all of them for a policy without parity. The rest are rebuilt as soon
+    /// as servers allow.
     pub fn min_shards(&self) -> usize {
-        (self.data_shards() + 1).min(self.total_shards())
+        self.total_shards() - self.tolerance().saturating_sub(1)
     }
 
     fn validate(self) -> Result<Self, String> {
@@ -98,6 +111,7 @@ impl fmt::Display for Policy {
         match self {
             Policy::Mirror { copies } => write!(f, "mirror:{copies}"),
             Policy::ReedSolomon { data, parity } => write!(f, "rs:{data}+{parity}"),
+            Policy::Grid(g) => write!(f, "grid:{g}"),
         }
     }
 }
@@ -128,6 +142,7 @@ impl FromStr for Policy {
                     parity: number(parity)?,
                 }
             }
+            "grid" => Policy::Grid(shape.parse().map_err(|reason: String| err(&reason))?),
             _ => return Err(err("unknown kind")),
         };
         policy.validate().map_err(|reason| err(&reason))
@@ -154,7 +169,15 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for text in ["mirror:1", "mirror:3", "rs:4+2", "rs:8+3", "rs:32+16"] {
+        for text in [
+            "mirror:1",
+            "mirror:3",
+            "rs:4+2",
+            "rs:8+3",
+            "rs:32+16",
+            "grid:4x4+1",
+            "grid:3x3x3+1",
+        ] {
             let p: Policy = text.parse().unwrap();
             assert_eq!(p.to_string(), text);
         }
@@ -168,6 +191,25 @@ mod tests {
             (m.data_shards(), m.tolerance(), m.total_shards()),
             (1, 2, 3)
         );
+        let g: Policy = "grid:4x4+1".parse().unwrap();
+        assert_eq!(
+            (g.data_shards(), g.parity_shards(), g.tolerance()),
+            (16, 9, 3)
+        );
+    }
+
+    #[test]
+    fn min_shards_leave_one_more_loss_survivable() {
+        for (text, min) in [
+            ("mirror:1", 1),
+            ("mirror:3", 2),
+            ("rs:4+2", 5),
+            ("rs:8+3", 9),
+            ("grid:4x4+1", 23),
+            ("grid:3x3x3+1", 58),
+        ] {
+            assert_eq!(text.parse::<Policy>().unwrap().min_shards(), min, "{text}");
+        }
     }
 
     #[test]
@@ -191,6 +233,9 @@ mod tests {
             "raid:5",
             "rs:999+2",
             "mirror:+3",
+            "grid:4x4",
+            "grid:4+1",
+            "grid:9x9x9+1",
         ] {
             assert!(
                 text.parse::<Policy>().is_err(),

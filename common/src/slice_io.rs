@@ -7,7 +7,7 @@ use crate::ids::{ChunkserverId, ShardId, SliceId};
 use crate::layout::{LayoutError, SliceLayout};
 use crate::shard_client::{ShardClient, ShardError};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -310,10 +310,11 @@ impl SliceIo {
         Ok(SliceRead { data, problems })
     }
 
-    /// Rebuilds `plan.range` of shards `plan.missing` from the same range of any K other
-    /// shards: healthy servers first, suspect ones next, `plan.last_resort` last. A read that
-    /// fails, or lags far behind its peers, brings in one more shard. `known(j)` may supply
-    /// shard j's piece without a read. Returns every shard's piece of the range.
+    /// Rebuilds `plan.range` of shards `plan.missing` from the same range of other shards,
+    /// as few as the code allows (any K for Reed-Solomon, the cheapest lines of a grid):
+    /// healthy servers first, suspect ones next, `plan.last_resort` last. A read that fails,
+    /// or lags far behind its peers, is planned around with more reads. `known(j)` may
+    /// supply shard j's piece without a read. Returns every shard's piece it has.
     pub async fn recover(
         &self,
         slice: SliceId,
@@ -324,49 +325,64 @@ impl SliceIo {
         problems: &mut Vec<ShardProblem>,
     ) -> Result<Vec<Option<Vec<u8>>>, SliceError> {
         check_size(layout, targets.len())?;
-        let need = layout.policy.data_shards();
+        let code = ErasureCode::new(layout.policy)?;
         let total = layout.policy.total_shards();
-        let missing: HashSet<usize> = plan.missing.iter().copied().collect();
+        let wanted: Vec<usize> = plan
+            .missing
+            .iter()
+            .copied()
+            .filter(|&i| i < total)
+            .collect();
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; total];
-        let mut healthy = VecDeque::new();
-        let mut suspect = VecDeque::new();
-        let mut have = 0;
-        for j in (0..total).filter(|j| !missing.contains(j)) {
+        let (mut healthy, mut suspect) = (Vec::new(), Vec::new());
+        for j in (0..total).filter(|j| !wanted.contains(j)) {
             match known(j) {
-                Some(piece) => {
-                    pieces[j] = Some(piece);
-                    have += 1;
-                }
-                None if self.is_suspect(&targets[j]) => suspect.push_back(j),
-                None => healthy.push_back(j),
+                Some(piece) => pieces[j] = Some(piece),
+                None if self.is_suspect(&targets[j]) => suspect.push(j),
+                None => healthy.push(j),
             }
         }
-        let mut candidates: VecDeque<usize> = healthy
-            .into_iter()
-            .chain(suspect)
-            .chain(plan.last_resort.iter().copied())
-            .collect();
+        // Each tier adds candidates only when the ones before it cannot do.
+        let mut tiers = vec![healthy];
+        tiers.push([tiers[0].clone(), suspect].concat());
+        tiers.push([tiers[1].clone(), plan.last_resort.to_vec()].concat());
+        let mut launched = vec![false; total];
+        // Launched and not yet failed, nor given up on as slow.
+        let mut counted = vec![false; total];
         let mut fetches = Fetches::new(self, slice, targets);
-        // Reads launched beyond the K needed, to overtake slow ones.
-        let mut spare = 0;
-        while have < need {
-            while have + fetches.len() < need + spare {
-                let Some(j) = candidates.pop_front() else {
-                    break;
-                };
-                fetches.launch(j, plan.range.clone());
+        loop {
+            let have: Vec<bool> = pieces.iter().map(Option::is_some).collect();
+            if code.reads_for(&wanted, &have, &[]) == Some(Vec::new()) {
+                break;
+            }
+            let in_hand: Vec<bool> = (0..total).map(|j| have[j] || counted[j]).collect();
+            let reads = tiers.iter().find_map(|tier| {
+                let usable: Vec<usize> = tier.iter().copied().filter(|&j| !launched[j]).collect();
+                code.reads_for(&wanted, &in_hand, &usable)
+            });
+            match reads {
+                Some(reads) => {
+                    for j in reads {
+                        launched[j] = true;
+                        counted[j] = true;
+                        fetches.launch(j, plan.range.clone());
+                    }
+                }
+                // Nothing more to read that would do: wait for the slow reads.
+                None => fetches.stop_hedging(),
             }
             match fetches.next().await {
-                Fetched::Done(j, Ok(piece)) => {
-                    pieces[j] = Some(piece);
-                    have += 1;
+                Fetched::Done(j, Ok(piece)) => pieces[j] = Some(piece),
+                Fetched::Done(j, Err(problem)) => {
+                    counted[j] = false;
+                    problems.push(problem);
                 }
-                Fetched::Done(_, Err(problem)) => problems.push(problem),
-                Fetched::Slow(slow) if !candidates.is_empty() => {
-                    spare += slow.len();
-                    problems.extend(slow.into_iter().map(|(_, p)| p));
+                Fetched::Slow(slow) => {
+                    for (j, problem) in slow {
+                        counted[j] = false;
+                        problems.push(problem);
+                    }
                 }
-                Fetched::Slow(_) => fetches.stop_hedging(),
                 Fetched::Idle => {
                     return Err(SliceError::Lost {
                         slice,
@@ -376,11 +392,13 @@ impl SliceIo {
             }
         }
         drop(fetches);
-        let code = ErasureCode::new(layout.policy)?;
-        tokio::task::spawn_blocking(move || code.reconstruct(&mut pieces).map(|()| pieces))
-            .await
-            .expect("reconstruction does not panic")
-            .map_err(SliceError::from)
+        tokio::task::spawn_blocking(move || {
+            code.reconstruct_wanted(&mut pieces, &wanted)
+                .map(|()| pieces)
+        })
+        .await
+        .expect("reconstruction does not panic")
+        .map_err(SliceError::from)
     }
 
     async fn fetch(
@@ -449,10 +467,6 @@ impl<'a> Fetches<'a> {
             slowest: None,
             hedging: true,
         }
-    }
-
-    fn len(&self) -> usize {
-        self.inflight.len()
     }
 
     fn launch(&mut self, index: usize, range: Range<u64>) {

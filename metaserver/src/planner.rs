@@ -5,11 +5,13 @@
 
 use crate::placement::Domain;
 use lattice_common::chunk_map::SliceRef;
+use lattice_common::erasure::ErasureCode;
 use lattice_common::ids::{ChunkserverId, InodeId, ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
+use lattice_common::policy::Policy;
 use lattice_common::wire::meta::{ChunkserverState, JobKind, Redundancy};
 use lattice_common::wire::ShardSource;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// The leader's view of one chunkserver.
@@ -127,6 +129,7 @@ pub fn plan<'a>(
     }
     let mut healthy: Vec<(InodeId, u64, &SliceRef)> = Vec::new();
     let mut policies = HashSet::new();
+    let mut codes: HashMap<Policy, Option<ErasureCode>> = HashMap::new();
     for (ino, chunk, s) in slices {
         policies.insert(s.layout.policy);
         let shard_bytes = s.layout.shard_len();
@@ -148,10 +151,15 @@ pub fn plan<'a>(
             }
         }
         let surviving = (0..total).filter(|&i| ok(i)).count();
-        let need = s.layout.policy.data_shards();
+        let gone: Vec<bool> = (0..total).map(|i| !ok(i)).collect();
+        // Which shards survive matters, not only how many (a grid's lines).
+        let code = codes
+            .entry(s.layout.policy)
+            .or_insert_with(|| ErasureCode::new(s.layout.policy).ok());
+        let readable = code.as_ref().is_some_and(|c| c.decodable(&gone));
         let r = &mut out.redundancy;
         match total - surviving {
-            _ if surviving < need => r.lost += 1,
+            _ if !readable => r.lost += 1,
             0 => r.healthy += 1,
             1 => r.degraded_1 += 1,
             _ => r.degraded_2_plus += 1,
@@ -165,7 +173,7 @@ pub fn plan<'a>(
             healthy.push((ino, chunk, s));
             continue;
         }
-        if busy.contains_key(&s.slice) || surviving < need {
+        if busy.contains_key(&s.slice) || !readable {
             continue;
         }
         let sources: Vec<ShardSource> = (0..total)
@@ -418,7 +426,7 @@ fn domain_warnings(
                     "policy {p} spreads {need} shards over only {} failure domains (hosts): losing one host can cost a slice more than one shard",
                     hosts.len()
                 ))
-            } else if need > racks.len() && p.parity_shards() < need.div_ceil(racks.len()) {
+            } else if need > racks.len() && p.tolerance() < need.div_ceil(racks.len()) {
                 Some(format!(
                     "policy {p} spreads {need} shards over only {} racks: losing one rack can cost a slice more shards than it tolerates",
                     racks.len()

@@ -35,12 +35,11 @@ fn random_pattern(rng: &mut impl Rng, total: usize, count: usize) -> Vec<bool> {
     lost
 }
 
-/// Brute force: the survivors determine every shard iff the generator matrix restricted
-/// to them has full rank K (each column: one shard's byte as a function of the data bytes).
-fn decodable_by_rank(code: &GridCode, lost: &[bool]) -> bool {
+/// Each shard's byte as a function of the data bytes: its column of the generator matrix.
+fn generator_columns(code: &GridCode) -> Vec<Vec<u8>> {
     let shape = code.shape();
     let k = shape.data_shards();
-    let columns: Vec<Vec<u8>> = (0..k)
+    let by_data: Vec<Vec<u8>> = (0..k)
         .map(|i| {
             let data: Vec<[u8; 1]> = (0..k).map(|j| [(i == j) as u8]).collect();
             let mut parity = vec![vec![0u8; 1]; shape.total_shards() - k];
@@ -51,12 +50,31 @@ fn decodable_by_rank(code: &GridCode, lost: &[bool]) -> bool {
                 .collect()
         })
         .collect();
-    // Rows: surviving shards; columns: data bytes.
-    let mut rows: Vec<Vec<u8>> = (0..shape.total_shards())
-        .filter(|&s| !lost[s])
-        .map(|s| columns.iter().map(|c| c[s]).collect())
-        .collect();
-    eliminate(&mut rows, k).len() == k
+    (0..shape.total_shards())
+        .map(|s| by_data.iter().map(|c| c[s]).collect())
+        .collect()
+}
+
+/// Rank over GF(2^8) of these shards' generator columns.
+fn rank(columns: &[Vec<u8>], shards: impl Iterator<Item = usize>) -> usize {
+    let mut rows: Vec<Vec<u8>> = shards.map(|s| columns[s].clone()).collect();
+    let width = columns[0].len();
+    eliminate(&mut rows, width).len()
+}
+
+/// Brute force: the survivors determine every shard iff the generator matrix restricted
+/// to them has full rank K.
+fn decodable_by_rank(code: &GridCode, lost: &[bool]) -> bool {
+    let columns = generator_columns(code);
+    let survivors = (0..lost.len()).filter(|&s| !lost[s]);
+    rank(&columns, survivors) == code.shape().data_shards()
+}
+
+/// Brute force: the survivors determine shard `w` iff its column adds nothing to their span.
+fn determined_by_rank(code: &GridCode, lost: &[bool], w: usize) -> bool {
+    let columns = generator_columns(code);
+    let survivors = || (0..lost.len()).filter(|&s| !lost[s]);
+    rank(&columns, survivors()) == rank(&columns, survivors().chain([w]))
 }
 
 #[test]
@@ -176,7 +194,7 @@ fn peeling_repairs_every_pattern_below_the_distance() {
             &mut |pattern| {
                 let mut lost = vec![false; total];
                 pattern.iter().for_each(|&s| lost[s] = true);
-                let (_, missing) = c.peel(&lost, pattern);
+                let (_, missing) = c.peel(&lost, pattern, &vec![false; total]);
                 assert!(!missing.contains(&true), "{text}: {pattern:?} not repaired");
                 checked += 1;
             },
@@ -206,7 +224,7 @@ fn decoding_agrees_with_brute_force_on_larger_patterns() {
         let c = code(text);
         let shape = c.shape();
         let total = shape.total_shards();
-        let (mut peeled, mut solved, mut lost_for_good) = (0, 0, 0);
+        let (mut peeled, mut solved, mut lost_for_good, mut partly) = (0, 0, 0, 0);
         for _ in 0..patterns {
             let count = rng.gen_range(shape.distance()..=total - shape.data_shards());
             let lost = random_pattern(&mut rng, total, count);
@@ -217,8 +235,22 @@ fn decoding_agrees_with_brute_force_on_larger_patterns() {
                 .map(|(s, &l)| (!l).then(|| s.clone()))
                 .collect();
             let all: Vec<usize> = (0..total).filter(|&s| lost[s]).collect();
-            let by_peeling = !c.peel(&lost, &all).1.contains(&true);
+            let by_peeling = !c.peel(&lost, &all, &vec![false; total]).1.contains(&true);
             let decodable = decodable_by_rank(&c, &lost);
+            assert_eq!(c.decodable(&lost), decodable, "{text}: {lost:?}");
+            let w = (0..total)
+                .filter(|&s| lost[s])
+                .nth(rng.gen_range(0..count))
+                .unwrap();
+            let one = determined_by_rank(&c, &lost, w);
+            assert_eq!(
+                c.determines(&lost, &[w]),
+                one,
+                "{text}: shard {w} of {lost:?}"
+            );
+            if one && !decodable {
+                partly += 1;
+            }
             assert!(
                 !by_peeling || decodable,
                 "{text}: peeled an undecodable {lost:?}"
@@ -247,7 +279,8 @@ fn decoding_agrees_with_brute_force_on_larger_patterns() {
         }
         eprintln!(
             "grid:{text}, {patterns} patterns of {}..={} losses: {peeled} peeled, {solved} \
-             needed the solve, {lost_for_good} undecodable",
+             needed the solve, {lost_for_good} undecodable (in {partly} of them a chosen lost \
+             shard still determined)",
             shape.distance(),
             total - shape.data_shards()
         );
@@ -263,11 +296,26 @@ fn one_lost_shard_is_rebuilt_from_its_shortest_line() {
         for s in 0..total {
             let mut lost = vec![false; total];
             lost[s] = true;
-            let plan = c.repair_plan(&lost, &[s]).unwrap();
+            let plan = c.repair_plan(&lost, &[s], &vec![false; total]).unwrap();
             assert_eq!(plan.steps.len(), 1, "{text}: shard {s}");
             assert_eq!(plan.reads.len(), reads, "{text}: shard {s}");
         }
     }
+}
+
+/// Shards already in hand are used before others: a lost shard whose column is in hand is
+/// rebuilt from it, not from its row.
+#[test]
+fn a_repair_plan_uses_what_is_in_hand() {
+    let c = code("4x4+1");
+    let mut lost = vec![false; 25];
+    lost[0] = true;
+    let column: Vec<usize> = (1..25).filter(|&s| c.coordinates(s)[1] == 0).collect();
+    assert_eq!(column.len(), 4);
+    let mut in_hand = vec![false; 25];
+    column.iter().for_each(|&s| in_hand[s] = true);
+    let plan = c.repair_plan(&lost, &[0], &in_hand).unwrap();
+    assert_eq!(plan.reads, column);
 }
 
 #[test]
@@ -275,24 +323,24 @@ fn repair_plan_rejects_what_it_cannot_do() {
     let c = code("2x2+1");
     let lost = vec![true, true, false, false, true, true, false, false, false];
     assert_eq!(
-        c.repair_plan(&lost[..8], &[0]),
+        c.repair_plan(&lost[..8], &[0], &[false; 9]),
         Err(ErasureError::ShardCount {
             expected: 9,
             got: 8
         })
     );
     assert_eq!(
-        c.repair_plan(&lost, &[9]),
+        c.repair_plan(&lost, &[9], &[false; 9]),
         Err(ErasureError::NoSuchShard { index: 9, total: 9 })
     );
     // The data square (0,0),(0,1),(1,0),(1,1) is the support of a codeword (the lines'
     // parity equations have a non-zero solution on it): those four are lost for good.
     let square = vec![true, true, true, true, false, false, false, false, false];
     assert!(matches!(
-        c.repair_plan(&square, &[0]),
+        c.repair_plan(&square, &[0], &[false; 9]),
         Err(ErasureError::Unrecoverable { .. })
     ));
-    assert_eq!(c.repair_plan(&lost, &[2]).unwrap().steps, []);
+    assert_eq!(c.repair_plan(&lost, &[2], &[false; 9]).unwrap().steps, []);
 }
 
 fn shape_strategy() -> impl Strategy<Value = &'static str> {
@@ -354,7 +402,7 @@ proptest! {
             .filter(|_| rng.gen_bool(0.5))
             .chain(lost_list.first().copied())
             .collect();
-        let plan = c.repair_plan(&lost, &wanted).unwrap();
+        let plan = c.repair_plan(&lost, &wanted, &vec![false; total]).unwrap();
         let mut hand: Vec<Option<Vec<u8>>> = vec![None; total];
         for &s in &plan.reads {
             prop_assert!(!lost[s]);
