@@ -313,15 +313,8 @@ impl GridCode {
         Ok(())
     }
 
-    /// Fills in every `None` entry that the present ones determine (all present entries the
-    /// same byte range of their shards); an error if any stays unknown.
-    pub fn reconstruct(&self, pieces: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
-        let all: Vec<usize> = (0..pieces.len()).filter(|&s| pieces[s].is_none()).collect();
-        self.reconstruct_wanted(pieces, &all)
-    }
-
     /// Fills in the `wanted` entries, and what rebuilding them brings along, from the present
-    /// ones; an error if one of them stays unknown.
+    /// ones (all the same byte range of their shards); an error if one of them stays unknown.
     pub fn reconstruct_wanted(
         &self,
         pieces: &mut [Option<Vec<u8>>],
