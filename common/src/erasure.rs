@@ -47,35 +47,36 @@ enum Codec {
     Grid(Arc<GridCode>),
 }
 
-type CodeCache = Mutex<HashMap<(usize, usize), Arc<ReedSolomon>>>;
-type GridCache = Mutex<HashMap<GridShape, Arc<GridCode>>>;
+/// Codes built once per process and shared, by what they are built from.
+type Shared<K, V> = OnceLock<Mutex<HashMap<K, Arc<V>>>>;
 
-fn shared_grid(shape: GridShape) -> Result<Arc<GridCode>, ErasureError> {
-    static CODES: OnceLock<GridCache> = OnceLock::new();
-    let mut codes = CODES
+fn shared<K: std::hash::Hash + Eq, V>(
+    cache: &'static Shared<K, V>,
+    key: K,
+    build: impl FnOnce() -> Result<V, ErasureError>,
+) -> Result<Arc<V>, ErasureError> {
+    let mut codes = cache
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(g) = codes.get(&shape) {
-        return Ok(g.clone());
+    if let Some(code) = codes.get(&key) {
+        return Ok(code.clone());
     }
-    let g = Arc::new(GridCode::new(shape)?);
-    codes.insert(shape, g.clone());
-    Ok(g)
+    let code = Arc::new(build()?);
+    codes.insert(key, code.clone());
+    Ok(code)
+}
+
+fn shared_grid(shape: GridShape) -> Result<Arc<GridCode>, ErasureError> {
+    static CODES: Shared<GridShape, GridCode> = OnceLock::new();
+    shared(&CODES, shape, || GridCode::new(shape))
 }
 
 pub(crate) fn shared_rs(data: usize, parity: usize) -> Result<Arc<ReedSolomon>, ErasureError> {
-    static CODES: OnceLock<CodeCache> = OnceLock::new();
-    let mut codes = CODES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(rs) = codes.get(&(data, parity)) {
-        return Ok(rs.clone());
-    }
-    let rs = Arc::new(ReedSolomon::new(data, parity).map_err(ErasureError::Codec)?);
-    codes.insert((data, parity), rs.clone());
-    Ok(rs)
+    static CODES: Shared<(usize, usize), ReedSolomon> = OnceLock::new();
+    shared(&CODES, (data, parity), || {
+        ReedSolomon::new(data, parity).map_err(ErasureError::Codec)
+    })
 }
 
 impl ErasureCode {
