@@ -16,6 +16,14 @@ pub const MAX_DATA_SHARDS: u8 = 32;
 /// Most parity shards of one slice (`M` of `rs:K+M`).
 pub const MAX_PARITY_SHARDS: u8 = 16;
 
+/// The virtual extended attribute that reads and sets a file's or directory's policy. It
+/// is not stored and not listed, so `cp -a`, `rsync -X` and `tar --xattrs` never copy it.
+pub const POLICY_XATTR: &[u8] = b"lattice.policy";
+/// The read-only virtual extended attribute showing where a file's slices are stored.
+pub const LAYOUT_XATTR: &[u8] = b"lattice.layout";
+/// Extended attribute names under this prefix belong to the filesystem; none is stored.
+pub const VIRTUAL_XATTR_PREFIX: &[u8] = b"lattice.";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Policy {
@@ -88,6 +96,13 @@ impl Policy {
     /// as servers allow.
     pub fn min_shards(&self) -> usize {
         self.total_shards() - self.tolerance().saturating_sub(1)
+    }
+
+    /// Parses the value of [`POLICY_XATTR`] as `setfattr` and programs send it: the text,
+    /// perhaps with a trailing newline or NUL.
+    pub fn from_xattr(value: &[u8]) -> Result<Policy, PolicyError> {
+        let text = String::from_utf8_lossy(value);
+        text.trim_end_matches(['\0', '\n']).trim().parse()
     }
 
     fn validate(self) -> Result<Self, String> {

@@ -8,6 +8,7 @@ use lattice_common::fs::{
     XattrMode,
 };
 use lattice_common::ids::InodeId;
+use lattice_common::policy::{Policy, POLICY_XATTR};
 use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -347,13 +348,29 @@ impl Client {
         value: &[u8],
         mode: XattrMode,
     ) -> Result<(), Errno> {
-        self.done_reply(FsOp::SetXattr {
-            ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-            mode,
-        })
-        .await
+        // The metaserver checks `lattice.policy` too; the reason is worth a line here.
+        let policy = match name == POLICY_XATTR {
+            true => match Policy::from_xattr(value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!(%ino, "setting lattice.policy: {e}");
+                    return Err(Errno::INVAL);
+                }
+            },
+            false => None,
+        };
+        let result = self
+            .done_reply(FsOp::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                mode,
+            })
+            .await;
+        if let (Some(p), Err(Errno::NOSPC)) = (policy, result) {
+            warn!(%ino, "setting lattice.policy {p}: the cluster has fewer chunkservers in service than the {} it needs at least", p.min_shards());
+        }
+        result
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<(), Errno> {

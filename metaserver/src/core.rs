@@ -3,25 +3,27 @@
 //! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
 
 use crate::cluster_map::ServerRecord;
+use crate::fileinfo;
 use crate::gc::{self, Doom, Expected, GarbageSlice, GcWork, ShardCopy};
 use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
 use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
+use crate::reencode;
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
-use lattice_common::policy::Policy;
+use lattice_common::policy::{Policy, LAYOUT_XATTR};
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
-    MemberStatus, Registration,
+    JobKind, MemberStatus, Registration,
 };
 use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -144,6 +146,19 @@ pub enum Input {
         len: u64,
         avoid: Vec<ChunkserverId>,
         reply: oneshot::Sender<Answer<Outcome>>,
+    },
+    /// A slice allocation for the leader's own re-encoding, under `policy`.
+    Reserve {
+        ino: InodeId,
+        policy: Policy,
+        len: u64,
+        reply: oneshot::Sender<Answer<Outcome>>,
+    },
+    /// Up to `max` slices to re-encode, leaving out `skip` (leader only).
+    Reencodes {
+        skip: BTreeSet<SliceId>,
+        max: usize,
+        reply: oneshot::Sender<Answer<Vec<reencode::Candidate>>>,
     },
     Query {
         query: FsQuery,
@@ -381,7 +396,7 @@ impl Core {
                 len,
                 avoid,
                 reply,
-            } => match self.plan_allocation(ino, len, &avoid) {
+            } => match self.plan_allocation(ino, None, len, &avoid) {
                 Ok(Ok((layout, placement))) => {
                     let now = Timestamp::now();
                     let cmd = Command::Allocate {
@@ -402,6 +417,36 @@ impl Core {
                     let _ = reply.send(Err(reject));
                 }
             },
+            Input::Reserve {
+                ino,
+                policy,
+                len,
+                reply,
+            } => match self.plan_allocation(ino, Some(policy), len, &[]) {
+                Ok(Ok((layout, placement))) => {
+                    let now = Timestamp::now();
+                    let cmd = Command::Reserve {
+                        ino,
+                        layout,
+                        placement,
+                        now,
+                    };
+                    self.propose(cmd, reply);
+                }
+                Ok(Err(errno)) => {
+                    let _ = reply.send(Ok(Outcome::Fs(Err(errno))));
+                }
+                Err(reject) => {
+                    let _ = reply.send(Err(reject));
+                }
+            },
+            Input::Reencodes { skip, max, reply } => {
+                let answer = match self.replica.is_leader() {
+                    true => Ok(reencode::find(&self.replica.sm, &self.views(), &skip, max).0),
+                    false => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
             Input::Query { query, reply } => {
                 let token = self.token(Waiter::Read(query, reply));
                 self.read(token);
@@ -630,6 +675,9 @@ impl Core {
                     inodes: self.replica.sm.ns.inode_count(),
                 }))
             }
+            FsQuery::GetXattr { ino, name } if name == LAYOUT_XATTR => {
+                fileinfo::describe(&self.replica.sm, &self.views(), *ino).map(FsReply::Xattr)
+            }
             q => self.replica.sm.query(q),
         }
     }
@@ -696,16 +744,21 @@ impl Core {
     /// The layout and servers of a new slice, or the errno to fail it with: EAGAIN while
     /// too few servers are up to store it even degraded (the client waits and retries),
     /// ENOSPC when enough are up but too full.
+    /// `policy` overrides the file's (a re-encode knows what it wants).
     fn plan_allocation(
         &mut self,
         ino: InodeId,
+        policy: Option<Policy>,
         len: u64,
         avoid: &[ChunkserverId],
     ) -> Answer<Result<(SliceLayout, Placement), Errno>> {
         if !self.replica.is_leader() {
             return Err(self.not_leader());
         }
-        let policy = match self.replica.sm.policy_of(ino, self.upkeep.default_policy) {
+        let policy = match policy.map_or_else(
+            || self.replica.sm.policy_of(ino, self.upkeep.default_policy),
+            Ok,
+        ) {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -1094,11 +1147,18 @@ impl Core {
             inodes: sm.ns.inode_count(),
             slices: sm.ns.all_slices().count() as u64,
             redundancy: plan.redundancy,
-            jobs: self
-                .book
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .status(&plan.backlog),
+            jobs: {
+                let mut backlog = plan.backlog;
+                let views = self.views();
+                let (_, left) = reencode::find(sm, &views, &BTreeSet::new(), 0);
+                if left.shards > 0 {
+                    backlog.insert((JobKind::Reencode, None), left);
+                }
+                self.book
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .status(&backlog)
+            },
             warnings: plan.warnings,
         }
     }

@@ -7,12 +7,15 @@
 use crate::core::{ask_core, Answer, Input};
 use crate::gc::{self, Doom, ShardCopy};
 use crate::planner::{Busy, Job};
+use crate::reencode;
 use crate::state_machine::{Command, Outcome};
 use futures::stream::{self, StreamExt};
 use lattice_common::ids::{ChunkserverId, ShardId, SliceId};
 use lattice_common::shard_client::ShardClient;
+use lattice_common::slice_io::SliceIo;
+use lattice_common::throttle::Throttle;
 use lattice_common::wire::meta::{JobKind, JobStatus};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +39,8 @@ pub struct Settings {
     pub orphan_grace: Duration,
     /// How often each server's shard list is compared with the metadata.
     pub reconcile_every: Duration,
+    /// Bytes per second re-encoded to new policies (0: unlimited).
+    pub reencode_rate: u64,
 }
 
 /// Progress of one kind of work since this member became leader.
@@ -50,6 +55,8 @@ pub struct Tally {
 #[derive(Default)]
 pub struct Book {
     pub running: BTreeMap<SliceId, Job>,
+    /// Slices being re-encoded, with their bytes.
+    pub reencoding: BTreeMap<SliceId, u64>,
     pub tally: BTreeMap<(JobKind, Option<ChunkserverId>), Tally>,
     /// Copies being deleted: no job re-creates one meanwhile.
     deleting: HashSet<ShardCopy>,
@@ -114,6 +121,9 @@ impl Book {
     ) -> Vec<JobStatus> {
         let mut keys: Vec<_> = self.tally.keys().chain(backlog.keys()).copied().collect();
         keys.extend(self.running.values().map(Book::key));
+        if !self.reencoding.is_empty() {
+            keys.push((JobKind::Reencode, None));
+        }
         keys.sort();
         keys.dedup();
         keys.into_iter()
@@ -127,11 +137,14 @@ impl Book {
                     done_bytes: t.done_bytes,
                     remaining_shards: b.shards,
                     remaining_bytes: b.bytes,
-                    running: self
-                        .running
-                        .values()
-                        .filter(|j| Book::key(j) == key)
-                        .count() as u64,
+                    running: match key.0 {
+                        JobKind::Reencode => self.reencoding.len() as u64,
+                        _ => self
+                            .running
+                            .values()
+                            .filter(|j| Book::key(j) == key)
+                            .count() as u64,
+                    },
                     failed: t.failed,
                 }
             })
@@ -182,6 +195,10 @@ pub struct Executor {
     pub doomed: Mutex<DeleteQueue>,
     /// Woken when a job ends, so the next one starts without waiting for the tick.
     pub job_ended: tokio::sync::Notify,
+    /// Paces re-encoding (`Settings::reencode_rate`).
+    pub reencode_rate: Throttle,
+    /// Reads and writes whole slices for re-encoding.
+    pub slices: SliceIo,
 }
 
 impl Executor {
@@ -236,6 +253,7 @@ impl Executor {
                     tokio::spawn(self.clone().carry_out(job));
                 }
             }
+            self.start_reencodes().await;
             if collector.due() {
                 tokio::spawn(collector.clone().round());
             }
@@ -260,6 +278,42 @@ impl Executor {
         }
         drop(book);
         self.job_ended.notify_one();
+    }
+
+    /// Starts re-encoding slices stored under another policy than their file's, up to
+    /// [`reencode::PARALLEL`] at once.
+    async fn start_reencodes(self: &Arc<Self>) {
+        let skip: BTreeSet<SliceId> = self.book().reencoding.keys().copied().collect();
+        let max = reencode::PARALLEL.saturating_sub(skip.len());
+        if max == 0 {
+            return;
+        }
+        let Ok(found) = ask_core(&self.core, |reply| Input::Reencodes { skip, max, reply }).await
+        else {
+            return;
+        };
+        for c in found {
+            self.book().reencoding.insert(c.slice.slice, c.slice.len);
+            let exec = self.clone();
+            tokio::spawn(async move {
+                let result = reencode::reencode(&exec, &exec.slices, &c).await;
+                let mut book = exec.book();
+                book.reencoding.remove(&c.slice.slice);
+                let t = book.tally.entry((JobKind::Reencode, None)).or_default();
+                match result {
+                    Ok(bytes) => {
+                        t.done_shards += 1;
+                        t.done_bytes += bytes;
+                    }
+                    Err(e) => {
+                        t.failed += 1;
+                        warn!(ino = %c.ino, slice = %c.slice.slice, to = %c.to, "re-encoding failed: {e}");
+                    }
+                }
+                drop(book);
+                exec.job_ended.notify_one();
+            });
+        }
     }
 
     async fn rebuild_and_commit(&self, job: &Job) -> Result<(), String> {

@@ -3,6 +3,7 @@
 
 mod cluster_map;
 mod core;
+mod fileinfo;
 mod gc;
 mod jobs;
 mod locks;
@@ -13,6 +14,7 @@ mod placement;
 mod planner;
 mod raft_log;
 mod raft_tracing;
+mod reencode;
 mod replica;
 mod service;
 #[cfg(test)]
@@ -25,6 +27,8 @@ use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{self, Role};
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
+use lattice_common::slice_io::SliceIo;
+use lattice_common::throttle::Throttle;
 use lattice_common::transport::{self, write_addr_file, Identity, Node};
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, ClusterStatus, MetaRequest, MetaResponse,
@@ -146,6 +150,10 @@ struct UpkeepArgs {
     /// Seconds between two comparisons of a chunkserver's shards with the metadata.
     #[arg(long, default_value_t = 600)]
     reconcile_every: u64,
+    /// MiB per second the leader re-encodes to new policies (`lattice.policy`), so user I/O
+    /// keeps its share; 0: unlimited.
+    #[arg(long, default_value_t = 64)]
+    reencode_rate: u64,
     /// Drain a chunkserver automatically once it reports this many I/O errors (0: never).
     #[arg(long, default_value_t = 50)]
     drain_on_io_errors: u64,
@@ -173,6 +181,7 @@ impl UpkeepArgs {
                 pending_grace: secs(self.pending_grace),
                 orphan_grace: secs(self.orphan_grace),
                 reconcile_every: secs(self.reconcile_every),
+                reencode_rate: self.reencode_rate << 20,
             },
             health: core::HealthLimits {
                 io_errors: self.drain_on_io_errors,
@@ -506,6 +515,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         book: book.clone(),
         doomed: Mutex::default(),
         job_ended: tokio::sync::Notify::new(),
+        reencode_rate: Throttle::new(upkeep.jobs.reencode_rate),
+        slices: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
     });
     let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
     std::thread::Builder::new()

@@ -27,7 +27,7 @@ pub struct ServerView {
 }
 
 impl ServerView {
-    fn readable(&self) -> bool {
+    pub fn readable(&self) -> bool {
         self.fresh
             && matches!(
                 self.state,

@@ -346,6 +346,8 @@ pub enum JobKind {
     Rebalance,
     /// Deleting shards no slice needs any more.
     Collect,
+    /// Rewriting slices under their file's new policy (counted in slices, not shards).
+    Reencode,
 }
 
 /// A kind of background work and how far it has got (since this leader took over).

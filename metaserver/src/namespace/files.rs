@@ -163,6 +163,17 @@ impl Namespace {
             })
     }
 
+    /// Every slice of file `ino`, with its chunk.
+    pub fn all_slices_of(
+        &self,
+        ino: InodeId,
+    ) -> Result<impl Iterator<Item = (u64, &SliceRef)>, Errno> {
+        Ok(self
+            .chunks(ino)?
+            .iter()
+            .flat_map(|(&c, slices)| slices.iter().map(move |s| (c, s))))
+    }
+
     pub fn is_file(&self, ino: InodeId) -> Result<(), Errno> {
         match self.get(ino)?.kind {
             FileKind::File => Ok(()),

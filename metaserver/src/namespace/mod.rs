@@ -328,12 +328,12 @@ impl Namespace {
             }
             None => perm &= !umask,
         }
-        // A policy set on a directory is handed down; the root's is the cluster default,
-        // looked up when data is written, so that changing it reaches every file without one.
-        let policy = if parent == InodeId::ROOT {
-            None
-        } else {
-            p.policy
+        // A new file takes the policy of its nearest directory that has one (a directory
+        // itself keeps none: it follows its ancestors until one is set on it). Without one
+        // up to the root, the file follows the cluster default, whatever it becomes.
+        let policy = match kind {
+            FileKind::File => self.nearest_policy(parent),
+            _ => None,
         };
         let ino = InodeId(self.next_ino);
         self.next_ino += 1;
@@ -732,6 +732,23 @@ impl Namespace {
         }
         inode.ctime = set.ctime.unwrap_or(now);
         Ok((self.attr(ino)?, released))
+    }
+
+    /// The policy set on `dir` or its nearest ancestor below the root (the root's is the
+    /// cluster default, which files follow without keeping a copy).
+    pub fn nearest_policy(&self, dir: InodeId) -> Option<Policy> {
+        let mut at = dir;
+        for _ in 0..=MAX_DEPTH {
+            if at == InodeId::ROOT {
+                return None;
+            }
+            let inode = self.inodes.get(&at)?;
+            if inode.policy.is_some() {
+                return inode.policy;
+            }
+            at = inode.dir().ok()?.parent;
+        }
+        None
     }
 
     pub fn set_policy(

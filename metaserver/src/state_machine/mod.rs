@@ -9,7 +9,7 @@ use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, Timestamp};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use lattice_common::layout::SliceLayout;
-use lattice_common::policy::Policy;
+use lattice_common::policy::{Policy, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{
     ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
 };
@@ -94,6 +94,22 @@ pub enum Command {
     DefaultPolicy {
         policy: Policy,
         only_if_unset: bool,
+        now: Timestamp,
+    },
+    /// A slice allocation the leader makes for itself (a re-encode), outside any session.
+    Reserve {
+        ino: InodeId,
+        layout: SliceLayout,
+        placement: Vec<Option<ChunkserverId>>,
+        now: Timestamp,
+    },
+    /// The stored slice `new` (the bytes `old` shows, under the file's policy now) takes
+    /// the place of `old` if `old` is unchanged; ESTALE otherwise.
+    Reencode {
+        ino: InodeId,
+        chunk: u64,
+        old: SliceRef,
+        new: SliceRef,
         now: Timestamp,
     },
 }
@@ -240,6 +256,19 @@ impl StateMachine {
                 }
                 Outcome::Done
             }
+            Command::Reserve {
+                ino,
+                layout,
+                placement,
+                now,
+            } => Outcome::Fs(self.reserve(ino, layout, placement, now)),
+            Command::Reencode {
+                ino,
+                chunk,
+                old,
+                new,
+                now,
+            } => Outcome::Fs(self.reencode(ino, chunk, &old, new, now)),
             Command::ForgetGarbage { slices } => {
                 for s in slices {
                     self.garbage.remove(&s);
@@ -350,6 +379,14 @@ impl StateMachine {
                 self.discard(released, now);
                 Ok(FsReply::Attr(attr))
             }
+            FsOp::SetXattr {
+                ino, name, value, ..
+            } if name.starts_with(VIRTUAL_XATTR_PREFIX) => self
+                .set_virtual_xattr(ino, &name, &value, now)
+                .map(|()| FsReply::Done),
+            FsOp::RemoveXattr { ino, name } if name.starts_with(VIRTUAL_XATTR_PREFIX) => self
+                .remove_virtual_xattr(ino, &name, now)
+                .map(|()| FsReply::Done),
             FsOp::SetXattr {
                 ino,
                 name,
@@ -504,6 +541,9 @@ impl StateMachine {
                 ns.readdir(*ino, *cookie, *limit).map(FsReply::Entries)
             }
             FsQuery::ReadLink { ino } => ns.readlink(*ino).map(FsReply::Link),
+            FsQuery::GetXattr { ino, name } if name.starts_with(VIRTUAL_XATTR_PREFIX) => {
+                self.get_virtual_xattr(*ino, name).map(FsReply::Xattr)
+            }
             FsQuery::GetXattr { ino, name } => ns.getxattr(*ino, name).map(FsReply::Xattr),
             FsQuery::ListXattr { ino } => ns.listxattr(*ino).map(FsReply::XattrNames),
             FsQuery::StatFs => Err(Errno::INVAL),
@@ -567,6 +607,8 @@ fn well_placed(layout: SliceLayout, placement: &[Option<ChunkserverId>]) -> bool
         && placed.len() == placement.iter().flatten().count()
         && placed.len() >= layout.policy.min_shards()
 }
+
+mod policies;
 
 #[cfg(test)]
 mod model_tests;

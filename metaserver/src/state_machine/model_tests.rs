@@ -103,6 +103,14 @@ enum Step {
         from: usize,
         tamper: u8,
     },
+    /// The leader re-encodes one slice of a chunk under mirror:2; `tamper` 0 is a faithful
+    /// one, else the slice it names or the one it offers is off.
+    Reencode {
+        file: usize,
+        chunk: u64,
+        pick: usize,
+        tamper: u8,
+    },
     Unlink(u8),
     Rename(u8, u8),
     Reap(usize),
@@ -175,6 +183,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (client.clone(), any::<usize>(), 0..CHUNKS + 1, offset()).prop_map(|(client, file, chunk, at)| Step::Truncate { client, file, chunk, at }),
         3 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5])
             .prop_map(|(client, file, chunk, from, tamper)| Step::Compact { client, file, chunk, from, tamper }),
+        2 => (any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![4 => Just(0u8), 1 => 1u8..4])
+            .prop_map(|(file, chunk, pick, tamper)| Step::Reencode { file, chunk, pick, tamper }),
         1 => (0u8..6).prop_map(Step::Unlink),
         1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Step::Rename(a, b)),
         1 => any::<usize>().prop_map(Step::Reap),
@@ -211,6 +221,7 @@ struct FileModel {
 #[derive(Default)]
 struct Coverage {
     compactions: AtomicU64,
+    reencodes: AtomicU64,
     commits: AtomicU64,
     hid_several: AtomicU64,
     truncations: AtomicU64,
@@ -632,6 +643,75 @@ impl Run<'_> {
                 prop_assert_eq!(attr.0, attr.1, "a compaction changed the attributes");
                 self.coverage.compactions.fetch_add(1, Ordering::Relaxed);
             }
+            Step::Reencode {
+                file,
+                chunk,
+                pick,
+                tamper,
+            } => {
+                let Some(ino) = self.file(file) else {
+                    return Ok(());
+                };
+                let slices = match self.sm.ns.slices(ino, chunk, chunk) {
+                    Ok(c) if !c.is_empty() => c[0].1.clone(),
+                    _ => return Ok(()),
+                };
+                let old = slices[pick % slices.len()].clone();
+                let layout = SliceLayout::new(policy(1), old.len, 65536).unwrap();
+                let placement = self.placement(2, pick);
+                let now = self.now();
+                let reserve = Command::Reserve {
+                    ino,
+                    layout,
+                    placement: placement.clone(),
+                    now,
+                };
+                let Outcome::Fs(Ok(FsReply::Allocated { slice, .. })) = self.apply(reserve) else {
+                    return Ok(());
+                };
+                self.allocated.insert(slice);
+                let new = SliceRef {
+                    slice,
+                    layout,
+                    placement,
+                    chunk_offset: old.chunk_offset,
+                    skip: 0,
+                    len: old.len,
+                };
+                let (mut named, mut offered) = (old.clone(), new.clone());
+                match tamper {
+                    1 => named.skip += 1,
+                    2 => offered.chunk_offset = (offered.chunk_offset + 1) % CHUNK_SIZE,
+                    3 => offered.len = offered.len.saturating_sub(1).max(1),
+                    _ => {}
+                }
+                let faithful = named == old && offered == new;
+                let before = self.sm.clone();
+                let cmd = Command::Reencode {
+                    ino,
+                    chunk,
+                    old: named,
+                    new: offered,
+                    now: self.now(),
+                };
+                let result = self.apply(cmd);
+                if !faithful {
+                    prop_assert!(
+                        !matches!(result, Outcome::Fs(Ok(_))),
+                        "a bad re-encode was taken"
+                    );
+                    prop_assert_eq!(&self.sm.ns, &before.ns);
+                    return Ok(());
+                }
+                prop_assert_eq!(&result, &Outcome::Fs(Ok(FsReply::Done)));
+                let holds = (0..old.len)
+                    .map(|i| self.source(old.slice, old.skip + i))
+                    .collect();
+                self.contents.insert(slice, holds);
+                let attr = (self.sm.ns.attr(ino), before.ns.attr(ino));
+                prop_assert_eq!(attr.0, attr.1, "a re-encode changed the attributes");
+                self.coverage.reencodes.fetch_add(1, Ordering::Relaxed);
+            }
             Step::Unlink(n) => {
                 let op = FsOp::Unlink {
                     parent: InodeId::ROOT,
@@ -1006,8 +1086,9 @@ fn state_machine_matches_the_model() {
         coverage.hid_several.load(Ordering::Relaxed),
     );
     eprintln!(
-        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} truncations, {} garbage commands",
+        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} re-encodes, {} truncations, {} garbage commands",
         coverage.compactions.load(Ordering::Relaxed),
+        coverage.reencodes.load(Ordering::Relaxed),
         coverage.truncations.load(Ordering::Relaxed),
         coverage.wild.load(Ordering::Relaxed),
     );
@@ -1015,5 +1096,9 @@ fn state_machine_matches_the_model() {
     assert!(
         several >= cases as u64 / 4,
         "too few commits hid several slices ({several})"
+    );
+    assert!(
+        coverage.reencodes.load(Ordering::Relaxed) >= cases as u64 / 4,
+        "too few re-encodes went in"
     );
 }
