@@ -108,6 +108,10 @@ struct ServeArgs {
     /// cluster drain a failing server. Off by default.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     inject_read_errors: f64,
+    /// TESTING ONLY: milliseconds every shard read waits before it is answered, to see
+    /// readers go around a slow server. Off by default.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    inject_delay: u64,
     /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9101), on /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -186,6 +190,7 @@ async fn serve(args: ServeArgs, join: Option<Duration>) -> Result<()> {
         rebuild_rate: Throttle::new(args.rebuild_rate * MIB),
         scrub: scrub.clone(),
         stats: metrics::Stats::default(),
+        read_delay: Duration::from_millis(args.inject_delay),
     });
     if let Some(at) = args.metrics {
         let s = service.clone();

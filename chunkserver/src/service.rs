@@ -32,6 +32,8 @@ pub struct Service {
     pub rebuild_rate: Throttle,
     pub scrub: Arc<Scrubber>,
     pub stats: Stats,
+    /// Injected before every shard read (testing a slow server).
+    pub read_delay: std::time::Duration,
 }
 
 impl From<StoreError> for WireError {
@@ -231,6 +233,9 @@ impl Service {
     /// Streams a verified range. A checksum failure before the first byte is an error reply;
     /// after it, a stream reset with [`reset::CORRUPT`] (the bytes sent so far are good).
     async fn get(&self, send: &mut SendStream, shard: ShardId, offset: u64, len: u64) {
+        if !self.read_delay.is_zero() {
+            tokio::time::sleep(self.read_delay).await;
+        }
         let opened = self.on_disk(move |s| s.open_reader(shard)).await;
         let reader = match opened {
             Ok(r)

@@ -16,6 +16,7 @@ pub mod erasure;
 pub mod fs;
 pub mod grid;
 pub mod ids;
+pub mod latency;
 pub mod layout;
 pub mod logging;
 pub mod meta_client;

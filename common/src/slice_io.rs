@@ -4,6 +4,7 @@
 
 use crate::erasure::{ErasureCode, ErasureError};
 use crate::ids::{ChunkserverId, ShardId, SliceId};
+use crate::latency::{Latencies, ReadStats, Verdict};
 use crate::layout::{LayoutError, SliceLayout};
 use crate::shard_client::{ShardClient, ShardError};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -11,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where one shard of a slice lives.
@@ -106,7 +107,7 @@ impl Default for Hedging {
 pub struct SliceIo {
     client: ShardClient,
     hedging: Hedging,
-    suspects: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
+    latencies: Arc<Latencies>,
 }
 
 impl SliceIo {
@@ -118,7 +119,7 @@ impl SliceIo {
         SliceIo {
             client,
             hedging,
-            suspects: Arc::default(),
+            latencies: Arc::new(Latencies::new(hedging.suspect_for)),
         }
     }
 
@@ -126,26 +127,44 @@ impl SliceIo {
         &self.client
     }
 
-    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
-        self.suspects.lock().unwrap_or_else(|p| p.into_inner())
+    /// Hedges, avoided servers and probes so far.
+    pub fn stats(&self) -> &ReadStats {
+        &self.latencies.stats
     }
 
-    fn is_suspect(&self, target: &Option<ShardTarget>) -> bool {
-        let Some(t) = target else { return false };
-        let mut suspects = self.suspects();
-        match suspects.get(&t.addr) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                suspects.remove(&t.addr);
-                false
+    /// Reads go around `addr` for a while when parity can stand in (the metaserver says
+    /// it is suspect or draining).
+    pub fn avoid_server(&self, addr: SocketAddr) {
+        self.latencies.avoid(addr, Instant::now());
+    }
+
+    /// Whether shard `index` is to be read around rather than read from its server; a
+    /// server whose time out is up but which was slow is probed in the background with
+    /// this very read first.
+    fn is_suspect(
+        &self,
+        target: &Option<ShardTarget>,
+        probe: (SliceId, usize, &Range<u64>),
+    ) -> bool {
+        let Some(t) = *target else { return false };
+        match self.latencies.verdict(t.addr, Instant::now()) {
+            Verdict::Use => false,
+            Verdict::Avoid => true,
+            Verdict::Probe => {
+                let (slice, index, range) = (probe.0, probe.1, probe.2.clone());
+                self.latencies.stats.probes.add(1);
+                let io = self.clone();
+                tokio::spawn(async move {
+                    // Its result only feeds the averages (`fetch` records them).
+                    let _ = io.fetch(slice, Some(t), index, range).await;
+                });
+                true
             }
-            None => false,
         }
     }
 
     fn suspect(&self, addr: SocketAddr) {
-        let until = Instant::now() + self.hedging.suspect_for;
-        self.suspects().insert(addr, until);
+        self.latencies.avoid(addr, Instant::now());
     }
 
     /// Encodes `data` and stores its shards in parallel, shard i on `targets[i]` (a shard
@@ -249,7 +268,8 @@ impl SliceIo {
         for (i, r) in ranges.iter().enumerate() {
             let Some(r) = r.clone() else { continue };
             match targets[i] {
-                Some(t) if self.is_suspect(&targets[i]) => {
+                Some(t) if self.is_suspect(&targets[i], (slice, i, &r)) => {
+                    self.latencies.stats.avoided.add(1);
                     problems.push(ShardProblem {
                         index: i,
                         server: Some(t.server),
@@ -258,11 +278,17 @@ impl SliceIo {
                     failed.push(i);
                     last_resort.push(i);
                 }
-                _ => fetches.launch(i, r),
+                Some(_) => fetches.launch(i, r),
+                None => {
+                    problems.push(no_server(i));
+                    failed.push(i);
+                }
             }
         }
-        loop {
+        while fetches.waiting() {
             match fetches.next().await {
+                // A read given up on as slow may still answer: it is being read around.
+                Fetched::Done(i, _) if failed.contains(&i) => {}
                 Fetched::Done(i, Ok(buf)) => bufs[i] = Some(buf),
                 Fetched::Done(i, Err(problem)) => {
                     problems.push(problem);
@@ -275,7 +301,6 @@ impl SliceIo {
                         failed.push(i);
                         last_resort.push(i);
                     }
-                    break;
                 }
                 Fetched::Idle => break,
             }
@@ -338,7 +363,7 @@ impl SliceIo {
         for j in (0..total).filter(|j| !wanted.contains(j)) {
             match known(j) {
                 Some(piece) => pieces[j] = Some(piece),
-                None if self.is_suspect(&targets[j]) => suspect.push(j),
+                None if self.is_suspect(&targets[j], (slice, j, &plan.range)) => suspect.push(j),
                 None => healthy.push(j),
             }
         }
@@ -413,21 +438,29 @@ impl SliceIo {
             server,
             error,
         };
-        let t = target.ok_or_else(|| {
-            problem(
-                None,
-                ShardError::Unreachable("no live server holds it".into()),
-            )
-        })?;
+        let t = target.ok_or_else(|| no_server(index))?;
         let id = ShardId::new(slice, index as u16);
+        let started = Instant::now();
         let result = self
             .client
             .get(t.addr, id, range.start, range.end - range.start)
             .await;
-        if let Err(ShardError::Timeout(_) | ShardError::Unreachable(_)) = &result {
-            self.suspect(t.addr);
+        match &result {
+            Ok(_) => self
+                .latencies
+                .record(t.addr, started.elapsed(), Instant::now()),
+            Err(ShardError::Timeout(_) | ShardError::Unreachable(_)) => self.suspect(t.addr),
+            Err(_) => {}
         }
         result.map_err(|e| problem(Some(t.server), e))
+    }
+}
+
+fn no_server(index: usize) -> ShardProblem {
+    ShardProblem {
+        index,
+        server: None,
+        error: ShardError::Unreachable("no live server holds it".into()),
     }
 }
 
@@ -443,14 +476,15 @@ enum Fetched {
     Idle,
 }
 
-/// Shard reads in flight, with the clock that decides when one is slower than its peers.
+/// Shard reads in flight, each with the time it was launched, which decides when it is
+/// slower than its peers.
 struct Fetches<'a> {
     io: &'a SliceIo,
     slice: SliceId,
     targets: &'a [Option<ShardTarget>],
     inflight: FuturesUnordered<futures::future::BoxFuture<'a, FetchResult>>,
-    pending: HashMap<usize, ShardTarget>,
-    since: Instant,
+    pending: HashMap<usize, (ShardTarget, Instant)>,
+    /// How long the slowest read that answered took.
     slowest: Option<Duration>,
     hedging: bool,
 }
@@ -463,7 +497,6 @@ impl<'a> Fetches<'a> {
             targets,
             inflight: FuturesUnordered::new(),
             pending: HashMap::new(),
-            since: Instant::now(),
             slowest: None,
             hedging: true,
         }
@@ -472,11 +505,16 @@ impl<'a> Fetches<'a> {
     fn launch(&mut self, index: usize, range: Range<u64>) {
         let (io, slice, target) = (self.io, self.slice, self.targets[index]);
         if let Some(t) = target {
-            self.pending.insert(index, t);
+            self.pending.insert(index, (t, Instant::now()));
         }
         self.inflight.push(Box::pin(async move {
             (index, io.fetch(slice, target, index, range).await)
         }));
+    }
+
+    /// Whether reads are out that have not been given up on.
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Waits only for completions from now on.
@@ -486,50 +524,66 @@ impl<'a> Fetches<'a> {
 
     async fn next(&mut self) -> Fetched {
         let h = self.io.hedging;
+        // The floors come down to a few typical reads once reads have been timed.
+        let known = &self.io.latencies;
         let hedge_after = match self.slowest {
-            Some(d) => (d * h.factor).max(h.floor),
-            None => h.alone,
+            Some(d) => (d * h.factor).max(known.hedge_after(h.factor, h.floor)),
+            None => known.hedge_after(h.factor, h.alone),
         };
-        let next = if self.hedging {
-            match tokio::time::timeout_at((self.since + hedge_after).into(), self.inflight.next())
-                .await
-            {
-                Ok(next) => next,
-                Err(_) => {
-                    let slow: Vec<(usize, ShardProblem)> = self
-                        .pending
-                        .drain()
-                        .map(|(index, t)| {
-                            self.io.suspect(t.addr);
-                            let error = ShardError::Slow(hedge_after);
-                            (
-                                index,
-                                ShardProblem {
-                                    index,
-                                    server: Some(t.server),
-                                    error,
-                                },
-                            )
-                        })
-                        .collect();
-                    self.since = Instant::now();
-                    self.slowest = None;
-                    return Fetched::Slow(slow);
+        let first = self.pending.values().map(|(_, at)| *at).min();
+        let next = match first.filter(|_| self.hedging) {
+            Some(first) => {
+                match tokio::time::timeout_at((first + hedge_after).into(), self.inflight.next())
+                    .await
+                {
+                    Ok(next) => next,
+                    Err(_) => return Fetched::Slow(self.give_up_on_slow(hedge_after)),
                 }
             }
-        } else {
-            self.inflight.next().await
+            None => self.inflight.next().await,
         };
         match next {
             None => Fetched::Idle,
             Some((index, result)) => {
-                self.pending.remove(&index);
-                if result.is_ok() {
-                    self.slowest = Some(self.since.elapsed());
+                if let Some((_, at)) = self.pending.remove(&index) {
+                    if result.is_ok() {
+                        self.slowest = self.slowest.max(Some(at.elapsed()));
+                    }
                 }
                 Fetched::Done(index, result)
             }
         }
+    }
+
+    /// The reads out for `hedge_after` or longer: their servers are avoided for a while
+    /// and the reads are left to run, unwaited for.
+    fn give_up_on_slow(&mut self, hedge_after: Duration) -> Vec<(usize, ShardProblem)> {
+        let now = Instant::now();
+        let late: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| *at + hedge_after <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        let slow: Vec<(usize, ShardProblem)> = late
+            .into_iter()
+            .filter_map(|index| {
+                let (t, _) = self.pending.remove(&index)?;
+                self.io.suspect(t.addr);
+                let error = ShardError::Slow(hedge_after);
+                let server = Some(t.server);
+                Some((
+                    index,
+                    ShardProblem {
+                        index,
+                        server,
+                        error,
+                    },
+                ))
+            })
+            .collect();
+        self.io.latencies.stats.hedged.add(slow.len() as u64);
+        slow
     }
 }
 

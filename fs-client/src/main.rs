@@ -254,7 +254,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
         if let Some(at) = plan.opts.metrics {
             let c = client.clone();
             let render: lattice_common::metrics::Render = std::sync::Arc::new(move || {
-                let text = c.backend.stats.render();
+                let text = c.backend.stats.render(c.backend.io.stats());
                 Box::pin(async move { text })
             });
             lattice_common::metrics::serve(at, render)

@@ -1,5 +1,6 @@
 //! What a mount exposes to Prometheus (`-o metrics=ADDR`).
 
+use lattice_common::latency::ReadStats;
 use lattice_common::metrics::{Counter, Exposition, Kind};
 
 #[derive(Default)]
@@ -13,7 +14,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn render(&self) -> String {
+    /// The mount's counters, and those of its shard reads (`io`).
+    pub fn render(&self, io: &ReadStats) -> String {
         let c = Kind::Counter;
         let mut e = Exposition::default();
         e.ones(&[
@@ -52,6 +54,24 @@ impl Stats {
                 "Slices that failed to be written or committed.",
                 c,
                 self.write_errors.get(),
+            ),
+            (
+                "lattice_client_hedged_reads_total",
+                "Shard reads given up on as slower than their peers, read around from parity.",
+                c,
+                io.hedged.get(),
+            ),
+            (
+                "lattice_client_avoided_reads_total",
+                "Shard reads planned around a failing, slow, suspect or draining server.",
+                c,
+                io.avoided.get(),
+            ),
+            (
+                "lattice_client_probe_reads_total",
+                "Background reads that measured a server known to be slow.",
+                c,
+                io.probes.get(),
             ),
         ]);
         e.finish()

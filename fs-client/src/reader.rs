@@ -174,6 +174,13 @@ pub async fn read_spans(
             .iter()
             .map(|p| {
                 let s = servers.get(p.as_ref()?)?;
+                if matches!(
+                    s.state,
+                    ChunkserverState::Suspect | ChunkserverState::Draining
+                ) {
+                    // Read around it when parity can stand in.
+                    backend.io.avoid_server(s.addr);
+                }
                 (s.state != ChunkserverState::Down).then_some(ShardTarget {
                     server: s.id,
                     addr: s.addr,

@@ -3,13 +3,15 @@
 
 pub mod fsx;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use lattice_common::ids::ChunkserverId;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::Role;
 use lattice_common::policy::Policy;
 use lattice_common::shard_client::ShardClient;
 use lattice_common::slice_io::SliceIo;
 use lattice_common::transport::{Identity, Node};
+use lattice_common::wire::meta::ClusterStatus;
 use lattice_harness::process::wait_for;
 use lattice_harness::{default_bin_dir, Admin, LocalCluster};
 use rand::{RngCore, SeedableRng};
@@ -285,4 +287,46 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
         _ => bail!("GET {path} from {addr}: {out}"),
     }
+}
+
+/// Counter `name` from the Prometheus metrics at `addr` (0 when nothing answers there).
+pub fn counter(addr: Option<std::net::SocketAddr>, name: &str) -> u64 {
+    let Some(text) = addr.and_then(|a| http_get(a, "/metrics").ok()) else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Counter `name` summed over chunkservers `1..=count` of `tc`.
+pub fn chunkservers_counter(tc: &TestCluster, count: u32, name: &str) -> u64 {
+    (1..=count)
+        .map(|n| counter(tc.cluster.metrics_addr(&tc.cluster.chunkserver(n)), name))
+        .sum()
+}
+
+/// The id the metaservers gave the chunkserver called `name`.
+pub fn id_of(status: &ClusterStatus, name: &str) -> Result<ChunkserverId> {
+    status
+        .chunkservers
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.id)
+        .with_context(|| format!("{name} is not in the cluster map"))
+}
+
+/// Waits until `check` holds for the cluster status.
+pub async fn wait_status(
+    admin: &Admin,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> Result<ClusterStatus> {
+    wait_for(limit, what, || async {
+        let s = admin.status().await?;
+        Ok(check(&s).then_some(s))
+    })
+    .await
 }

@@ -2,11 +2,10 @@
 //! repair after failures, scrub, predictive drain.
 
 use anyhow::{bail, ensure, Context, Result};
-use lattice_common::ids::ChunkserverId;
 use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, JobKind};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
-use lattice_tests::{http_get, random_bytes, TestCluster};
+use lattice_tests::{http_get, id_of, random_bytes, wait_status, TestCluster};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,29 +24,6 @@ const QUICK_UPKEEP: &[&str] = &[
     "--orphan-grace",
     "3",
 ];
-
-fn id_of(status: &ClusterStatus, name: &str) -> Result<ChunkserverId> {
-    status
-        .chunkservers
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| c.id)
-        .with_context(|| format!("{name} is not in the cluster map"))
-}
-
-/// Waits until `check` holds for the cluster status.
-async fn wait_status(
-    admin: &Admin,
-    limit: Duration,
-    what: &str,
-    check: impl Fn(&ClusterStatus) -> bool,
-) -> Result<ClusterStatus> {
-    wait_for(limit, what, || async {
-        let s = admin.status().await?;
-        Ok(check(&s).then_some(s))
-    })
-    .await
-}
 
 async fn wait_fully_redundant(admin: &Admin) -> Result<ClusterStatus> {
     let limit = Duration::from_secs(60);

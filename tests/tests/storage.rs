@@ -10,11 +10,12 @@ use lattice_common::shard_client::{ShardClient, ShardError};
 use lattice_common::slice_io::{ShardTarget, SliceError};
 use lattice_common::transport::{Identity, Node};
 use lattice_common::wire::{ChunkResponse, ErrorKind, ShardSource};
-use lattice_tests::{http_get, random_bytes, TestCluster};
+use lattice_tests::{chunkservers_counter, random_bytes, TestCluster};
 use std::path::PathBuf;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+const GET_BYTES: &str = "lattice_chunkserver_get_bytes_total";
 
 async fn start(tc: &TestCluster, count: u32) -> Result<Vec<ShardTarget>> {
     let mut servers = Vec::new();
@@ -248,25 +249,6 @@ async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
     Ok(())
 }
 
-/// Bytes the chunkservers `1..=count` have served to readers so far (their metrics).
-fn bytes_served(tc: &TestCluster, count: u32) -> Result<u64> {
-    let mut total = 0;
-    for n in 1..=count {
-        let Some(addr) = tc.cluster.metrics_addr(&tc.cluster.chunkserver(n)) else {
-            continue;
-        };
-        let Ok(text) = http_get(addr, "/metrics") else {
-            continue;
-        };
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("lattice_chunkserver_get_bytes_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(total)
-}
-
 /// Grid parity end to end: `grid:2x2+1` (9 shards for 4) reads every byte back with any 3
 /// of its servers killed, and a lost shard is rebuilt from its row or column alone: 2
 /// shards read, not the 4 Reed-Solomon would read.
@@ -310,11 +292,11 @@ async fn grid_parity_survives_three_kill9_and_rebuilds_from_one_line() -> Result
         // read K shards, or more than one line, would do so every time).
         let mut reads = Vec::new();
         for _ in 0..3 {
-            let before = bytes_served(&tc, 9)?;
+            let before = chunkservers_counter(&tc, 9, GET_BYTES);
             admin
                 .rebuild(servers[9].addr, id, *l, None, sources.clone())
                 .await?;
-            reads.push(bytes_served(&tc, 9)? - before);
+            reads.push(chunkservers_counter(&tc, 9, GET_BYTES) - before);
             if reads.last() == Some(&(2 * l.shard_len())) {
                 break;
             }
