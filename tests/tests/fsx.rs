@@ -5,9 +5,10 @@
 //! `LATTICE_FSX_SCALE` (default 1) multiplies every run's operation count.
 
 use anyhow::{ensure, Result};
+use lattice_common::wire::meta::JobKind;
 use lattice_harness::process::wait_for;
 use lattice_tests::fsx::{run_many, Run};
-use lattice_tests::{same_file, TestCluster};
+use lattice_tests::{same_file, sh, TestCluster};
 use std::time::Duration;
 
 /// Every mix with several seeds: about 88,000 operations (with the fault runs below over
@@ -144,5 +145,49 @@ async fn fsx_survives_metaserver_leader_kills() -> Result<()> {
     .await?;
     eprintln!("fsx: {done} operations over {rounds} leader kills, 0 mismatches");
     ensure!(rounds >= 2, "the runs ended before two leader kills");
+    Ok(())
+}
+
+/// Round after round each fsx file's policy is switched (`setfattr lattice.policy`) and the
+/// leader re-encodes its slices while fsx reads, writes, truncates and maps it: no write
+/// racing a re-encode is lost, no re-encode shows stale bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsx_survives_live_reencoding() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(&["--reencode-rate", "0"])?;
+    let (admin, mnt) = tc.start_with_mount(9).await?;
+    let runs = [
+        Run::new(&mnt, "small", 41, 3_000),
+        Run::new(&mnt, "plain", 42, 1_500),
+        Run::new(&mnt, "mmap", 43, 1_500),
+    ];
+    const POLICIES: [&str; 4] = ["grid:2x2+1", "mirror:2", "rs:3+2", "rs:4+2"];
+    let runs_ref = &runs;
+    let (done, rounds) = under_faults(&runs, |round| async move {
+        for run in runs_ref.iter().filter(|r| r.file.exists()) {
+            let policy = POLICIES[(round as usize + run.seed as usize) % POLICIES.len()];
+            // fsx may be between removing and recreating its file: a miss is no fault.
+            let _ = sh(&format!(
+                "setfattr -n lattice.policy -v {policy} '{}'",
+                run.file.display()
+            ));
+        }
+        tokio::time::sleep(hold(round) / 2).await;
+        Ok(())
+    })
+    .await?;
+    let status = admin.status().await?;
+    let reencoded = status
+        .jobs
+        .iter()
+        .find(|j| j.kind == JobKind::Reencode)
+        .map_or(0, |j| j.done_shards);
+    eprintln!(
+        "fsx: {done} operations over {rounds} rounds of policy changes, {reencoded} slices \
+         re-encoded meanwhile, 0 mismatches"
+    );
+    ensure!(
+        rounds >= 3 && reencoded > 0,
+        "too little re-encoding: {rounds} rounds, {reencoded} slices"
+    );
     Ok(())
 }
