@@ -285,6 +285,41 @@ impl ErasureCode {
         }
     }
 
+    /// Whether shards `a` and `b` lie in one codeword: one line of a grid; the whole slice
+    /// for the other codes. Placement keeps such shards in distinct failure domains first.
+    pub fn same_line(&self, a: usize, b: usize) -> bool {
+        match &self.codec {
+            Codec::Grid(g) => {
+                let (x, y) = (g.coordinates(a), g.coordinates(b));
+                x.iter().zip(y).filter(|(p, q)| p != q).count() == 1
+            }
+            _ => a != b,
+        }
+    }
+
+    /// How many more shards, whichever they are, may be lost with the slice still
+    /// decodable (`None`: it is not decodable now). Exact for mirrors and Reed-Solomon; for
+    /// a grid, the losses within its tolerance, and beyond it 1 if no single further loss
+    /// would be fatal, else 0 (a lower bound: what orders repairs, most endangered first).
+    pub fn margin(&self, lost: &[bool]) -> Option<usize> {
+        if !self.decodable(lost) {
+            return None;
+        }
+        let missing = lost.iter().filter(|&&l| l).count();
+        let within = self.policy.tolerance().saturating_sub(missing);
+        if within > 0 || !matches!(self.codec, Codec::Grid(_)) {
+            return Some(within);
+        }
+        let mut more = lost.to_vec();
+        let survives_any_one = (0..lost.len()).filter(|&i| !lost[i]).all(|i| {
+            more[i] = true;
+            let ok = self.decodable(&more);
+            more[i] = false;
+            ok
+        });
+        Some(usize::from(survives_any_one))
+    }
+
     fn check_count(&self, got: usize, expected: usize) -> Result<(), ErasureError> {
         if got == expected {
             Ok(())
@@ -393,6 +428,34 @@ mod tests {
             code.reconstruct(&mut pieces).unwrap();
             for (i, s) in shards.iter().enumerate() {
                 prop_assert_eq!(pieces[i].as_deref(), Some(&s[a..b]), "shard {}", i);
+            }
+        }
+
+        /// `margin` is what it claims: that many further losses, any of them, leave the
+        /// slice decodable (exact for Reed-Solomon: one more is fatal).
+        #[test]
+        fn margin_is_a_safe_count_of_further_losses(policy in policy_strategy(), seed: u64) {
+            let code = ErasureCode::new(policy).unwrap();
+            let total = policy.total_shards();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut lost = vec![false; total];
+            for _ in 0..rng.gen_range(0..=total) {
+                lost[rng.gen_range(0..total)] = true;
+            }
+            let margin = code.margin(&lost);
+            prop_assert_eq!(margin.is_some(), code.decodable(&lost));
+            let Some(m) = margin else { return Ok(()) };
+            for _ in 0..20 {
+                let mut more = lost.clone();
+                let mut alive: Vec<usize> = (0..total).filter(|&i| !lost[i]).collect();
+                for _ in 0..m.min(alive.len()) {
+                    more[alive.swap_remove(rng.gen_range(0..alive.len()))] = true;
+                }
+                prop_assert!(code.decodable(&more), "{policy}: {m} more losses {more:?} were fatal");
+            }
+            if !matches!(policy, Policy::Grid(_)) {
+                let alive = lost.iter().filter(|&&l| !l).count();
+                prop_assert_eq!(m, alive - policy.data_shards());
             }
         }
 

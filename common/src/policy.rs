@@ -81,6 +81,18 @@ impl Policy {
         }
     }
 
+    /// Shards in the longest codeword: a grid's longest line, the whole slice otherwise.
+    /// Failure domains at least this many let every codeword hold one shard per domain.
+    pub fn line_len(&self) -> usize {
+        match self {
+            Policy::Grid(g) => {
+                let side = g.sides().iter().copied().max().unwrap_or(0);
+                usize::from(side) + usize::from(g.parity())
+            }
+            _ => self.total_shards(),
+        }
+    }
+
     /// How many shards of a slice may be lost, whichever they are, with every byte still
     /// recoverable (a grid survives many larger patterns too).
     pub fn tolerance(&self) -> usize {

@@ -2,6 +2,7 @@
 //! (racks first, then hosts) where there are enough, favouring free space so usage evens
 //! out.
 
+use lattice_common::erasure::ErasureCode;
 use lattice_common::ids::ChunkserverId;
 use lattice_common::policy::Policy;
 use rand::Rng;
@@ -65,18 +66,22 @@ impl PlacementError {
     }
 }
 
+/// Greedy placements tried for a grid, keeping the one whose lines share fewest domains.
+const GRID_TRIES: usize = 16;
+
 /// Picks a distinct server for each shard of a slice, each drawn with probability
-/// proportional to its free space, first from failure domains not used yet. With fewer
-/// servers than shards but at least [`Policy::min_shards`], the last shards (parity first)
-/// stay unplaced (`None`): the slice lands degraded and is repaired when servers allow.
+/// proportional to its free space, first from failure domains not used yet by the shards
+/// it shares a codeword with (a grid's lines: each line over distinct racks and hosts
+/// where there are enough), then by any. With fewer servers than shards but at least
+/// [`Policy::min_shards`], the last shards (parity first) stay unplaced (`None`): the slice
+/// lands degraded and is repaired when servers allow.
 pub fn place(
     policy: Policy,
     candidates: &[Candidate],
     needed_bytes: u64,
     rng: &mut impl Rng,
 ) -> Result<Vec<Option<ChunkserverId>>, PlacementError> {
-    let total = policy.total_shards();
-    let mut pool: Vec<&Candidate> = candidates
+    let pool: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| c.free_bytes >= needed_bytes)
         .collect();
@@ -88,20 +93,54 @@ pub fn place(
             full: candidates.len() - pool.len(),
         });
     }
+    let code = ErasureCode::new(policy).ok();
+    let same_line = |a: usize, b: usize| code.as_ref().is_none_or(|c| c.same_line(a, b));
+    let tries = match policy {
+        Policy::Grid(_) => GRID_TRIES,
+        _ => 1,
+    };
+    let mut best: Option<(usize, Vec<Option<ChunkserverId>>)> = None;
+    for _ in 0..tries {
+        let (chosen, clashes) = place_once(&pool, policy.total_shards(), &same_line, rng);
+        if best.as_ref().is_none_or(|(fewest, _)| clashes < *fewest) {
+            best = Some((clashes, chosen));
+        }
+        if clashes == 0 {
+            break;
+        }
+    }
+    Ok(best.expect("at least one try").1)
+}
+
+/// One greedy placement, and how many times a shard shares a rack or host with one of its
+/// line mates placed before it.
+fn place_once(
+    pool: &[&Candidate],
+    total: usize,
+    same_line: &impl Fn(usize, usize) -> bool,
+    rng: &mut impl Rng,
+) -> (Vec<Option<ChunkserverId>>, usize) {
+    let mut pool = pool.to_vec();
     let placed = total.min(pool.len());
     let mut chosen = Vec::with_capacity(total);
     let mut domains: Vec<&Domain> = Vec::with_capacity(placed);
+    let mut clashes = 0;
     while chosen.len() < placed {
-        // Draw from the servers that share least with those chosen so far.
-        let least = (0..pool.len())
-            .map(|i| pool[i].domain.overlap(&domains))
+        let k = chosen.len();
+        let mates: Vec<&Domain> = (0..k)
+            .filter(|&j| same_line(k, j))
+            .map(|j| domains[j])
+            .collect();
+        // Draw from the servers that share least with the line mates, then with all.
+        let key = |c: &Candidate| (c.domain.overlap(&mates), c.domain.overlap(&domains));
+        let least = pool
+            .iter()
+            .map(|c| key(c))
             .min()
             .expect("the pool outnumbers what is still needed");
-        let from: Vec<usize> = (0..pool.len())
-            .filter(|&i| pool[i].domain.overlap(&domains) == least)
-            .collect();
-        let total: u128 = from.iter().map(|&i| pool[i].free_bytes as u128 + 1).sum();
-        let mut ticket = rng.gen_range(0..total);
+        let from: Vec<usize> = (0..pool.len()).filter(|&i| key(pool[i]) == least).collect();
+        let weights: u128 = from.iter().map(|&i| pool[i].free_bytes as u128 + 1).sum();
+        let mut ticket = rng.gen_range(0..weights);
         let mut pick = from[0];
         for &i in &from {
             let weight = pool[i].free_bytes as u128 + 1;
@@ -111,12 +150,13 @@ pub fn place(
             }
             ticket -= weight;
         }
+        clashes += least.0 .1 + usize::from(least.0 .0);
         let c = pool.swap_remove(pick);
         domains.push(&c.domain);
         chosen.push(Some(c.id));
     }
     chosen.resize(total, None);
-    Ok(chosen)
+    (chosen, clashes)
 }
 
 #[cfg(test)]
@@ -164,6 +204,41 @@ mod tests {
                 per_rack[(id.0 % 3) as usize] += 1;
             }
             assert_eq!(per_rack, [2, 2, 2]);
+        }
+    }
+
+    #[test]
+    fn every_line_of_a_grid_spans_distinct_racks_when_there_are_enough() {
+        // Lines of 5 (grid:4x4+1) over 5 racks of 6 servers, lines of 3 (grid:2x2+1 and
+        // grid:2x2x2+1) over 3 racks of 4 and 9 servers: one rack lost costs each line at
+        // most one shard, so every loss is repaired from its lines.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (policy, racks, per_rack) in [
+            ("grid:4x4+1", 5, 6),
+            ("grid:2x2+1", 3, 4),
+            ("grid:2x2x2+1", 3, 9),
+        ] {
+            let policy: Policy = policy.parse().unwrap();
+            let code = ErasureCode::new(policy).unwrap();
+            let c: Vec<Candidate> = (0..racks * per_rack)
+                .map(|i| {
+                    let labels = [("rack".to_string(), format!("r{}", i % racks))];
+                    Candidate {
+                        id: ChunkserverId(i),
+                        free_bytes: 1 << 30,
+                        domain: Domain::of(&labels, &format!("h{i}")),
+                    }
+                })
+                .collect();
+            for _ in 0..50 {
+                let p = place(policy, &c, 1, &mut rng).unwrap();
+                let rack = |i: usize| p[i].unwrap().0 % racks;
+                for a in 0..p.len() {
+                    for b in (a + 1..p.len()).filter(|&b| code.same_line(a, b)) {
+                        assert_ne!(rack(a), rack(b), "{policy}: shards {a} and {b}: {p:?}");
+                    }
+                }
+            }
         }
     }
 

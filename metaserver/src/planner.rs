@@ -106,7 +106,8 @@ pub struct Busy {
 }
 
 struct Urgent {
-    surviving: usize,
+    /// Further losses the slice survives, whichever they are (fewest first).
+    margin: usize,
     job: Job,
 }
 
@@ -133,6 +134,12 @@ pub fn plan<'a>(
     for (ino, chunk, s) in slices {
         policies.insert(s.layout.policy);
         let shard_bytes = s.layout.shard_len();
+        // Which shards survive matters, not only how many (a grid's lines).
+        let code = codes
+            .entry(s.layout.policy)
+            .or_insert_with(|| ErasureCode::new(s.layout.policy).ok())
+            .clone();
+        let same_line = |a: usize, b: usize| code.as_ref().is_none_or(|c| c.same_line(a, b));
         let view = |i: usize| s.placement[i].and_then(|id| servers.get(&id).map(|v| (id, v)));
         let ok = |i: usize| {
             view(i).is_some_and(|(id, v)| {
@@ -152,11 +159,8 @@ pub fn plan<'a>(
         }
         let surviving = (0..total).filter(|&i| ok(i)).count();
         let gone: Vec<bool> = (0..total).map(|i| !ok(i)).collect();
-        // Which shards survive matters, not only how many (a grid's lines).
-        let code = codes
-            .entry(s.layout.policy)
-            .or_insert_with(|| ErasureCode::new(s.layout.policy).ok());
-        let readable = code.as_ref().is_some_and(|c| c.decodable(&gone));
+        let margin = code.as_ref().and_then(|c| c.margin(&gone));
+        let readable = margin.is_some();
         let r = &mut out.redundancy;
         match total - surviving {
             _ if !readable => r.lost += 1,
@@ -212,7 +216,7 @@ pub fn plan<'a>(
             let target = if damaged_here {
                 holder.map(|(id, v)| (id, v.addr))
             } else if gone {
-                pick_target(s, i, servers, &incoming)
+                pick_target(s, i, servers, &incoming, &same_line)
             } else {
                 continue;
             };
@@ -222,7 +226,7 @@ pub fn plan<'a>(
             if let Some(to) = target {
                 *incoming.entry(to.0).or_default() += shard_bytes;
                 urgent.push(Urgent {
-                    surviving,
+                    margin: margin.unwrap_or(0),
                     job: base(JobKind::Repair, i, to),
                 });
             }
@@ -232,7 +236,7 @@ pub fn plan<'a>(
             let backlog = out.backlog.entry((JobKind::Drain, Some(from))).or_default();
             backlog.shards += 1;
             backlog.bytes += shard_bytes;
-            if let Some(to) = pick_target(s, i, servers, &incoming) {
+            if let Some(to) = pick_target(s, i, servers, &incoming, &same_line) {
                 *incoming.entry(to.0).or_default() += shard_bytes;
                 let mut job = base(JobKind::Drain, i, to);
                 job.copy_from = Some(source(i, from, v));
@@ -246,7 +250,7 @@ pub fn plan<'a>(
         let i = u.job.index;
         u.job.sources.retain(|src| src.index.0 != i);
     }
-    urgent.sort_by_key(|u| u.surviving);
+    urgent.sort_by_key(|u| u.margin);
     out.jobs.extend(urgent.into_iter().map(|u| u.job));
     out.jobs.extend(drains);
     if out.jobs.is_empty() {
@@ -266,32 +270,47 @@ fn source(i: usize, id: ChunkserverId, v: &ServerView) -> ShardSource {
 }
 
 /// A writable server for shard `index` of `s`: not holding another of its shards, in a
-/// failure domain none of the others uses if there is one, then the emptiest.
+/// failure domain none of its line mates uses if there is one (for a grid; all other
+/// shards otherwise), then none of the others, then the emptiest.
 fn pick_target(
     s: &SliceRef,
     index: usize,
     servers: &BTreeMap<ChunkserverId, ServerView>,
     incoming: &BTreeMap<ChunkserverId, u64>,
+    same_line: &impl Fn(usize, usize) -> bool,
 ) -> Option<(ChunkserverId, SocketAddr)> {
-    let others: Vec<ChunkserverId> = s
+    let others: Vec<(usize, ChunkserverId)> = s
         .placement
         .iter()
         .enumerate()
         .filter(|&(i, _)| i != index)
-        .filter_map(|(_, p)| *p)
+        .filter_map(|(i, p)| Some((i, (*p)?)))
         .collect();
-    let used_domains: Vec<&Domain> = others
-        .iter()
-        .filter_map(|id| servers.get(id).map(|v| &v.domain))
-        .collect();
+    let domains = |line_only: bool| -> Vec<&Domain> {
+        others
+            .iter()
+            .filter(|(i, _)| !line_only || same_line(index, *i))
+            .filter_map(|(_, id)| servers.get(id).map(|v| &v.domain))
+            .collect()
+    };
+    let (mates, used) = (domains(true), domains(false));
     let need = s.layout.shard_len();
     servers
         .iter()
-        .filter(|(id, v)| v.writable() && !others.contains(id) && Some(**id) != s.placement[index])
+        .filter(|(id, v)| {
+            v.writable()
+                && !others.iter().any(|(_, o)| o == *id)
+                && Some(**id) != s.placement[index]
+        })
         .filter(|(id, v)| v.free_bytes >= need + incoming.get(id).copied().unwrap_or(0))
         .min_by_key(|(id, v)| {
             let load = v.used_bytes + incoming.get(id).copied().unwrap_or(0);
-            (v.domain.overlap(&used_domains), load, **id)
+            (
+                v.domain.overlap(&mates),
+                v.domain.overlap(&used),
+                load,
+                **id,
+            )
         })
         .map(|(id, v)| (*id, v.addr))
 }
@@ -421,12 +440,12 @@ fn domain_warnings(
                     "policy {p} needs {need} servers but only {} can take data: lost shards of its slices cannot all be rebuilt",
                     writable.len()
                 ))
-            } else if need > hosts.len() {
+            } else if p.line_len() > hosts.len() {
                 Some(format!(
-                    "policy {p} spreads {need} shards over only {} failure domains (hosts): losing one host can cost a slice more than one shard",
+                    "policy {p} spreads {need} shards over only {} failure domains (hosts): losing one host can cost a slice more than one shard of a codeword",
                     hosts.len()
                 ))
-            } else if need > racks.len() && p.tolerance() < need.div_ceil(racks.len()) {
+            } else if p.line_len() > racks.len() && p.tolerance() < need.div_ceil(racks.len()) {
                 Some(format!(
                     "policy {p} spreads {need} shards over only {} racks: losing one rack can cost a slice more shards than it tolerates",
                     racks.len()
@@ -502,6 +521,42 @@ mod tests {
             assert_eq!(job.sources.len(), 4);
         }
         assert_ne!(p.jobs[0].to, p.jobs[1].to);
+    }
+
+    #[test]
+    fn endangered_means_fewest_further_losses_survived_across_policies() {
+        let mut view = servers(10);
+        for down in [7, 8, 9] {
+            view.get_mut(&ChunkserverId(down)).unwrap().state = ChunkserverState::Down;
+        }
+        // Two copies of three left (one more loss survivable) against four shards of
+        // rs:4+2 (none): the Reed-Solomon slice has more survivors but is first.
+        let mut mirror = slice(1, &[1, 2, 9]);
+        mirror.layout = SliceLayout::new("mirror:3".parse().unwrap(), 4 << 20, 65536).unwrap();
+        let rs = slice(2, &[1, 7, 3, 4, 5, 8]);
+        let p = run(&[mirror, rs], &view);
+        let order: Vec<u64> = p.jobs.iter().map(|j| j.slice.0).collect();
+        assert_eq!(order, [2, 2, 1]);
+    }
+
+    #[test]
+    fn a_grid_is_safe_over_as_many_racks_as_its_longest_line() {
+        let in_racks = |racks: u32| {
+            let mut view = servers(30);
+            for (id, v) in view.iter_mut() {
+                let labels = [("rack".to_string(), format!("r{}", id.0 % racks))];
+                v.domain = Domain::of(&labels, &format!("h{}", id.0));
+            }
+            view
+        };
+        let grid: Policy = "grid:4x4+1".parse().unwrap();
+        let rs: Policy = "rs:16+3".parse().unwrap();
+        let warned = |p: Policy, racks| domain_warnings(&HashSet::from([p]), &in_racks(racks));
+        // Lines of 5 over 5 racks: a rack lost costs each line one shard at most.
+        assert!(warned(grid, 5).is_empty(), "{:?}", warned(grid, 5));
+        assert_eq!(warned(grid, 4).len(), 1);
+        // 19 shards of one codeword over 5 racks: 4 in one rack, 3 survivable.
+        assert_eq!(warned(rs, 5).len(), 1);
     }
 
     #[test]
