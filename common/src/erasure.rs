@@ -32,6 +32,17 @@ pub enum ErasureError {
     Codec(reed_solomon_erasure::Error),
 }
 
+/// What [`ErasureCode::check`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    Consistent,
+    /// This shard disagrees with what all the others say it must hold.
+    Corrupt(usize),
+    /// The shards disagree, and no single shard can be blamed (two are wrong, or the code
+    /// only detects errors: `rs:K+1`, `mirror:2`).
+    Ambiguous,
+}
+
 /// The erasure code of one policy. Cheap to clone; Reed-Solomon matrices (and their decode
 /// matrix caches) and grid tables are shared per policy across the process.
 #[derive(Clone)]
@@ -285,6 +296,43 @@ impl ErasureCode {
         }
     }
 
+    /// Whether the same byte range of every shard (`pieces`, by shard index) still forms
+    /// codewords; if not, the one shard whose rebuild from the others makes them whole again
+    /// (the lines that agree outvote it). A shard whose checksums hold can still disagree
+    /// with its parity (written wrong, or replaced), which only this finds.
+    pub fn check(&self, pieces: &[Vec<u8>]) -> Result<Consistency, ErasureError> {
+        let total = self.policy.total_shards();
+        self.check_count(pieces.len(), total)?;
+        if self.consistent(pieces)? {
+            return Ok(Consistency::Consistent);
+        }
+        let mut culprits = Vec::new();
+        for j in 0..total {
+            let mut rebuilt: Vec<Option<Vec<u8>>> = pieces.iter().cloned().map(Some).collect();
+            rebuilt[j] = None;
+            if self.reconstruct_wanted(&mut rebuilt, &[j]).is_err() {
+                continue;
+            }
+            let rebuilt: Vec<Vec<u8>> =
+                rebuilt.into_iter().map(Option::unwrap_or_default).collect();
+            if self.consistent(&rebuilt)? {
+                culprits.push(j);
+                if culprits.len() > 1 {
+                    break;
+                }
+            }
+        }
+        Ok(match culprits[..] {
+            [j] => Consistency::Corrupt(j),
+            _ => Consistency::Ambiguous,
+        })
+    }
+
+    fn consistent(&self, pieces: &[Vec<u8>]) -> Result<bool, ErasureError> {
+        let k = self.policy.data_shards();
+        Ok(self.parity(&pieces[..k])? == pieces[k..])
+    }
+
     /// Whether shards `a` and `b` lie in one codeword: one line of a grid; the whole slice
     /// for the other codes. Placement keeps such shards in distinct failure domains first.
     pub fn same_line(&self, a: usize, b: usize) -> bool {
@@ -428,6 +476,29 @@ mod tests {
             code.reconstruct(&mut pieces).unwrap();
             for (i, s) in shards.iter().enumerate() {
                 prop_assert_eq!(pieces[i].as_deref(), Some(&s[a..b]), "shard {}", i);
+            }
+        }
+
+        /// One shard changed anywhere is found and blamed when the code can correct an
+        /// error (distance 3 or more); a code that only detects it says so.
+        #[test]
+        fn check_blames_the_one_changed_shard(policy in policy_strategy(), len in 1u64..5_000, seed: u64) {
+            prop_assume!(policy.total_shards() > 1, "one copy has nothing to check against");
+            let layout = SliceLayout::new(policy, len, 4096).unwrap();
+            let code = ErasureCode::new(policy).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let mut shards = code.encode_slice(&layout, &data).unwrap();
+            prop_assert_eq!(code.check(&shards).unwrap(), Consistency::Consistent);
+            let bad = rng.gen_range(0..shards.len());
+            let at = rng.gen_range(0..shards[bad].len());
+            shards[bad][at] ^= rng.gen_range(1..=255u8);
+            let found = code.check(&shards).unwrap();
+            let corrects = policy.tolerance() >= 2 || matches!(policy, Policy::Grid(_));
+            if corrects {
+                prop_assert_eq!(found, Consistency::Corrupt(bad));
+            } else {
+                prop_assert_eq!(found, Consistency::Ambiguous);
             }
         }
 

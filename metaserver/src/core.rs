@@ -3,6 +3,7 @@
 //! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
 
 use crate::cluster_map::ServerRecord;
+use crate::deep_scrub;
 use crate::fileinfo;
 use crate::gc::{self, Doom, Expected, GarbageSlice, GcWork, ShardCopy};
 use crate::jobs::{Book, Settings};
@@ -159,6 +160,11 @@ pub enum Input {
         skip: BTreeSet<SliceId>,
         max: usize,
         reply: oneshot::Sender<Answer<Vec<reencode::Candidate>>>,
+    },
+    /// The next slice for the deep scrub after `after` (leader only).
+    ScrubNext {
+        after: Option<deep_scrub::Cursor>,
+        reply: oneshot::Sender<Answer<Option<deep_scrub::Next>>>,
     },
     Query {
         query: FsQuery,
@@ -443,6 +449,17 @@ impl Core {
             Input::Reencodes { skip, max, reply } => {
                 let answer = match self.replica.is_leader() {
                     true => Ok(reencode::find(&self.replica.sm, &self.views(), &skip, max).0),
+                    false => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+            }
+            Input::ScrubNext { after, reply } => {
+                let answer = match self.replica.is_leader() {
+                    true => Ok(deep_scrub::next_after(
+                        &self.replica.sm,
+                        &self.views(),
+                        after,
+                    )),
                     false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);

@@ -5,6 +5,7 @@
 //! so work resumes after a failover, and each step can be repeated without harm.
 
 use crate::core::{ask_core, Answer, Input};
+use crate::deep_scrub;
 use crate::gc::{self, Doom, ShardCopy};
 use crate::planner::{Busy, Job};
 use crate::reencode;
@@ -41,6 +42,10 @@ pub struct Settings {
     pub reconcile_every: Duration,
     /// Bytes per second re-encoded to new policies (0: unlimited).
     pub reencode_rate: u64,
+    /// Bytes per second read by the deep scrub (0: no deep scrub).
+    pub deep_scrub_rate: u64,
+    /// A deep scrub pass starts this long after the previous one began.
+    pub deep_scrub_every: Duration,
 }
 
 /// Progress of one kind of work since this member became leader.
@@ -199,6 +204,8 @@ pub struct Executor {
     pub reencode_rate: Throttle,
     /// Reads and writes whole slices for re-encoding.
     pub slices: SliceIo,
+    /// Paces the deep scrub (`Settings::deep_scrub_rate`).
+    pub deep_scrub_rate: Throttle,
 }
 
 impl Executor {
@@ -215,6 +222,12 @@ impl Executor {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let collector = Arc::new(gc::Collector::new(self.clone()));
+        if self.settings.deep_scrub_rate > 0 {
+            tokio::spawn(deep_scrub::run(
+                self.clone(),
+                self.settings.deep_scrub_every,
+            ));
+        }
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

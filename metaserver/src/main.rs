@@ -3,6 +3,7 @@
 
 mod cluster_map;
 mod core;
+mod deep_scrub;
 mod fileinfo;
 mod gc;
 mod jobs;
@@ -52,7 +53,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member of the metaserver group.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The cluster certificate authority: every process needs a certificate it signed.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -154,6 +155,13 @@ struct UpkeepArgs {
     /// keeps its share; 0: unlimited.
     #[arg(long, default_value_t = 64)]
     reencode_rate: u64,
+    /// MiB per second the leader reads to check that every slice's parity still matches
+    /// its data (deep scrub; a chunkserver's own scrub checks block checksums); 0: off.
+    #[arg(long, default_value_t = 4)]
+    deep_scrub_rate: u64,
+    /// Seconds from the start of one deep scrub pass over every slice to the next.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    deep_scrub_every: u64,
     /// Drain a chunkserver automatically once it reports this many I/O errors (0: never).
     #[arg(long, default_value_t = 50)]
     drain_on_io_errors: u64,
@@ -182,6 +190,8 @@ impl UpkeepArgs {
                 orphan_grace: secs(self.orphan_grace),
                 reconcile_every: secs(self.reconcile_every),
                 reencode_rate: self.reencode_rate << 20,
+                deep_scrub_rate: self.deep_scrub_rate << 20,
+                deep_scrub_every: secs(self.deep_scrub_every),
             },
             health: core::HealthLimits {
                 io_errors: self.drain_on_io_errors,
@@ -254,7 +264,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => {
             lattice_common::logging::init();
-            serve(args)
+            serve(*args)
         }
         Command::Ca(CaCommand::Init { ca, cluster }) => pki::init_ca(&ca, &cluster)
             .map(|()| println!("created cluster CA in {}", ca.display()))
@@ -517,6 +527,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         job_ended: tokio::sync::Notify::new(),
         reencode_rate: Throttle::new(upkeep.jobs.reencode_rate),
         slices: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
+        deep_scrub_rate: Throttle::new(upkeep.jobs.deep_scrub_rate),
     });
     let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
     std::thread::Builder::new()

@@ -61,27 +61,33 @@ pub fn find(
         if found.len() >= max || skip.contains(&s.slice) {
             continue;
         }
-        let targets = s
-            .placement
-            .iter()
-            .map(|p| {
-                let id = (*p)?;
-                let v = servers.get(&id).filter(|v| v.readable())?;
-                Some(ShardTarget {
-                    server: id,
-                    addr: v.addr,
-                })
-            })
-            .collect();
         found.push(Candidate {
             ino,
             chunk,
             slice: s.clone(),
             to,
-            targets,
+            targets: read_targets(s, servers),
         });
     }
     (found, backlog)
+}
+
+/// Where each shard of `s` can be read now (`None`: placed nowhere readable).
+pub fn read_targets(
+    s: &SliceRef,
+    servers: &BTreeMap<ChunkserverId, ServerView>,
+) -> Vec<Option<ShardTarget>> {
+    s.placement
+        .iter()
+        .map(|p| {
+            let id = (*p)?;
+            let v = servers.get(&id).filter(|v| v.readable())?;
+            Some(ShardTarget {
+                server: id,
+                addr: v.addr,
+            })
+        })
+        .collect()
 }
 
 /// Re-encodes one slice; returns the bytes rewritten.

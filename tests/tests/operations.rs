@@ -2,7 +2,10 @@
 //! repair after failures, scrub, predictive drain.
 
 use anyhow::{bail, ensure, Context, Result};
-use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, JobKind};
+use lattice_common::ids::{InodeId, ShardId};
+use lattice_common::pki::Role;
+use lattice_common::shard_client::ShardClient;
+use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, FsQuery, FsReply, JobKind};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
 use lattice_tests::{http_get, id_of, random_bytes, wait_status, TestCluster};
@@ -419,5 +422,82 @@ async fn a_disk_is_added_and_another_emptied_while_serving() -> Result<()> {
     let cold = tc.state().join("cold");
     tc.cluster.start_mount(2, &cold, "").await?;
     check_files(&files, &cold)?;
+    Ok(())
+}
+
+/// A shard replaced by other bytes with fresh checksums (what a bug, or a misused
+/// certificate, could do) passes every checksum, so reads return the wrong bytes; the deep
+/// scrub finds that it disagrees with the parity of its slice and has it rebuilt in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deep_scrub_rebuilds_a_shard_that_disagrees_with_its_parity() -> Result<()> {
+    let mut args = QUICK_UPKEEP.to_vec();
+    args.extend(["--deep-scrub-every", "2", "--deep-scrub-rate", "64"]);
+    let tc = TestCluster::with_metaserver_args(&args)?;
+    let (admin, mnt) = tc.start_with_mount(6).await?;
+    let data = random_bytes(3 << 20, 9);
+    std::fs::write(mnt.join("f"), &data)?;
+
+    // Data shard 1 of the file's slice, replaced through the chunkserver protocol.
+    let meta = tc.meta_client("inspector")?;
+    let lookup = FsQuery::Lookup {
+        parent: InodeId::ROOT,
+        name: b"f".to_vec(),
+    };
+    let FsReply::Attr(attr) = meta.query(lookup).await?? else {
+        bail!("no attributes for f");
+    };
+    let query = FsQuery::Slices {
+        ino: attr.ino,
+        first: 0,
+        last: 0,
+    };
+    let FsReply::Slices {
+        chunks, servers, ..
+    } = meta.query(query).await??
+    else {
+        bail!("no slices for f");
+    };
+    let slice = chunks[0].1[0].clone();
+    let holder = slice.placement[1].context("shard 1 unplaced")?;
+    let addr = servers
+        .iter()
+        .find(|s| s.id == holder)
+        .context("no address")?
+        .addr;
+    let shards = ShardClient::new(
+        tc.node(Role::Chunkserver, "chunkserver-1")?,
+        Duration::from_secs(10),
+    );
+    let shard = ShardId::new(slice.slice, 1);
+    let len = slice.layout.shard_len();
+    let good = shards.get(addr, shard, 0, len).await?;
+    let mut bad = good.clone();
+    bad.iter_mut().take(5000).for_each(|b| *b ^= 0x5a);
+    shards.put(addr, shard, slice.layout, &bad).await?;
+    ensure!(
+        std::fs::read(mnt.join("f"))? != data,
+        "the replaced shard was not read"
+    );
+
+    let found = wait_status(
+        &admin,
+        Duration::from_secs(60),
+        "a deep scrub mismatch",
+        |s| {
+            s.jobs
+                .iter()
+                .any(|j| j.kind == JobKind::DeepScrub && j.failed > 0)
+        },
+    )
+    .await?;
+    wait_for(
+        Duration::from_secs(60),
+        "the shard rebuilt in place",
+        || async { Ok((shards.get(addr, shard, 0, len).await? == good).then_some(())) },
+    )
+    .await?;
+    ensure!(std::fs::read(mnt.join("f"))? == data, "still wrong bytes");
+    let row = found.jobs.iter().find(|j| j.kind == JobKind::DeepScrub);
+    eprintln!("deep scrub: {row:?}");
     Ok(())
 }

@@ -348,6 +348,9 @@ pub enum JobKind {
     Collect,
     /// Rewriting slices under their file's new policy (counted in slices, not shards).
     Reencode,
+    /// Checking that parity matches data across each slice's shards (counted in slices;
+    /// `failed` counts mismatches found).
+    DeepScrub,
 }
 
 /// A kind of background work and how far it has got (since this leader took over).
