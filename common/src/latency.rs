@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 /// Weight of a new sample in the moving average (1/4).
 const EWMA_SHIFT: u32 = 2;
+/// Reads are compared per this many bytes (smaller ones count as this size), so a large
+/// read is not taken for a slow one.
+const UNIT: u64 = 64 << 10;
 /// A server this many times slower than the typical one is read around.
 const SLOW_FACTOR: u32 = 4;
 /// ... unless it is faster than this (loopback jitter is not slowness).
@@ -21,6 +24,7 @@ pub const MIN_HEDGE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
+    /// Per [`UNIT`] of bytes read.
     average: Option<Duration>,
     avoid_until: Option<Instant>,
     /// A probe read is out: the server stays avoided until it answers.
@@ -68,9 +72,10 @@ impl Latencies {
         self.servers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A read from `addr` took `took`: the average moves; an avoided server that answered
-    /// fast is used again, one that answered slowly stays avoided a while longer.
-    pub fn record(&self, addr: SocketAddr, took: Duration, now: Instant) {
+    /// A read of `bytes` from `addr` took `took`: the average moves; an avoided server that
+    /// answered fast is used again, one that answered slowly stays avoided a while longer.
+    pub fn record(&self, addr: SocketAddr, took: Duration, bytes: u64, now: Instant) {
+        let took = took / units(bytes);
         let typical = self.typical();
         let mut servers = self.servers();
         let e = servers.entry(addr).or_default();
@@ -116,7 +121,7 @@ impl Latencies {
         }
     }
 
-    /// The median of the servers' averages: what a shard read usually takes.
+    /// The median of the servers' averages: what reading a unit usually takes.
     pub fn typical(&self) -> Option<Duration> {
         let mut all: Vec<Duration> = self.servers().values().filter_map(|e| e.average).collect();
         if all.is_empty() {
@@ -126,15 +131,19 @@ impl Latencies {
         Some(all[all.len() / 2])
     }
 
-    /// How long to wait for a shard read before reading around it: `factor` times the
-    /// typical read, within `MIN_HEDGE..=ceiling` (the ceiling alone before anything is
-    /// known).
-    pub fn hedge_after(&self, factor: u32, ceiling: Duration) -> Duration {
+    /// The least wait for a shard read of `bytes` before reading around it: `factor` times
+    /// the typical read of that size, within `MIN_HEDGE..=ceiling` (the ceiling before
+    /// anything is known).
+    pub fn hedge_after(&self, factor: u32, ceiling: Duration, bytes: u64) -> Duration {
         match self.typical() {
-            Some(t) => (t * factor).clamp(MIN_HEDGE, ceiling.max(MIN_HEDGE)),
+            Some(t) => (t * units(bytes) * factor).clamp(MIN_HEDGE, ceiling.max(MIN_HEDGE)),
             None => ceiling,
         }
     }
+}
+
+fn units(bytes: u64) -> u32 {
+    bytes.div_ceil(UNIT).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 fn is_slow(took: Duration, typical: Option<Duration>) -> bool {
@@ -154,10 +163,10 @@ mod tests {
         let l = Latencies::new(Duration::from_secs(5));
         let t0 = Instant::now();
         for n in 1..=5 {
-            l.record(addr(n), Duration::from_millis(2), t0);
+            l.record(addr(n), Duration::from_millis(2), 4096, t0);
         }
         for _ in 0..8 {
-            l.record(addr(6), Duration::from_millis(500), t0);
+            l.record(addr(6), Duration::from_millis(500), 4096, t0);
         }
         assert_eq!(l.typical(), Some(Duration::from_millis(2)));
         assert_eq!(l.verdict(addr(6), t0), Verdict::Use, "never avoided yet");
@@ -173,12 +182,12 @@ mod tests {
             "one probe at a time"
         );
         // The probe is slow again: avoided again, for another while.
-        l.record(addr(6), Duration::from_millis(500), later);
+        l.record(addr(6), Duration::from_millis(500), 4096, later);
         assert_eq!(l.verdict(addr(6), later), Verdict::Avoid);
         let even_later = later + Duration::from_secs(5);
         assert_eq!(l.verdict(addr(6), even_later), Verdict::Probe);
         // It got fast: one fast answer brings it back.
-        l.record(addr(6), Duration::from_millis(2), even_later);
+        l.record(addr(6), Duration::from_millis(2), 4096, even_later);
         assert_eq!(l.verdict(addr(6), even_later), Verdict::Use);
 
         // A server avoided for failing, but not slow, is simply used once its time is up.
@@ -191,20 +200,31 @@ mod tests {
     fn hedging_waits_a_few_typical_reads_within_bounds() {
         let l = Latencies::new(Duration::from_secs(5));
         let ceiling = Duration::from_millis(300);
-        assert_eq!(l.hedge_after(4, ceiling), ceiling, "nothing known yet");
-        l.record(addr(1), Duration::from_millis(1), Instant::now());
-        assert_eq!(l.hedge_after(4, ceiling), MIN_HEDGE);
+        let now = Instant::now();
+        assert_eq!(
+            l.hedge_after(4, ceiling, 4096),
+            ceiling,
+            "nothing known yet"
+        );
+        l.record(addr(1), Duration::from_millis(1), 4096, now);
+        assert_eq!(l.hedge_after(4, ceiling, 4096), MIN_HEDGE);
         for _ in 0..20 {
-            l.record(addr(1), Duration::from_millis(40), Instant::now());
+            l.record(addr(1), Duration::from_millis(40), 4096, now);
         }
-        let h = l.hedge_after(4, ceiling);
+        let h = l.hedge_after(4, ceiling, 4096);
         assert!(
             h > Duration::from_millis(140) && h <= Duration::from_millis(160),
             "{h:?}"
         );
+        // Per unit of bytes: a 1 MiB read taking 16 times a 64 KiB one is not slow, and is
+        // waited for accordingly.
+        l.record(addr(2), Duration::from_millis(640), 1 << 20, now);
+        assert_eq!(l.verdict(addr(2), now), Verdict::Use);
+        let big = l.hedge_after(4, Duration::from_secs(10), 1 << 20);
+        assert!(big > Duration::from_millis(2000), "{big:?}");
         for _ in 0..20 {
-            l.record(addr(1), Duration::from_secs(1), Instant::now());
+            l.record(addr(1), Duration::from_secs(1), 4096, now);
         }
-        assert_eq!(l.hedge_after(4, ceiling), ceiling);
+        assert_eq!(l.hedge_after(4, ceiling, 4096), ceiling);
     }
 }

@@ -155,8 +155,11 @@ impl SliceIo {
                 self.latencies.stats.probes.add(1);
                 let io = self.clone();
                 tokio::spawn(async move {
-                    // Its result only feeds the averages (`fetch` records them).
-                    let _ = io.fetch(slice, Some(t), index, range).await;
+                    // Its result feeds the averages (`fetch` records them); one that fails
+                    // leaves the server avoided a while longer.
+                    if io.fetch(slice, Some(t), index, range).await.is_err() {
+                        io.suspect(t.addr);
+                    }
                 });
                 true
             }
@@ -446,9 +449,12 @@ impl SliceIo {
             .get(t.addr, id, range.start, range.end - range.start)
             .await;
         match &result {
-            Ok(_) => self
-                .latencies
-                .record(t.addr, started.elapsed(), Instant::now()),
+            Ok(bytes) => self.latencies.record(
+                t.addr,
+                started.elapsed(),
+                bytes.len() as u64,
+                Instant::now(),
+            ),
             Err(ShardError::Timeout(_) | ShardError::Unreachable(_)) => self.suspect(t.addr),
             Err(_) => {}
         }
@@ -483,7 +489,8 @@ struct Fetches<'a> {
     slice: SliceId,
     targets: &'a [Option<ShardTarget>],
     inflight: FuturesUnordered<futures::future::BoxFuture<'a, FetchResult>>,
-    pending: HashMap<usize, (ShardTarget, Instant)>,
+    /// Reads out: where, since when, how many bytes.
+    pending: HashMap<usize, (ShardTarget, Instant, u64)>,
     /// How long the slowest read that answered took.
     slowest: Option<Duration>,
     hedging: bool,
@@ -505,7 +512,8 @@ impl<'a> Fetches<'a> {
     fn launch(&mut self, index: usize, range: Range<u64>) {
         let (io, slice, target) = (self.io, self.slice, self.targets[index]);
         if let Some(t) = target {
-            self.pending.insert(index, (t, Instant::now()));
+            let bytes = range.end - range.start;
+            self.pending.insert(index, (t, Instant::now(), bytes));
         }
         self.inflight.push(Box::pin(async move {
             (index, io.fetch(slice, target, index, range).await)
@@ -524,13 +532,16 @@ impl<'a> Fetches<'a> {
 
     async fn next(&mut self) -> Fetched {
         let h = self.io.hedging;
-        // The floors come down to a few typical reads once reads have been timed.
+        // Once a peer has answered, a read is compared with it, and at least with a few
+        // typical reads of its size (timed so far), never less than 50 ms nor more than
+        // the floor; before that, only a read out for `alone` is given up on.
         let known = &self.io.latencies;
+        let bytes = self.pending.values().map(|p| p.2).max().unwrap_or(0);
         let hedge_after = match self.slowest {
-            Some(d) => (d * h.factor).max(known.hedge_after(h.factor, h.floor)),
-            None => known.hedge_after(h.factor, h.alone),
+            Some(d) => (d * h.factor).max(known.hedge_after(h.factor, h.floor, bytes)),
+            None => h.alone,
         };
-        let first = self.pending.values().map(|(_, at)| *at).min();
+        let first = self.pending.values().map(|p| p.1).min();
         let next = match first.filter(|_| self.hedging) {
             Some(first) => {
                 match tokio::time::timeout_at((first + hedge_after).into(), self.inflight.next())
@@ -545,7 +556,7 @@ impl<'a> Fetches<'a> {
         match next {
             None => Fetched::Idle,
             Some((index, result)) => {
-                if let Some((_, at)) = self.pending.remove(&index) {
+                if let Some((_, at, _)) = self.pending.remove(&index) {
                     if result.is_ok() {
                         self.slowest = self.slowest.max(Some(at.elapsed()));
                     }
@@ -562,13 +573,13 @@ impl<'a> Fetches<'a> {
         let late: Vec<usize> = self
             .pending
             .iter()
-            .filter(|(_, (_, at))| *at + hedge_after <= now)
+            .filter(|(_, p)| p.1 + hedge_after <= now)
             .map(|(&i, _)| i)
             .collect();
         let slow: Vec<(usize, ShardProblem)> = late
             .into_iter()
             .filter_map(|index| {
-                let (t, _) = self.pending.remove(&index)?;
+                let (t, _, _) = self.pending.remove(&index)?;
                 self.io.suspect(t.addr);
                 let error = ShardError::Slow(hedge_after);
                 let server = Some(t.server);

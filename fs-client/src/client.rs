@@ -368,7 +368,7 @@ impl Client {
             })
             .await;
         if let (Some(p), Err(Errno::NOSPC)) = (policy, result) {
-            warn!(%ino, "setting lattice.policy {p}: the cluster has fewer chunkservers in service than the {} it needs at least", p.min_shards());
+            warn!(%ino, "setting lattice.policy {p}: the cluster has fewer chunkservers in service than its {} shards", p.total_shards());
         }
         result
     }

@@ -12,8 +12,9 @@ use crate::state_machine::StateMachine;
 use futures::future::join_all;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::erasure::{Consistency, ErasureCode};
-use lattice_common::ids::{ChunkserverId, InodeId, ShardId, SliceId};
+use lattice_common::ids::{ChunkserverId, InodeId, ShardId};
 use lattice_common::slice_io::ShardTarget;
+use lattice_common::throttle::Throttle;
 use lattice_common::wire::meta::JobKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,42 +27,39 @@ const RANGE: u64 = 1 << 20;
 /// re-read in a tight loop).
 const MIN_COST: u64 = 64 << 10;
 
-/// Where a pass has got to: slices are visited in (inode, chunk, slice) order.
-pub type Cursor = (InodeId, u64, SliceId);
+/// Where a pass has got to: (inode, chunk, index in the chunk's slice list).
+pub type Cursor = (InodeId, u64, usize);
 
 /// The next slice to check.
 #[derive(Clone, Debug)]
 pub struct Next {
+    pub at: Cursor,
     pub ino: InodeId,
-    pub chunk: u64,
     pub slice: SliceRef,
     pub targets: Vec<Option<ShardTarget>>,
 }
 
-/// The first slice after `after` (from the start when `None`); `None` at the end.
+/// The slice after `after` (from the start when `None`); `None` at the end.
 pub fn next_after(
     sm: &StateMachine,
     servers: &BTreeMap<ChunkserverId, ServerView>,
     after: Option<Cursor>,
 ) -> Option<Next> {
-    let (ino, chunk, s) = sm
-        .ns
-        .all_slices()
-        .find(|(ino, chunk, s)| after.is_none_or(|a| (*ino, *chunk, s.slice) > a))?;
+    let (at, s) = sm.ns.slice_after(after)?;
     Some(Next {
-        ino,
-        chunk,
+        at,
+        ino: at.0,
         slice: s.clone(),
         targets: crate::reencode::read_targets(s, servers),
     })
 }
 
-/// What checking one slice found.
-enum Found {
-    /// Every range checked; these many bytes read.
-    Consistent(u64),
+/// What reading a slice's shards and checking them against each other found.
+pub enum Checked {
+    /// Every codeword agrees; the data shards whole when asked for; bytes read.
+    Consistent(Option<Vec<Vec<u8>>>, u64),
     /// Not every shard could be read (repair's business first).
-    Skipped,
+    Unreadable,
     Mismatch(String),
 }
 
@@ -85,12 +83,8 @@ pub async fn run(exec: Arc<Executor>, every: Duration) {
                         pass_began.elapsed().as_secs_f64()
                     );
                 }
-                tokio::time::sleep(
-                    every
-                        .saturating_sub(pass_began.elapsed())
-                        .max(Duration::from_secs(1)),
-                )
-                .await;
+                let rest = every.saturating_sub(pass_began.elapsed());
+                tokio::time::sleep(rest.max(Duration::from_secs(1))).await;
                 (cursor, pass_began) = (None, Instant::now());
                 continue;
             }
@@ -101,17 +95,25 @@ pub async fn run(exec: Arc<Executor>, every: Duration) {
                 continue;
             }
         };
-        cursor = Some((next.ino, next.chunk, next.slice.slice));
-        let found = check(&exec, &next).await;
+        cursor = Some(next.at);
+        exec.deep_scrub_rate.take(MIN_COST).await;
+        let found = read_checked(
+            exec.as_ref(),
+            &next.slice,
+            &next.targets,
+            &exec.deep_scrub_rate,
+            false,
+        )
+        .await;
         let mut book = exec.book.lock().unwrap_or_else(|p| p.into_inner());
         let t = book.tally.entry((JobKind::DeepScrub, None)).or_default();
         match found {
-            Found::Consistent(bytes) => {
+            Checked::Consistent(_, bytes) => {
                 t.done_shards += 1;
                 t.done_bytes += bytes;
             }
-            Found::Skipped => {}
-            Found::Mismatch(what) => {
+            Checked::Unreadable => {}
+            Checked::Mismatch(what) => {
                 t.failed += 1;
                 warn!(ino = %next.ino, slice = %next.slice.slice, "deep scrub: {what}");
             }
@@ -119,28 +121,36 @@ pub async fn run(exec: Arc<Executor>, every: Duration) {
     }
 }
 
-async fn check(exec: &Executor, n: &Next) -> Found {
-    let layout = n.slice.layout;
+/// Reads every shard of `slice` whole, range by range at `rate`, and checks that they
+/// agree; keeps the data shards with `keep`. A shard the others outvote is reported damaged
+/// (the repair path rebuilds it in place).
+pub async fn read_checked(
+    exec: &Executor,
+    slice: &SliceRef,
+    targets: &[Option<ShardTarget>],
+    rate: &Throttle,
+    keep: bool,
+) -> Checked {
+    let layout = slice.layout;
     let Ok(code) = ErasureCode::new(layout.policy) else {
-        return Found::Skipped;
+        return Checked::Unreadable;
     };
-    let Some(targets) = n
-        .targets
+    let Some(targets) = targets
         .iter()
         .copied()
         .collect::<Option<Vec<ShardTarget>>>()
     else {
-        return Found::Skipped;
+        return Checked::Unreadable;
     };
     let shard_len = layout.shard_len();
-    let mut at = 0;
-    let mut read = 0;
-    exec.deep_scrub_rate.take(MIN_COST).await;
+    let k = layout.policy.data_shards();
+    let mut kept: Vec<Vec<u8>> = vec![Vec::new(); if keep { k } else { 0 }];
+    let (mut at, mut read) = (0, 0);
     while at < shard_len {
         let len = RANGE.min(shard_len - at);
-        exec.deep_scrub_rate.take(len * targets.len() as u64).await;
+        rate.take(len * targets.len() as u64).await;
         let gets = targets.iter().enumerate().map(|(i, t)| {
-            let shard = ShardId::new(n.slice.slice, i as u16);
+            let shard = ShardId::new(slice.slice, i as u16);
             exec.shards.get(t.addr, shard, at, len)
         });
         let Ok(pieces) = join_all(gets)
@@ -149,24 +159,24 @@ async fn check(exec: &Executor, n: &Next) -> Found {
             .collect::<Result<Vec<_>, _>>()
         else {
             // Unreachable, damaged or moved meanwhile: other upkeep deals with that.
-            return Found::Skipped;
+            return Checked::Unreadable;
         };
         read += len * targets.len() as u64;
         let code = code.clone();
-        let checked = tokio::task::spawn_blocking(move || code.check(&pieces)).await;
-        match checked {
-            Ok(Ok(Consistency::Consistent)) => {}
-            Ok(Ok(Consistency::Corrupt(j))) => {
-                let (shard, server) = (ShardId::new(n.slice.slice, j as u16), targets[j].server);
+        let checked = tokio::task::spawn_blocking(move || (code.check(&pieces), pieces)).await;
+        let pieces = match checked {
+            Ok((Ok(Consistency::Consistent), pieces)) => pieces,
+            Ok((Ok(Consistency::Corrupt(j)), _)) => {
+                let (shard, server) = (ShardId::new(slice.slice, j as u16), targets[j].server);
                 let _ = exec.core.send(Input::Damaged { shard, server });
-                return Found::Mismatch(format!(
+                return Checked::Mismatch(format!(
                     "shard {shard} on {server} disagrees with the parity of the others at bytes \
                      {at}..{}: rebuilding it in place",
                     at + len
                 ));
             }
-            Ok(Ok(Consistency::Ambiguous)) => {
-                return Found::Mismatch(format!(
+            Ok((Ok(Consistency::Ambiguous), _)) => {
+                return Checked::Mismatch(format!(
                     "{} shards disagree at bytes {at}..{} and no single shard explains it \
                      (servers {:?}): check them",
                     layout.policy,
@@ -174,10 +184,13 @@ async fn check(exec: &Executor, n: &Next) -> Found {
                     targets.iter().map(|t| t.server).collect::<Vec<_>>()
                 ));
             }
-            Ok(Err(e)) => return Found::Mismatch(format!("cannot check: {e}")),
-            Err(e) => return Found::Mismatch(format!("check failed: {e}")),
+            Ok((Err(e), _)) => return Checked::Mismatch(format!("cannot check: {e}")),
+            Err(e) => return Checked::Mismatch(format!("check failed: {e}")),
+        };
+        for (whole, piece) in kept.iter_mut().zip(pieces) {
+            whole.extend_from_slice(&piece);
         }
         at += len;
     }
-    Found::Consistent(read)
+    Checked::Consistent(keep.then_some(kept), read)
 }

@@ -62,6 +62,9 @@ pub struct Book {
     pub running: BTreeMap<SliceId, Job>,
     /// Slices being re-encoded, with their bytes.
     pub reencoding: BTreeMap<SliceId, u64>,
+    /// Slices whose re-encode failed, not tried again before the time given (so a few
+    /// that cannot be done do not hold up the others).
+    reencode_later: BTreeMap<SliceId, Instant>,
     pub tally: BTreeMap<(JobKind, Option<ChunkserverId>), Tally>,
     /// Copies being deleted: no job re-creates one meanwhile.
     deleting: HashSet<ShardCopy>,
@@ -296,8 +299,19 @@ impl Executor {
     /// Starts re-encoding slices stored under another policy than their file's, up to
     /// [`reencode::PARALLEL`] at once.
     async fn start_reencodes(self: &Arc<Self>) {
-        let skip: BTreeSet<SliceId> = self.book().reencoding.keys().copied().collect();
-        let max = reencode::PARALLEL.saturating_sub(skip.len());
+        let (skip, max) = {
+            let mut book = self.book();
+            let now = Instant::now();
+            book.reencode_later.retain(|_, until| *until > now);
+            let max = reencode::PARALLEL.saturating_sub(book.reencoding.len());
+            let skip: BTreeSet<SliceId> = book
+                .reencoding
+                .keys()
+                .chain(book.reencode_later.keys())
+                .copied()
+                .collect();
+            (skip, max)
+        };
         if max == 0 {
             return;
         }
@@ -320,7 +334,9 @@ impl Executor {
                     }
                     Err(e) => {
                         t.failed += 1;
-                        warn!(ino = %c.ino, slice = %c.slice.slice, to = %c.to, "re-encoding failed: {e}");
+                        let retry = Instant::now() + reencode::RETRY_AFTER;
+                        book.reencode_later.insert(c.slice.slice, retry);
+                        warn!(ino = %c.ino, slice = %c.slice.slice, to = %c.to, "re-encoding failed (retried in {:?}): {e}", reencode::RETRY_AFTER);
                     }
                 }
                 drop(book);

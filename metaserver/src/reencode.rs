@@ -1,8 +1,10 @@
 //! Live re-encoding: when a file's policy changes (`setfattr -n lattice.policy`, or the
 //! cluster default for files without their own), the leader rewrites its slices under the
-//! new policy in the background. For each slice it reads what the slice shows (decoding
-//! around missing shards), stores those bytes as a new slice under the file's policy, and
-//! swaps it in (`Command::Reencode`) only if the old slice still shows exactly that.
+//! new policy in the background. For each healthy slice it reads every shard and checks
+//! them against each other (a bad shard is repaired first, never copied), stores what the
+//! slice shows as a new slice under the file's policy, whole (a re-encode never leaves data
+//! less protected than it found it), and swaps it in (`Command::Reencode`) only if the old
+//! slice still shows exactly that.
 //!
 //! The file stays readable and writable throughout: a write lands as a newer slice, which
 //! stays on top of the swapped one; a truncation or compaction that changed the slice
@@ -12,6 +14,7 @@
 //! one stopped (an allocation it never committed is abandoned and collected).
 
 use crate::core::{ask_core, Input};
+use crate::deep_scrub::{read_checked, Checked};
 use crate::jobs::Executor;
 use crate::planner::{Backlog, ServerView};
 use crate::state_machine::{Command, Outcome, StateMachine};
@@ -19,13 +22,17 @@ use bytes::Bytes;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::Timestamp;
 use lattice_common::ids::{ChunkserverId, InodeId, SliceId};
+use lattice_common::layout::SliceLayout;
 use lattice_common::policy::Policy;
-use lattice_common::slice_io::{ShardTarget, SliceError, SliceIo};
-use lattice_common::wire::meta::FsReply;
+use lattice_common::slice_io::{ShardTarget, SliceIo};
+use lattice_common::wire::meta::{FsReply, ServerAddr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 /// Slices re-encoded at once, cluster-wide (each also waits for the byte-rate limit).
 pub const PARALLEL: usize = 2;
+/// A slice whose re-encode failed waits this long before the next try.
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// One slice stored under another policy than its file's.
 #[derive(Clone, Debug)]
@@ -38,8 +45,10 @@ pub struct Candidate {
     pub targets: Vec<Option<ShardTarget>>,
 }
 
-/// Up to `max` slices to re-encode, leaving out `skip` (being re-encoded) and slices whose
-/// survivors could not be decoded anyway; and how much is left in all (slices, bytes).
+/// Up to `max` slices to re-encode, leaving out `skip` (being re-encoded, or failed a
+/// moment ago) and slices with a shard not readable now (repair comes first: a re-encode
+/// reads and checks every shard, so it never copies a bad one into the new slice); and how
+/// much is left in all (slices, bytes).
 pub fn find(
     sm: &StateMachine,
     servers: &BTreeMap<ChunkserverId, ServerView>,
@@ -61,13 +70,16 @@ pub fn find(
         if found.len() >= max || skip.contains(&s.slice) {
             continue;
         }
-        found.push(Candidate {
-            ino,
-            chunk,
-            slice: s.clone(),
-            to,
-            targets: read_targets(s, servers),
-        });
+        let targets = read_targets(s, servers);
+        if targets.iter().all(Option::is_some) {
+            found.push(Candidate {
+                ino,
+                chunk,
+                slice: s.clone(),
+                to,
+                targets,
+            });
+        }
     }
     (found, backlog)
 }
@@ -90,14 +102,11 @@ pub fn read_targets(
         .collect()
 }
 
-/// Re-encodes one slice; returns the bytes rewritten.
+/// Re-encodes one slice; returns the bytes rewritten. The new slice goes in only whole:
+/// every shard placed and stored (a re-encode must not leave data less protected than it
+/// found it), from shards checked against each other.
 pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u64, String> {
     let old = &c.slice;
-    exec.reencode_rate.take(old.len).await;
-    let read = io
-        .read(old.slice, old.layout, &c.targets, old.skip, old.len)
-        .await
-        .map_err(|e| format!("reading: {e}"))?;
     let allocated = ask_core(&exec.core, |reply| Input::Reserve {
         ino: c.ino,
         policy: c.to,
@@ -114,39 +123,9 @@ pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u6
     else {
         return Err(format!("allocating: {allocated:?}"));
     };
-    let targets: Vec<Option<ShardTarget>> = placement
-        .iter()
-        .map(|s| {
-            s.as_ref().map(|s| ShardTarget {
-                server: s.id,
-                addr: s.addr,
-            })
-        })
-        .collect();
-    let mut placed: Vec<Option<ChunkserverId>> =
-        targets.iter().map(|t| t.map(|t| t.server)).collect();
-    match io
-        .write(slice, layout, Bytes::from(read.data), &targets)
-        .await
-    {
-        Ok(_) => {}
-        Err(SliceError::Write { problems, .. })
-            if placed.iter().flatten().count() - problems.len() >= layout.policy.min_shards() =>
-        {
-            for p in &problems {
-                placed[p.index] = None;
-            }
-        }
-        Err(e) => {
-            abandon(exec, slice).await;
-            return Err(format!("writing: {e}"));
-        }
-    }
-    let cmd = Command::Reencode {
-        ino: c.ino,
-        chunk: c.chunk,
-        old: old.clone(),
-        new: SliceRef {
+    let stored = store(exec, io, c, slice, layout, &placement).await;
+    let new = match stored {
+        Ok(placed) => SliceRef {
             slice,
             layout,
             placement: placed,
@@ -154,6 +133,16 @@ pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u6
             skip: 0,
             len: old.len,
         },
+        Err(e) => {
+            abandon(exec, slice).await;
+            return Err(e);
+        }
+    };
+    let cmd = Command::Reencode {
+        ino: c.ino,
+        chunk: c.chunk,
+        old: old.clone(),
+        new,
         now: Timestamp::now(),
     };
     match ask_core(&exec.core, |reply| Input::Propose { cmd, reply }).await {
@@ -164,6 +153,51 @@ pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u6
             Err(format!("not swapped in: {other:?}"))
         }
     }
+}
+
+/// Reads what the old slice shows (every shard, checked) and stores it whole as `slice`.
+async fn store(
+    exec: &Executor,
+    io: &SliceIo,
+    c: &Candidate,
+    slice: SliceId,
+    layout: SliceLayout,
+    placement: &[Option<ServerAddr>],
+) -> Result<Vec<Option<ChunkserverId>>, String> {
+    let targets: Vec<Option<ShardTarget>> = placement
+        .iter()
+        .map(|s| {
+            s.as_ref().map(|s| ShardTarget {
+                server: s.id,
+                addr: s.addr,
+            })
+        })
+        .collect();
+    if targets.iter().any(Option::is_none) {
+        return Err(format!(
+            "too few servers for a whole {} slice",
+            layout.policy
+        ));
+    }
+    let old = &c.slice;
+    let data_shards = match read_checked(exec, old, &c.targets, &exec.reencode_rate, true).await {
+        Checked::Consistent(Some(shards), _) => shards,
+        Checked::Consistent(None, _) | Checked::Unreadable => {
+            return Err("reading: not every shard could be read".into())
+        }
+        Checked::Mismatch(what) => return Err(format!("reading: {what}")),
+    };
+    let whole = 0..old.layout.shard_len();
+    let ranges = vec![Some(whole); data_shards.len()];
+    let bufs: Vec<Option<&Vec<u8>>> = data_shards.iter().map(Some).collect();
+    let data = old
+        .layout
+        .assemble(old.skip, old.len, &ranges, &bufs)
+        .map_err(|e| format!("reading: {e}"))?;
+    io.write(slice, layout, Bytes::from(data), &targets)
+        .await
+        .map_err(|e| format!("writing: {e}"))?;
+    Ok(targets.iter().map(|t| t.map(|t| t.server)).collect())
 }
 
 /// Gives up an allocation that was not swapped in: its shards become garbage now.

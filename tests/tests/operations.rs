@@ -8,7 +8,7 @@ use lattice_common::shard_client::ShardClient;
 use lattice_common::wire::meta::{ChunkserverState, ClusterStatus, FsQuery, FsReply, JobKind};
 use lattice_harness::process::wait_for;
 use lattice_harness::Admin;
-use lattice_tests::{http_get, id_of, random_bytes, wait_status, TestCluster};
+use lattice_tests::{http_get, id_of, random_bytes, sh, wait_status, TestCluster};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -499,5 +499,63 @@ async fn deep_scrub_rebuilds_a_shard_that_disagrees_with_its_parity() -> Result<
     ensure!(std::fs::read(mnt.join("f"))? == data, "still wrong bytes");
     let row = found.jobs.iter().find(|j| j.kind == JobKind::DeepScrub);
     eprintln!("deep scrub: {row:?}");
+    Ok(())
+}
+
+/// A file switched to a policy that needs every server while one is down is not re-encoded
+/// degraded (that would leave it less protected than before): it stays as it was, healthy,
+/// until the server is back, and is then re-encoded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reencode_waits_for_enough_servers_rather_than_landing_degraded() -> Result<()> {
+    let tc = TestCluster::with_metaserver_args(QUICK_UPKEEP)?;
+    let (admin, mnt) = tc.start_with_mount(9).await?;
+    let f = mnt.join("f");
+    let data = random_bytes(5 << 20, 12);
+    std::fs::write(&f, &data)?;
+    let layout = |f: &Path| {
+        sh(&format!(
+            "getfattr --only-values -n lattice.layout '{}'",
+            f.display()
+        ))
+    };
+    // A server holding none of its shards goes down: the file stays healthy.
+    let status = admin.status().await?;
+    let held = layout(&f)?;
+    let idle = (1..=9)
+        .find(|n| {
+            id_of(&status, &format!("chunkserver-{n}")).is_ok_and(|id| {
+                !held.contains(&format!(":{id} ")) && !held.contains(&format!(":{id}\n"))
+            })
+        })
+        .context("every server holds a shard")?;
+    ensure!(tc.cluster.chunkserver(idle).kill9());
+    sh(&format!(
+        "setfattr -n lattice.policy -v grid:2x2+1 '{}'",
+        f.display()
+    ))?;
+    wait_status(
+        &admin,
+        Duration::from_secs(60),
+        "a refused re-encode",
+        |s| {
+            s.jobs
+                .iter()
+                .any(|j| j.kind == JobKind::Reencode && j.failed > 0)
+        },
+    )
+    .await?;
+    let before = layout(&f)?;
+    ensure!(before.contains(" rs:4+2 healthy, re-encoding:"), "{before}");
+    tc.cluster.start_chunkserver(idle).await?;
+    wait_for(
+        Duration::from_secs(90),
+        "the re-encode once all are up",
+        || async {
+            let l = layout(&f)?;
+            Ok((!l.contains("re-encoding") && l.contains("grid:2x2+1 healthy")).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(std::fs::read(&f)? == data, "contents differ");
     Ok(())
 }

@@ -163,6 +163,32 @@ impl Namespace {
             })
     }
 
+    /// The slice after position `after` = (inode, chunk, index in the chunk's list), in
+    /// that order (from the first when `None`), with its position; `None` past the last.
+    /// Costs the inodes skipped, not a walk from the start.
+    pub fn slice_after(
+        &self,
+        after: Option<(InodeId, u64, usize)>,
+    ) -> Option<((InodeId, u64, usize), &SliceRef)> {
+        let first = after.map_or(InodeId(0), |a| a.0);
+        for (&ino, inode) in self.inodes.range(first..) {
+            let Content::File(chunks) = &inode.content else {
+                continue;
+            };
+            let same_file = after.filter(|a| a.0 == ino);
+            for (&chunk, slices) in chunks.range(same_file.map_or(0, |a| a.1)..) {
+                let from = match same_file {
+                    Some((_, c, i)) if c == chunk => i + 1,
+                    _ => 0,
+                };
+                if let Some(s) = slices.get(from) {
+                    return Some(((ino, chunk, from), s));
+                }
+            }
+        }
+        None
+    }
+
     /// Every slice of file `ino`, with its chunk.
     pub fn all_slices_of(
         &self,

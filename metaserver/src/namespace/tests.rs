@@ -359,6 +359,31 @@ fn slice_ref(id: u64, at: u64, len: u64) -> SliceRef {
 }
 
 #[test]
+fn slice_after_visits_every_slice_once_in_list_order() {
+    let mut ns = Namespace::new(t(0));
+    let (a, _empty, b) = (
+        file(&mut ns, ROOT, "a"),
+        file(&mut ns, ROOT, "empty"),
+        file(&mut ns, ROOT, "b"),
+    );
+    dir(&mut ns, ROOT, "d");
+    // Newer ids below older ones in a list (as a re-encode or compaction leaves them).
+    ns.commit_slice(a, 0, slice_ref(9, 0, 10), t(1)).unwrap();
+    ns.commit_slice(a, 0, slice_ref(3, 20, 10), t(2)).unwrap();
+    ns.commit_slice(a, 2, slice_ref(5, 0, 10), t(3)).unwrap();
+    ns.commit_slice(b, 1, slice_ref(1, 0, 10), t(4)).unwrap();
+    let mut seen = Vec::new();
+    let mut at = None;
+    while let Some((pos, s)) = ns.slice_after(at) {
+        seen.push(s.slice.0);
+        at = Some(pos);
+    }
+    let all: Vec<u64> = ns.all_slices().map(|(_, _, s)| s.slice.0).collect();
+    assert_eq!(seen, all);
+    assert_eq!(seen, [9, 3, 5, 1]);
+}
+
+#[test]
 fn slices_commit_hide_and_truncate() {
     let mut ns = Namespace::new(t(0));
     let f = file(&mut ns, ROOT, "f");

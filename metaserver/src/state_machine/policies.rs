@@ -42,8 +42,8 @@ impl StateMachine {
     }
 
     /// Sets `lattice.policy`: EINVAL for a value that is no policy, ENOSPC for one the
-    /// cluster has too few servers in service to place (not even degraded); EPERM for the
-    /// other `lattice.` names, which cannot be set.
+    /// cluster has fewer servers in service than shards for (a whole slice could never be
+    /// placed, nor a file re-encoded to it); EPERM for the other `lattice.` names.
     pub(super) fn set_virtual_xattr(
         &mut self,
         ino: InodeId,
@@ -56,7 +56,7 @@ impl StateMachine {
             return Err(Errno::PERM);
         }
         let policy = Policy::from_xattr(value).map_err(|_| Errno::INVAL)?;
-        if self.servers_in_service() < policy.min_shards() {
+        if self.servers_in_service() < policy.total_shards() {
             return Err(Errno::NOSPC);
         }
         self.ns.set_policy(ino, Some(policy), now).map(|_| ())
@@ -290,9 +290,10 @@ mod tests {
         assert_eq!(c.set(dir, "grid:4x4"), Err(Errno::INVAL));
         assert_eq!(c.set(dir, "rs:0+2"), Err(Errno::INVAL));
         assert_eq!(c.set(dir, ""), Err(Errno::INVAL));
-        // 25 shards, at least 23 to write degraded: nine servers cannot take it.
+        // 25 shards: nine servers cannot take it; ten not rs:8+3's eleven either.
         assert_eq!(c.set(dir, "grid:4x4+1"), Err(Errno::NOSPC));
-        // 9 shards, 6 at least: fits.
+        assert_eq!(c.set(dir, "rs:8+3"), Err(Errno::NOSPC));
+        // 9 shards on 9 servers: fits.
         assert!(c.set(dir, "grid:2x2+1").is_ok());
         assert_eq!(c.get(dir, POLICY_XATTR).unwrap(), "grid:2x2+1");
         // The layout is read-only; other names under the prefix are not ours to store.
