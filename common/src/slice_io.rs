@@ -7,6 +7,7 @@ use crate::ids::{ChunkserverId, ShardId, SliceId};
 use crate::latency::{Latencies, ReadStats, Verdict};
 use crate::layout::{LayoutError, SliceLayout};
 use crate::shard_client::{ShardClient, ShardError};
+use crate::wire::meta::ServerAddr;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,6 +21,15 @@ use std::time::{Duration, Instant};
 pub struct ShardTarget {
     pub server: ChunkserverId,
     pub addr: SocketAddr,
+}
+
+impl From<&ServerAddr> for ShardTarget {
+    fn from(s: &ServerAddr) -> Self {
+        ShardTarget {
+            server: s.id,
+            addr: s.addr,
+        }
+    }
 }
 
 /// A shard that could not be used, and why.

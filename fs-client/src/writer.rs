@@ -85,12 +85,7 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
             }) => {
                 let targets: Vec<Option<ShardTarget>> = placement
                     .iter()
-                    .map(|s| {
-                        s.as_ref().map(|s| ShardTarget {
-                            server: s.id,
-                            addr: s.addr,
-                        })
-                    })
+                    .map(|s| s.as_ref().map(ShardTarget::from))
                     .collect();
                 let mut placed: Vec<Option<ChunkserverId>> =
                     placement.iter().map(|s| s.as_ref().map(|s| s.id)).collect();

@@ -402,50 +402,32 @@ impl Core {
                 len,
                 avoid,
                 reply,
-            } => match self.plan_allocation(ino, None, len, &avoid) {
-                Ok(Ok((layout, placement))) => {
-                    let now = Timestamp::now();
-                    let cmd = Command::Allocate {
-                        client,
-                        seq,
-                        acked_below,
-                        now,
-                        ino,
-                        layout,
-                        placement,
-                    };
-                    self.propose(cmd, reply);
-                }
-                Ok(Err(errno)) => {
-                    let _ = reply.send(Ok(Outcome::Fs(Err(errno))));
-                }
-                Err(reject) => {
-                    let _ = reply.send(Err(reject));
-                }
-            },
+            } => {
+                let command = |layout, placement, now| Command::Allocate {
+                    client,
+                    seq,
+                    acked_below,
+                    now,
+                    ino,
+                    layout,
+                    placement,
+                };
+                self.allocate(ino, None, len, &avoid, reply, command);
+            }
             Input::Reserve {
                 ino,
                 policy,
                 len,
                 reply,
-            } => match self.plan_allocation(ino, Some(policy), len, &[]) {
-                Ok(Ok((layout, placement))) => {
-                    let now = Timestamp::now();
-                    let cmd = Command::Reserve {
-                        ino,
-                        layout,
-                        placement,
-                        now,
-                    };
-                    self.propose(cmd, reply);
-                }
-                Ok(Err(errno)) => {
-                    let _ = reply.send(Ok(Outcome::Fs(Err(errno))));
-                }
-                Err(reject) => {
-                    let _ = reply.send(Err(reject));
-                }
-            },
+            } => {
+                let command = |layout, placement, now| Command::Reserve {
+                    ino,
+                    layout,
+                    placement,
+                    now,
+                };
+                self.allocate(ino, Some(policy), len, &[], reply, command);
+            }
             Input::Reencodes { skip, max, reply } => {
                 let answer = match self.replica.is_leader() {
                     true => Ok(reencode::find(&self.replica.sm, &self.views(), &skip, max).0),
@@ -755,6 +737,31 @@ impl Core {
         match self.live.get(&id) {
             Some(l) => l.heartbeat.disks.iter().map(|d| d.free_bytes).sum(),
             None => s.capacity,
+        }
+    }
+
+    /// Places a new slice of `ino` (under `policy`, else its file's) and proposes the
+    /// command `command` makes of its layout and servers; the reply says why not otherwise.
+    fn allocate(
+        &mut self,
+        ino: InodeId,
+        policy: Option<Policy>,
+        len: u64,
+        avoid: &[ChunkserverId],
+        reply: oneshot::Sender<Answer<Outcome>>,
+        command: impl FnOnce(SliceLayout, Placement, Timestamp) -> Command,
+    ) {
+        match self.plan_allocation(ino, policy, len, avoid) {
+            Ok(Ok((layout, placement))) => {
+                let cmd = command(layout, placement, Timestamp::now());
+                self.propose(cmd, reply);
+            }
+            Ok(Err(errno)) => {
+                let _ = reply.send(Ok(Outcome::Fs(Err(errno))));
+            }
+            Err(reject) => {
+                let _ = reply.send(Err(reject));
+            }
         }
     }
 

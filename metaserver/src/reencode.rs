@@ -166,12 +166,7 @@ async fn store(
 ) -> Result<Vec<Option<ChunkserverId>>, String> {
     let targets: Vec<Option<ShardTarget>> = placement
         .iter()
-        .map(|s| {
-            s.as_ref().map(|s| ShardTarget {
-                server: s.id,
-                addr: s.addr,
-            })
-        })
+        .map(|s| s.as_ref().map(ShardTarget::from))
         .collect();
     if targets.iter().any(Option::is_none) {
         return Err(format!(

@@ -261,7 +261,7 @@ impl StateMachine {
                 layout,
                 placement,
                 now,
-            } => Outcome::Fs(self.reserve(ino, layout, placement, now)),
+            } => Outcome::Fs(self.allocate(ino, layout, placement, now)),
             Command::Reencode {
                 ino,
                 chunk,
@@ -612,3 +612,19 @@ mod policies;
 
 #[cfg(test)]
 mod model_tests;
+
+/// A chunkserver's registration for tests: `127.0.0.1:(9000 + n)`, one roomy disk.
+#[cfg(test)]
+fn test_registration(n: u32) -> Registration {
+    Registration {
+        addr: format!("127.0.0.1:{}", 9000 + n).parse().unwrap(),
+        disks: vec![lattice_common::wire::chunk::DiskStatus {
+            path: "/d".into(),
+            total_bytes: 1 << 40,
+            free_bytes: 1 << 40,
+            shard_bytes: 0,
+            shards: 0,
+        }],
+        labels: vec![],
+    }
+}

@@ -7,7 +7,6 @@
 use super::*;
 use lattice_common::chunk_map::{self, CHUNK_SIZE};
 use lattice_common::fs::{Caller, FileKind, LockKind, LockRange, RenameMode, SetAttr};
-use lattice_common::wire::chunk::DiskStatus;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,17 +256,7 @@ impl Run<'_> {
     fn new(coverage: &Coverage) -> Run<'_> {
         let mut sm = StateMachine::new(BTreeMap::new());
         for n in 0..SERVERS {
-            let registration = Registration {
-                addr: format!("127.0.0.1:{}", 9000 + n).parse().unwrap(),
-                disks: vec![DiskStatus {
-                    path: "/d".into(),
-                    total_bytes: 1 << 40,
-                    free_bytes: 1 << 40,
-                    shard_bytes: 0,
-                    shards: 0,
-                }],
-                labels: vec![],
-            };
+            let registration = super::test_registration(n);
             sm.apply(
                 u64::from(n) + 1,
                 Command::Register {

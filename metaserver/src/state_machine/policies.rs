@@ -5,8 +5,7 @@
 use super::StateMachine;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, FileKind, Timestamp};
-use lattice_common::ids::{ChunkserverId, InodeId};
-use lattice_common::layout::SliceLayout;
+use lattice_common::ids::InodeId;
 use lattice_common::policy::{Policy, POLICY_XATTR};
 use lattice_common::wire::meta::{ChunkserverState, FsReply};
 
@@ -93,19 +92,6 @@ impl StateMachine {
             .count()
     }
 
-    /// An allocation the leader makes for itself (re-encoding): like a client's, but
-    /// outside any session, so a new leader never sees an old reply. A repeated one only
-    /// leaves an allocation that is abandoned in time.
-    pub(super) fn reserve(
-        &mut self,
-        ino: InodeId,
-        layout: SliceLayout,
-        placement: Vec<Option<ChunkserverId>>,
-        now: Timestamp,
-    ) -> Result<FsReply, Errno> {
-        self.allocate(ino, layout, placement, now)
-    }
-
     /// Re-encoding: the stored slice `new` (same bytes, another policy) takes the place of
     /// `old`, if `old` is still in chunk `chunk` showing exactly what it showed. Newer
     /// slices stay on top, so a write racing the re-encode is never undone.
@@ -131,8 +117,7 @@ mod tests {
     use crate::state_machine::Command;
     use lattice_common::fs::{Caller, XattrMode};
     use lattice_common::ids::ClientId;
-    use lattice_common::wire::chunk::DiskStatus;
-    use lattice_common::wire::meta::{FsOp, FsQuery, Registration};
+    use lattice_common::wire::meta::{FsOp, FsQuery};
     use std::collections::BTreeMap;
 
     struct Cluster {
@@ -141,23 +126,13 @@ mod tests {
     }
 
     impl Cluster {
-        fn with_servers(n: u16) -> Cluster {
+        fn with_servers(n: u32) -> Cluster {
             let mut c = Cluster {
                 sm: StateMachine::new(BTreeMap::new()),
                 index: 0,
             };
             for i in 0..n {
-                let registration = Registration {
-                    addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                    disks: vec![DiskStatus {
-                        path: "/d".into(),
-                        total_bytes: 1 << 40,
-                        free_bytes: 1 << 40,
-                        shard_bytes: 0,
-                        shards: 0,
-                    }],
-                    labels: vec![],
-                };
+                let registration = crate::state_machine::test_registration(i);
                 let name = format!("cs-{i}");
                 let now = Timestamp::default();
                 c.apply(Command::Register {
