@@ -8,7 +8,7 @@ use lattice_common::fs::{
     XattrMode,
 };
 use lattice_common::ids::InodeId;
-use lattice_common::policy::{Policy, POLICY_XATTR};
+use lattice_common::policy::{Policy, POLICY_XATTR, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +48,16 @@ pub struct Client {
     files: Mutex<HashMap<InodeId, Arc<FileState>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Values of virtual xattrs (`lattice.`) given for a size query, kept a moment for the
+    /// read that follows it.
+    sized_virtual: Mutex<HashMap<XattrKey, (Vec<u8>, Instant)>>,
 }
+
+/// An inode and an xattr name.
+type XattrKey = (InodeId, Vec<u8>);
+
+/// How long a virtual xattr's value given for a size query is kept for the read after it.
+const SIZED_VIRTUAL_KEEP: Duration = Duration::from_secs(2);
 
 fn io_error(what: &str, e: impl std::fmt::Display) -> Errno {
     warn!("{what}: {e}");
@@ -65,6 +74,7 @@ impl Client {
             files: Mutex::default(),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            sized_virtual: Mutex::default(),
         })
     }
 
@@ -321,17 +331,37 @@ impl Client {
         }
     }
 
-    pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, Errno> {
-        match self
+    /// Reads an xattr for a caller with a buffer of `size` bytes (0: asking the size). A
+    /// virtual one is computed afresh on every read (`lattice.layout` grows as a file is
+    /// written), so the value a size query got is what the read right after it gets: the
+    /// two must agree, or the caller (`getfattr`) fails with ERANGE.
+    pub async fn getxattr(&self, ino: InodeId, name: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
+        let key = (ino, name.to_vec());
+        let is_virtual = name.starts_with(VIRTUAL_XATTR_PREFIX);
+        let kept = || self.sized_virtual.lock().unwrap_or_else(|p| p.into_inner());
+        if is_virtual && size > 0 {
+            if let Some((v, at)) = kept().remove(&key) {
+                if at.elapsed() < SIZED_VIRTUAL_KEEP && v.len() <= size as usize {
+                    return Ok(v);
+                }
+            }
+        }
+        let value = match self
             .query(FsQuery::GetXattr {
                 ino,
                 name: name.to_vec(),
             })
             .await?
         {
-            FsReply::Xattr(v) => Ok(v),
-            _ => Err(Errno::IO),
+            FsReply::Xattr(v) => v,
+            _ => return Err(Errno::IO),
+        };
+        if is_virtual && size == 0 {
+            let mut kept = kept();
+            kept.retain(|_, (_, at)| at.elapsed() < SIZED_VIRTUAL_KEEP);
+            kept.insert(key, (value.clone(), Instant::now()));
         }
+        Ok(value)
     }
 
     pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, Errno> {

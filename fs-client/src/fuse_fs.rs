@@ -574,7 +574,7 @@ impl Filesystem for LatticeFs {
     fn getxattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
         self.spawn(async move {
-            match c.getxattr(ino(i), &name).await {
+            match c.getxattr(ino(i), &name, size).await {
                 Ok(v) => sized(reply, size, &v),
                 Err(e) => reply.error(e.0),
             }
