@@ -96,6 +96,7 @@ fn plan(cli: Cli) -> Result<Plan> {
             }
         }
     }
+    opts.name_source(&cli.source, nix::unistd::geteuid().is_root());
     let certs = opts
         .certs
         .clone()

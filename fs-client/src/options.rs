@@ -31,8 +31,9 @@ impl Default for Options {
             flush_after: Duration::from_secs(5),
             io_wait: Duration::from_secs(60),
             metrics: None,
+            // The source (what `findmnt` and `df` show) is the metaserver list mounted,
+            // unless `fsname=` says otherwise: see [`Options::name_source`].
             mount: vec![
-                MountOption::FSName("latticefs".into()),
                 MountOption::Subtype("latticefs".into()),
                 MountOption::DefaultPermissions,
             ],
@@ -66,6 +67,24 @@ fn seconds(s: &str) -> Result<Duration, String> {
 }
 
 impl Options {
+    /// Names the mount after `source` (the metaserver addresses it was given, as MooseFS
+    /// shows `mfs#host:port`) unless an `fsname=` option named it. Without root, the name
+    /// goes to fusermount3 inside an option list, where a comma must be escaped.
+    pub fn name_source(&mut self, source: &str, root: bool) {
+        if self
+            .mount
+            .iter()
+            .any(|m| matches!(m, MountOption::FSName(_)))
+        {
+            return;
+        }
+        let name = match root {
+            true => source.to_string(),
+            false => source.replace(',', "\\,"),
+        };
+        self.mount.push(MountOption::FSName(name));
+    }
+
     /// Applies a comma-separated option list (repeatable).
     pub fn apply(&mut self, list: &str) -> Result<(), String> {
         for opt in list.split(',').filter(|o| !o.is_empty()) {
@@ -146,5 +165,25 @@ mod tests {
         assert!(o.apply("certs").is_err());
         assert!(o.apply("write_buffer=12q").is_err());
         assert_eq!(parse_size("64k"), Ok(65536));
+    }
+
+    #[test]
+    fn the_mount_is_named_after_its_metaservers_unless_told_otherwise() {
+        let fsname = |o: &Options| {
+            o.mount.iter().find_map(|m| match m {
+                MountOption::FSName(n) => Some(n.clone()),
+                _ => None,
+            })
+        };
+        let mut o = Options::default();
+        o.name_source("10.0.0.1:7101,10.0.0.2:7101", true);
+        assert_eq!(fsname(&o).as_deref(), Some("10.0.0.1:7101,10.0.0.2:7101"));
+        let mut o = Options::default();
+        o.name_source("10.0.0.1:7101,10.0.0.2:7101", false);
+        assert_eq!(fsname(&o).as_deref(), Some("10.0.0.1:7101\\,10.0.0.2:7101"));
+        let mut o = Options::default();
+        o.apply("fsname=archive").unwrap();
+        o.name_source("10.0.0.1:7101", true);
+        assert_eq!(fsname(&o).as_deref(), Some("archive"));
     }
 }

@@ -53,6 +53,16 @@ async fn ordinary_tools_work_on_a_mount() -> Result<()> {
     mixed_tree(&src)?;
     let m = mnt.display();
 
+    // The mount is known by what was mounted: its metaservers (findmnt, mount, df).
+    let addrs: Vec<String> = tc
+        .cluster
+        .meta_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let source = sh(&format!("findmnt -n -o SOURCE {m}"))?;
+    ensure!(source.trim() == addrs.join(","), "findmnt shows {source:?}");
+
     // cp -a of mixed files, including sizes on both sides of a chunk boundary.
     sh(&format!("cp -a {} {m}/cp", src.display()))?;
     same_tree(&src, &mnt.join("cp"))?;
