@@ -122,6 +122,28 @@ async fn ordinary_tools_work_on_a_mount() -> Result<()> {
     ensure!(sparse.len() == 70002 * 4096 && sparse[..70000 * 4096].iter().all(|&b| b == 0));
     ensure!(sparse[70000 * 4096..].iter().any(|&b| b != 0));
 
+    // A file whose name a rename replaced stays usable through its open descriptor until
+    // closed: fstat says nlink 0, reads see its bytes, writes and fsync work.
+    std::fs::write(mnt.join("new"), "hello\n")?;
+    std::fs::write(mnt.join("old"), "world\n")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mnt.join("old"))?;
+    std::fs::rename(mnt.join("new"), mnt.join("old"))?;
+    std::thread::sleep(Duration::from_millis(1500)); // past the attribute cache (1 s)
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let meta = f.metadata()?;
+    ensure!(meta.nlink() == 0 && meta.len() == 6, "fstat: {meta:?}");
+    let mut buf = [0u8; 6];
+    f.read_exact_at(&mut buf, 0)?;
+    ensure!(&buf == b"world\n");
+    f.write_all_at(b"again\n", 6)?;
+    f.sync_all()?;
+    ensure!(f.metadata()?.len() == 12);
+    drop(f);
+    ensure!(std::fs::read(mnt.join("old"))? == b"hello\n");
+
     // Concurrent writers to distinct files.
     let writers: Vec<_> = (0..8u64)
         .map(|i| {
