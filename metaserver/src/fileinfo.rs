@@ -59,7 +59,10 @@ pub fn describe(
         let gone: Vec<bool> = s
             .placement
             .iter()
-            .map(|p| shard_state(p).is_some_and(|st| st != "draining" && st != "suspect"))
+            .map(|p| {
+                !p.and_then(|id| servers.get(&id))
+                    .is_some_and(|v| v.readable())
+            })
             .collect();
         let code = codes
             .entry(s.layout.policy)

@@ -60,8 +60,8 @@ pub struct Tally {
 #[derive(Default)]
 pub struct Book {
     pub running: BTreeMap<SliceId, Job>,
-    /// Slices being re-encoded, with their bytes.
-    pub reencoding: BTreeMap<SliceId, u64>,
+    /// Slices being re-encoded.
+    pub reencoding: BTreeSet<SliceId>,
     /// Slices whose re-encode failed, not tried again before the time given (so a few
     /// that cannot be done do not hold up the others).
     reencode_later: BTreeMap<SliceId, Instant>,
@@ -306,7 +306,7 @@ impl Executor {
             let max = reencode::PARALLEL.saturating_sub(book.reencoding.len());
             let skip: BTreeSet<SliceId> = book
                 .reencoding
-                .keys()
+                .iter()
                 .chain(book.reencode_later.keys())
                 .copied()
                 .collect();
@@ -320,10 +320,10 @@ impl Executor {
             return;
         };
         for c in found {
-            self.book().reencoding.insert(c.slice.slice, c.slice.len);
+            self.book().reencoding.insert(c.slice.slice);
             let exec = self.clone();
             tokio::spawn(async move {
-                let result = reencode::reencode(&exec, &exec.slices, &c).await;
+                let result = reencode::reencode(&exec, &c).await;
                 let mut book = exec.book();
                 book.reencoding.remove(&c.slice.slice);
                 let t = book.tally.entry((JobKind::Reencode, None)).or_default();

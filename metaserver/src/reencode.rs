@@ -24,7 +24,7 @@ use lattice_common::fs::Timestamp;
 use lattice_common::ids::{ChunkserverId, InodeId, SliceId};
 use lattice_common::layout::SliceLayout;
 use lattice_common::policy::Policy;
-use lattice_common::slice_io::{ShardTarget, SliceIo};
+use lattice_common::slice_io::ShardTarget;
 use lattice_common::wire::meta::{FsReply, ServerAddr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -105,7 +105,7 @@ pub fn read_targets(
 /// Re-encodes one slice; returns the bytes rewritten. The new slice goes in only whole:
 /// every shard placed and stored (a re-encode must not leave data less protected than it
 /// found it), from shards checked against each other.
-pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u64, String> {
+pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
     let old = &c.slice;
     let allocated = ask_core(&exec.core, |reply| Input::Reserve {
         ino: c.ino,
@@ -123,7 +123,7 @@ pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u6
     else {
         return Err(format!("allocating: {allocated:?}"));
     };
-    let stored = store(exec, io, c, slice, layout, &placement).await;
+    let stored = store(exec, c, slice, layout, &placement).await;
     let new = match stored {
         Ok(placed) => SliceRef {
             slice,
@@ -158,7 +158,6 @@ pub async fn reencode(exec: &Executor, io: &SliceIo, c: &Candidate) -> Result<u6
 /// Reads what the old slice shows (every shard, checked) and stores it whole as `slice`.
 async fn store(
     exec: &Executor,
-    io: &SliceIo,
     c: &Candidate,
     slice: SliceId,
     layout: SliceLayout,
@@ -189,7 +188,8 @@ async fn store(
         .layout
         .assemble(old.skip, old.len, &ranges, &bufs)
         .map_err(|e| format!("reading: {e}"))?;
-    io.write(slice, layout, Bytes::from(data), &targets)
+    exec.slices
+        .write(slice, layout, Bytes::from(data), &targets)
         .await
         .map_err(|e| format!("writing: {e}"))?;
     Ok(targets.iter().map(|t| t.map(|t| t.server)).collect())
