@@ -7,7 +7,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 use libc::{ENOSYS, EPERM, c_int};
-use log::warn;
+use log::{debug, warn};
 use mnt::mount_options::parse_options_from_args;
 #[cfg(feature = "serializable")]
 use serde::{Deserialize, Serialize};
@@ -807,6 +807,32 @@ pub trait Filesystem {
             start: {start}, end: {end}, typ: {typ}, pid: {pid}, sleep: {sleep})"
         );
         reply.error(ENOSYS);
+    }
+
+    /// Acquire, convert or release a `flock()` lock: whole file, owned by the open file
+    /// (`lock_owner`), and on Linux independent of POSIX and OFD record locks. The kernel
+    /// sends it only if `init` asked for `FUSE_FLOCK_LOCKS`. The default treats it as a
+    /// whole-file record lock, as fuser did before this method existed.
+    fn flock(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        lock_owner: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let end = i64::MAX as u64;
+        self.setlk(req, ino, fh, lock_owner, 0, end, typ, pid, sleep, reply);
+    }
+
+    /// The kernel asks that request `unique`, already received, be cancelled: a signal came
+    /// for the process waiting on it. Answer that request (EINTR if it was cut short); this
+    /// one gets no reply. The default ignores it and the request runs to completion.
+    fn interrupt(&mut self, _req: &Request<'_>, unique: u64) {
+        debug!("interrupt(unique: {unique}) ignored");
     }
 
     /// Map block index within file to block index within device.

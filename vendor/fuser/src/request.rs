@@ -170,9 +170,10 @@ impl<'a> Request<'a> {
                 return Err(Errno::EIO);
             }
 
-            ll::Operation::Interrupt(_) => {
-                // TODO: handle FUSE_INTERRUPT
-                return Err(Errno::ENOSYS);
+            // No reply: the kernel expects one only to ask for the interrupt again (EAGAIN).
+            ll::Operation::Interrupt(x) => {
+                se.filesystem.interrupt(self, x.unique().into());
+                return Ok(None);
             }
 
             ll::Operation::Lookup(x) => {
@@ -441,6 +442,18 @@ impl<'a> Request<'a> {
                     self.reply(),
                 );
             }
+            ll::Operation::SetLk(x) if x.lk_flags() & abi::consts::FUSE_LK_FLOCK != 0 => {
+                se.filesystem.flock(
+                    self,
+                    self.request.nodeid().into(),
+                    x.file_handle().into(),
+                    x.lock_owner().into(),
+                    x.lock().typ,
+                    x.lock().pid,
+                    false,
+                    self.reply(),
+                );
+            }
             ll::Operation::SetLk(x) => {
                 se.filesystem.setlk(
                     self,
@@ -452,6 +465,18 @@ impl<'a> Request<'a> {
                     x.lock().typ,
                     x.lock().pid,
                     false,
+                    self.reply(),
+                );
+            }
+            ll::Operation::SetLkW(x) if x.lk_flags() & abi::consts::FUSE_LK_FLOCK != 0 => {
+                se.filesystem.flock(
+                    self,
+                    self.request.nodeid().into(),
+                    x.file_handle().into(),
+                    x.lock_owner().into(),
+                    x.lock().typ,
+                    x.lock().pid,
+                    true,
                     self.reply(),
                 );
             }

@@ -1128,6 +1128,10 @@ mod op {
     }
     impl_request!(SetLk<'a>);
     impl SetLk<'_> {
+        /// `FUSE_LK_FLOCK` when the kernel emulates `flock()` with this request.
+        pub fn lk_flags(&self) -> u32 {
+            self.arg.lk_flags
+        }
         /// The value set by the [Open] method. See [FileHandle].
         pub fn file_handle(&self) -> FileHandle {
             FileHandle(self.arg.fh)
@@ -1146,6 +1150,10 @@ mod op {
     }
     impl_request!(SetLkW<'a>);
     impl SetLkW<'_> {
+        /// `FUSE_LK_FLOCK` when the kernel emulates `flock()` with this request.
+        pub fn lk_flags(&self) -> u32 {
+            self.arg.lk_flags
+        }
         /// The value set by the [Open] method. See [FileHandle].
         pub fn file_handle(&self) -> FileHandle {
             FileHandle(self.arg.fh)
