@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change to a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest encoded message (version and body) accepted or produced.
 pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 const HEADER_BYTES: usize = 6;

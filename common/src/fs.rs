@@ -134,9 +134,19 @@ pub enum LockKind {
     Unlock,
 }
 
-/// A byte-range lock (POSIX `fcntl`; `flock` is a whole-file range with its own owner).
+/// Which locks can be in each other's way. Linux keeps `fcntl` record locks (POSIX locks,
+/// owned by a process, and OFD locks, owned by an open file description: these two do
+/// conflict) apart from `flock` locks: a lock of one space never blocks the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockSpace {
+    Record,
+    Flock,
+}
+
+/// A lock on a byte range (`fcntl`); a `flock` lock covers the whole file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRange {
+    pub space: LockSpace,
     pub kind: LockKind,
     pub start: u64,
     /// Inclusive; `u64::MAX` reaches to the end of any file.
@@ -190,6 +200,7 @@ impl Errno {
     pub const AGAIN: Errno = Errno(libc::EAGAIN);
     pub const DEADLK: Errno = Errno(libc::EDEADLK);
     pub const NOLCK: Errno = Errno(libc::ENOLCK);
+    pub const INTR: Errno = Errno(libc::EINTR);
     pub const BUSY: Errno = Errno(libc::EBUSY);
 }
 

@@ -10,10 +10,11 @@ use lattice_common::fs::{
 use lattice_common::ids::InodeId;
 use lattice_common::policy::{Policy, POLICY_XATTR, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tracing::warn;
 
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +32,11 @@ struct Handle {
     file: Arc<FileState>,
     /// How far it has heard of the file's write errors.
     errors_seen: Mutex<u64>,
+    /// Lock owners that took locks through it and no close has released yet: at the last
+    /// close these are its OFD and flock owners (a process's POSIX locks go at its close,
+    /// FLUSH, which names the process; nothing names the open file description when its
+    /// OFD locks should go).
+    lockers: Mutex<HashSet<u64>>,
 }
 
 /// Whether reporting a write error to a descriptor counts as it having heard of it.
@@ -439,7 +445,14 @@ impl Client {
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Handle { file, errors_seen });
+            .insert(
+                fh,
+                Handle {
+                    file,
+                    errors_seen,
+                    lockers: Mutex::default(),
+                },
+            );
         fh
     }
 
@@ -518,6 +531,19 @@ impl Client {
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
         let result = self.write_out(fh, Heard::NotYet).await;
         let file = self.handle(fh)?;
+        for h in self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if h.file.ino == file.ino {
+                h.lockers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&lock_owner);
+            }
+        }
         self.drop_locks(&file, lock_owner).await?;
         result.map(drop)
     }
@@ -533,7 +559,8 @@ impl Client {
         Ok(())
     }
 
-    /// The last close of an open file; `flock_owner` is given when flock locks go with it.
+    /// The last close of an open file description: its OFD and flock locks go (the kernel
+    /// names the flock owner, `flock_owner`, when flock was used on it).
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
         let Some(handle) = self
             .handles
@@ -547,8 +574,13 @@ impl Client {
         // The close that came first (flush) reported errors; nobody hears of them here.
         file.flush(&self.backend).await;
         let mut result = Ok(());
-        if let Some(owner) = flock_owner {
-            result = self.drop_locks(&file, owner).await;
+        let mut owners = handle
+            .lockers
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        owners.extend(flock_owner);
+        for owner in owners {
+            result = result.and(self.drop_locks(&file, owner).await);
         }
         if file.released() && !file.has_unflushed() {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -596,8 +628,9 @@ impl Client {
 
 /// How often a mount tells the metaservers it is alive and which files it has open.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
-/// Longest pause between attempts at a lock someone else holds.
-const LOCK_POLL_MAX: Duration = Duration::from_millis(500);
+/// Pauses between attempts at a lock when the leader cannot hold the answer back.
+const LOCK_PAUSE_MIN: Duration = Duration::from_millis(20);
+const LOCK_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 impl Client {
     /// The first lock of another owner (anywhere in the cluster) in the way of `lock`.
@@ -622,15 +655,18 @@ impl Client {
         }
     }
 
-    /// Takes, changes or drops a lock; with `wait`, keeps trying while someone else holds it.
+    /// Takes, changes or drops a lock through open file `fh`. With `wait`, waits while
+    /// someone else holds it (the leader answers as soon as it comes free) until it is taken
+    /// or `wait` resolves: a signal came for the waiting process (EINTR).
     /// Locks order access across mounts, so buffered writes go out before a lock is dropped
     /// and caches are dropped once one is taken.
     pub async fn setlk(
         &self,
         ino: InodeId,
+        fh: u64,
         owner: u64,
         lock: LockRange,
-        wait: bool,
+        wait: Option<oneshot::Receiver<()>>,
     ) -> Result<(), Errno> {
         let file = self.file(ino);
         if let Some(file) = &file {
@@ -641,13 +677,31 @@ impl Client {
                 file.flush(&self.backend).await;
             }
         }
-        let mut pause = Duration::from_millis(10);
+        if let Some(h) = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
+            h.lockers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(owner);
+        }
+        let waits = wait.is_some();
+        let mut interrupted = std::pin::pin!(async {
+            let signalled = match wait {
+                Some(signal) => signal.await.is_ok(),
+                None => false,
+            };
+            if !signalled {
+                std::future::pending::<()>().await
+            }
+        });
+        let mut pause = LOCK_PAUSE_MIN;
         loop {
             match self.done_reply(FsOp::SetLock { ino, owner, lock }).await {
-                Err(Errno::AGAIN) if wait => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(LOCK_POLL_MAX);
-                }
+                Err(Errno::AGAIN) if waits => {}
                 Ok(()) if lock.kind != LockKind::Unlock => {
                     if file.as_ref().is_some_and(|f| f.check_locks().is_err()) {
                         // The keepalive heard the locks were lost (and resumed the session)
@@ -664,6 +718,26 @@ impl Client {
                     return Err(Errno::IO);
                 }
                 other => return other,
+            }
+            let asked = Instant::now();
+            let client = self.backend.meta.client_id();
+            let free = self.query(FsQuery::AwaitLock {
+                ino,
+                client,
+                owner,
+                lock,
+            });
+            tokio::select! {
+                _ = &mut interrupted => return Err(Errno::INTR),
+                answer = free => {
+                    if matches!(answer, Ok(FsReply::Lock(Some(_)))) && asked.elapsed() < LOCK_PAUSE_MIN {
+                        // Not held back (the leader has too many waiting): wait here a little.
+                        tokio::select! {
+                            _ = &mut interrupted => return Err(Errno::INTR),
+                            _ = tokio::time::sleep(pause) => pause = (pause * 2).min(LOCK_PAUSE_MAX),
+                        }
+                    }
+                }
             }
         }
     }

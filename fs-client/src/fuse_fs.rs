@@ -12,16 +12,18 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow,
 };
 use lattice_common::fs::{
-    Attr, Caller, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, TimeSet, Timestamp,
-    XattrMode,
+    Attr, Caller, Errno, FileKind, LockKind, LockRange, LockSpace, RenameMode, SetAttr, TimeSet,
+    Timestamp, XattrMode,
 };
 use lattice_common::ids::InodeId;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 /// Largest read or write request the kernel sends.
@@ -35,6 +37,8 @@ pub struct LatticeFs {
     ttl: Duration,
     /// Requests being served (a stopping mount lets them finish for a moment).
     in_flight: Arc<AtomicUsize>,
+    /// Lock requests waiting for a lock, by request id: an INTERRUPT of one ends its wait.
+    lock_waits: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
 }
 
 impl LatticeFs {
@@ -49,7 +53,40 @@ impl LatticeFs {
             runtime,
             ttl,
             in_flight,
+            lock_waits: Arc::default(),
         }
+    }
+
+    /// Takes, changes or drops a lock. A request that may wait for it names its request
+    /// id (`waits`): an INTERRUPT of that id ends the wait.
+    fn lock(
+        &self,
+        i: u64,
+        fh: u64,
+        owner: u64,
+        lock: LockRange,
+        waits: Option<u64>,
+        reply: ReplyEmpty,
+    ) {
+        let c = self.client.clone();
+        let Some(unique) = waits else {
+            return self
+                .spawn(async move { done(reply, c.setlk(ino(i), fh, owner, lock, None).await) });
+        };
+        let (interrupt, interrupted) = oneshot::channel();
+        let waits = self.lock_waits.clone();
+        waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(unique, interrupt);
+        self.spawn(async move {
+            let result = c.setlk(ino(i), fh, owner, lock, Some(interrupted)).await;
+            waits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&unique);
+            done(reply, result)
+        });
     }
 
     fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
@@ -171,7 +208,13 @@ fn perm_umask(mode: u32, umask: u32) -> (u16, u16) {
     ((mode & 0o7777) as u16, (umask & 0o777) as u16)
 }
 
-fn lock_range(start: u64, end: u64, typ: i32, pid: u32) -> Result<LockRange, Errno> {
+fn lock_range(
+    space: LockSpace,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> Result<LockRange, Errno> {
     let kind = match typ {
         libc::F_RDLCK => LockKind::Read,
         libc::F_WRLCK => LockKind::Write,
@@ -179,6 +222,7 @@ fn lock_range(start: u64, end: u64, typ: i32, pid: u32) -> Result<LockRange, Err
         _ => return Err(Errno::INVAL),
     };
     Ok(LockRange {
+        space,
         kind,
         start,
         end,
@@ -652,7 +696,7 @@ impl Filesystem for LatticeFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let want = match lock_range(start, end, typ, pid) {
+        let want = match lock_range(LockSpace::Record, start, end, typ, pid) {
             Ok(l) => l,
             Err(e) => return reply.error(e.0),
         };
@@ -675,9 +719,9 @@ impl Filesystem for LatticeFs {
 
     fn setlk(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         i: u64,
-        _fh: u64,
+        fh: u64,
         lock_owner: u64,
         start: u64,
         end: u64,
@@ -686,12 +730,39 @@ impl Filesystem for LatticeFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let lock = match lock_range(start, end, typ, pid) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e.0),
-        };
-        let c = self.client.clone();
-        self.spawn(async move { done(reply, c.setlk(ino(i), lock_owner, lock, sleep).await) });
+        match lock_range(LockSpace::Record, start, end, typ, pid) {
+            Ok(lock) => self.lock(i, fh, lock_owner, lock, sleep.then(|| req.unique()), reply),
+            Err(e) => reply.error(e.0),
+        }
+    }
+
+    fn flock(
+        &mut self,
+        req: &Request<'_>,
+        i: u64,
+        fh: u64,
+        lock_owner: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        match lock_range(LockSpace::Flock, 0, u64::MAX, typ, pid) {
+            Ok(lock) => self.lock(i, fh, lock_owner, lock, sleep.then(|| req.unique()), reply),
+            Err(e) => reply.error(e.0),
+        }
+    }
+
+    fn interrupt(&mut self, _req: &Request<'_>, unique: u64) {
+        let waiting = self
+            .lock_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&unique);
+        if let Some(interrupt) = waiting {
+            debug!(unique, "lock wait interrupted");
+            let _ = interrupt.send(());
+        }
     }
 
     fn fallocate(

@@ -20,7 +20,7 @@ use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
 use lattice_common::policy::{Policy, LAYOUT_XATTR};
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
-    JobKind, MemberStatus, Registration,
+    JobKind, MemberStatus, Registration, LOCK_WAIT_MAX,
 };
 use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
@@ -258,6 +258,17 @@ enum Waiter {
     ),
 }
 
+/// Most `AwaitLock` queries held back at once; more are answered at once (the client then
+/// waits a little on its own).
+const MAX_LOCK_WAITS: usize = 16_384;
+
+/// An `AwaitLock` held back until its conflict goes or its time is up.
+struct LockWait {
+    query: FsQuery,
+    reply: oneshot::Sender<Answer<Result<FsReply, Errno>>>,
+    until: Instant,
+}
+
 /// What the leader knows of a client from its keepalives.
 struct ClientSession {
     seen: Instant,
@@ -288,6 +299,9 @@ pub struct Core {
     damaged: HashSet<(ShardId, ChunkserverId)>,
     /// The last placement problem logged, and when.
     placement_warned: Option<(String, Instant)>,
+    lock_waits: Vec<LockWait>,
+    /// The applied index the held-back lock queries were last checked at.
+    lock_waits_checked: u64,
 }
 
 impl Core {
@@ -314,6 +328,8 @@ impl Core {
             book,
             damaged: HashSet::new(),
             placement_warned: None,
+            lock_waits: Vec::new(),
+            lock_waits_checked: 0,
         }
     }
 
@@ -349,6 +365,7 @@ impl Core {
                 peers.send(msgs)
             })?;
             self.dispatch(out);
+            self.answer_lock_waits();
             if now >= next_duty {
                 self.leader_duties();
                 next_duty = now + Duration::from_secs(1);
@@ -625,7 +642,21 @@ impl Core {
                 }
                 Event::ReadReady { token } => match self.waiters.remove(&token) {
                     Some(Waiter::Read(query, reply)) => {
-                        let _ = reply.send(Ok(self.answer(&query)));
+                        let answer = self.answer(&query);
+                        let held = matches!(answer, Ok(FsReply::Lock(Some(_))));
+                        if matches!(query, FsQuery::AwaitLock { .. })
+                            && held
+                            && self.lock_waits.len() < MAX_LOCK_WAITS
+                        {
+                            let until = Instant::now() + LOCK_WAIT_MAX;
+                            self.lock_waits.push(LockWait {
+                                query,
+                                reply,
+                                until,
+                            });
+                        } else {
+                            let _ = reply.send(Ok(answer));
+                        }
                     }
                     Some(Waiter::Status(reply)) => {
                         let _ = reply.send(Ok(self.status()));
@@ -654,6 +685,28 @@ impl Core {
             }
             _ => {}
         }
+    }
+
+    /// Answers the held-back lock queries whose conflict went (by the entries applied
+    /// since the last look), whose time is up, or whose asker left.
+    fn answer_lock_waits(&mut self) {
+        let now = Instant::now();
+        let applied = self.replica.sm.applied;
+        let due = |w: &LockWait| w.until <= now || w.reply.is_closed();
+        if applied == self.lock_waits_checked && !self.lock_waits.iter().any(due) {
+            return;
+        }
+        self.lock_waits_checked = applied;
+        let mut kept = Vec::with_capacity(self.lock_waits.len());
+        for w in std::mem::take(&mut self.lock_waits) {
+            let answer = self.answer(&w.query);
+            if matches!(answer, Ok(FsReply::Lock(Some(_)))) && !due(&w) {
+                kept.push(w);
+            } else {
+                let _ = w.reply.send(Ok(answer));
+            }
+        }
+        self.lock_waits = kept;
     }
 
     fn answer(&self, query: &FsQuery) -> Result<FsReply, Errno> {

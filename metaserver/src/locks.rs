@@ -1,6 +1,7 @@
 //! Cluster-wide file locks, held in the replicated state: byte ranges per (client session,
-//! lock owner), shared or exclusive, split and merged like POSIX record locks. A client
-//! that goes silent loses all its locks.
+//! lock owner), shared or exclusive, split and merged like POSIX record locks. Record
+//! (`fcntl`) and `flock` locks live in separate spaces that never conflict, as on Linux.
+//! A client that goes silent loses all its locks.
 
 use lattice_common::fs::{Errno, LockKind, LockRange};
 use lattice_common::ids::{ClientId, InodeId};
@@ -19,8 +20,10 @@ impl Held {
         self.client == client && self.owner == owner
     }
 
-    fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.range.start <= end && start <= self.range.end
+    fn overlaps(&self, want: &LockRange) -> bool {
+        self.range.space == want.space
+            && self.range.start <= want.end
+            && want.start <= self.range.end
     }
 }
 
@@ -43,7 +46,7 @@ impl LockTable {
         }
         self.by_inode.get(&ino)?.iter().find_map(|h| {
             let clash = !h.mine(client, owner)
-                && h.overlaps(want.start, want.end)
+                && h.overlaps(want)
                 && (h.range.kind == LockKind::Write || want.kind == LockKind::Write);
             clash.then_some(h.range)
         })
@@ -67,7 +70,7 @@ impl LockTable {
         // Cut the range out of the owner's own locks, keeping what lies either side.
         let mut kept = Vec::with_capacity(held.len() + 2);
         for h in held.drain(..) {
-            if !h.mine(client, owner) || !h.overlaps(lock.start, lock.end) {
+            if !h.mine(client, owner) || !h.overlaps(&lock) {
                 kept.push(h);
                 continue;
             }
@@ -104,7 +107,7 @@ impl LockTable {
         Ok(())
     }
 
-    /// Drops every lock an owner holds on a file.
+    /// Drops every lock an owner holds on a file, of both spaces.
     pub fn release_owner(&mut self, ino: InodeId, client: ClientId, owner: u64) {
         if let Some(held) = self.by_inode.get_mut(&ino) {
             held.retain(|h| !h.mine(client, owner));
@@ -134,13 +137,14 @@ impl LockTable {
 
 /// Joins an owner's adjacent or overlapping locks of the same kind.
 fn merge(mut held: Vec<Held>, client: ClientId, owner: u64) -> Vec<Held> {
-    held.sort_by_key(|h| (h.client, h.owner, h.range.start));
+    held.sort_by_key(|h| (h.client, h.owner, h.range.space as u8, h.range.start));
     let mut out: Vec<Held> = Vec::with_capacity(held.len());
     for h in held {
         if let Some(last) = out.last_mut() {
             let joins = last.mine(client, owner)
                 && h.mine(client, owner)
                 && last.range.kind == h.range.kind
+                && last.range.space == h.range.space
                 && last.range.end.saturating_add(1) >= h.range.start;
             if joins {
                 last.range.end = last.range.end.max(h.range.end);
@@ -156,12 +160,18 @@ fn merge(mut held: Vec<Held>, client: ClientId, owner: u64) -> Vec<Held> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lattice_common::fs::LockSpace;
     use proptest::prelude::*;
 
     const F: InodeId = InodeId(7);
 
     fn range(kind: LockKind, start: u64, end: u64) -> LockRange {
+        spaced(LockSpace::Record, kind, start, end)
+    }
+
+    fn spaced(space: LockSpace, kind: LockKind, start: u64, end: u64) -> LockRange {
         LockRange {
+            space,
             kind,
             start,
             end,
@@ -195,36 +205,64 @@ mod tests {
         assert_eq!(t.clients(), BTreeSet::from([a]));
     }
 
+    #[test]
+    fn flock_and_record_locks_never_meet() {
+        let mut t = LockTable::default();
+        let (a, b) = (ClientId(1), ClientId(2));
+        let flock = |kind| spaced(LockSpace::Flock, kind, 0, u64::MAX);
+        t.set(F, a, 1, range(LockKind::Write, 0, u64::MAX)).unwrap();
+        t.set(F, b, 2, flock(LockKind::Write)).unwrap();
+        assert_eq!(t.set(F, a, 3, flock(LockKind::Read)), Err(Errno::AGAIN));
+        // One open file description holding both kinds: dropping one keeps the other.
+        t.set(F, b, 2, range(LockKind::Unlock, 0, u64::MAX))
+            .unwrap();
+        t.set(F, a, 1, range(LockKind::Unlock, 0, u64::MAX))
+            .unwrap();
+        t.set(F, b, 2, range(LockKind::Write, 10, 20)).unwrap();
+        t.set(F, b, 2, flock(LockKind::Unlock)).unwrap();
+        assert_eq!(
+            t.conflict(F, a, 1, &range(LockKind::Read, 15, 15)),
+            Some(range(LockKind::Write, 10, 20))
+        );
+        assert_eq!(t.conflict(F, a, 1, &flock(LockKind::Write)), None);
+        t.release_owner(F, b, 2);
+        assert!(t.clients().is_empty());
+    }
+
     proptest! {
-        /// Any sequence of lock changes by two owners matches a per-byte model, and a
-        /// refused change changes nothing.
+        /// Any sequence of lock changes by two owners in two spaces matches a per-byte
+        /// model, and a refused change changes nothing.
         #[test]
-        fn matches_a_byte_model(ops in proptest::collection::vec((0u64..2, 0u8..3, 0u64..40, 0u64..40), 1..60)) {
+        fn matches_a_byte_model(ops in proptest::collection::vec((0u64..2, 0usize..2, 0u8..3, 0u64..40, 0u64..40), 1..80)) {
+            const SPACES: [LockSpace; 2] = [LockSpace::Record, LockSpace::Flock];
             let mut t = LockTable::default();
-            let mut model: Vec<Vec<Option<LockKind>>> = vec![vec![None; 40]; 2];
-            for (owner, kind, a, b) in ops {
+            let mut model = vec![vec![vec![None; 40]; 2]; 2];
+            for (owner, space, kind, a, b) in ops {
                 let kind = [LockKind::Read, LockKind::Write, LockKind::Unlock][kind as usize];
                 let (start, end) = (a.min(b), a.max(b));
                 let other = 1 - owner as usize;
-                let clash = kind != LockKind::Unlock && (start..=end).any(|x| match model[other][x as usize] {
+                let clash = kind != LockKind::Unlock && (start..=end).any(|x| match model[other][space][x as usize] {
                     Some(LockKind::Write) => true,
                     Some(_) => kind == LockKind::Write,
                     None => false,
                 });
                 let before = t.clone();
-                let r = t.set(F, ClientId(owner), 0, range(kind, start, end));
+                let r = t.set(F, ClientId(owner), 0, spaced(SPACES[space], kind, start, end));
                 prop_assert_eq!(r.is_err(), clash);
                 if clash {
                     prop_assert_eq!(&t, &before);
                     continue;
                 }
                 for x in start..=end {
-                    model[owner as usize][x as usize] = (kind != LockKind::Unlock).then_some(kind);
+                    model[owner as usize][space][x as usize] = (kind != LockKind::Unlock).then_some(kind);
                 }
-                for (o, row) in model.iter().enumerate() {
-                    for (x, want) in row.iter().enumerate() {
-                        let held = t.by_inode.get(&F).and_then(|v| v.iter().find(|h| h.client == ClientId(o as u64) && h.overlaps(x as u64, x as u64)).map(|h| h.range.kind));
-                        prop_assert_eq!(held, *want, "owner {} byte {}", o, x);
+                for (o, spaces) in model.iter().enumerate() {
+                    for (sp, row) in spaces.iter().enumerate() {
+                        for (x, want) in row.iter().enumerate() {
+                            let byte = spaced(SPACES[sp], LockKind::Read, x as u64, x as u64);
+                            let held = t.by_inode.get(&F).and_then(|v| v.iter().find(|h| h.client == ClientId(o as u64) && h.overlaps(&byte)).map(|h| h.range.kind));
+                            prop_assert_eq!(held, *want, "owner {} space {} byte {}", o, sp, x);
+                        }
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! missing, and what the mount acknowledges is what comes back.
 
 use anyhow::{bail, ensure, Context, Result};
-use lattice_common::fs::{Caller, Errno, FileKind, LockKind, LockRange};
+use lattice_common::fs::{Caller, Errno, FileKind, LockKind, LockRange, LockSpace};
 use lattice_common::ids::{ClientId, InodeId};
 use lattice_common::wire::meta::{
     ChunkserverState, ClusterStatus, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
@@ -392,6 +392,7 @@ async fn a_retry_after_a_long_silence_gets_its_first_reply() -> Result<()> {
         bail!("create gave {first:?}");
     };
     let whole = |kind| LockRange {
+        space: LockSpace::Record,
         kind,
         start: 0,
         end: u64::MAX,

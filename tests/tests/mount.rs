@@ -249,6 +249,133 @@ assert out.strip()==\"refused\", out'"
     Ok(())
 }
 
+/// An OFD lock helper: `hold FILE` takes a whole-file write lock, says "held", and on a
+/// line from stdin closes the file (which must drop the lock) and prints the time;
+/// `wait FILE` waits for the same lock in F_OFD_SETLKW and prints the time it got it;
+/// `alarm FILE` waits for it with a 1 s alarm whose handler raises.
+const OFD_HELPER: &str = r#"
+import fcntl, os, signal, struct, sys, time
+lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)
+what, path = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR)
+if what == "hold":
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+    print("held", flush=True)
+    sys.stdin.readline()
+    t = time.time()
+    os.close(fd)
+    print(t, flush=True)
+elif what == "wait":
+    signal.alarm(30)  # a lock never released ends the test, not CI
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, lock)
+    print(time.time(), flush=True)
+else:
+    def ring(*_):
+        raise TimeoutError
+    signal.signal(signal.SIGALRM, ring)
+    signal.alarm(1)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, lock)
+        print("taken")
+    except TimeoutError:
+        print("interrupted")
+"#;
+
+/// Lock kinds as Linux keeps them, across two mounts: a `flock` and `fcntl` record locks
+/// (OFD and POSIX) on one file never meet; an OFD lock goes when its file is closed; a
+/// waiting OFD lock is granted at once when freed; waits end on a signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_kinds_stay_apart_and_waits_end_when_freed_or_signalled() -> Result<()> {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    let mnt2 = tc.state().join("mnt2");
+    tc.cluster.start_mount(2, &mnt2, "").await?;
+    let (a, b) = (mnt.display(), mnt2.display());
+    std::fs::write(mnt.join("f"), b"x")?;
+    let helper = tc.state().join("ofd.py");
+    std::fs::write(&helper, OFD_HELPER)?;
+    let ofd = |what: &str, path: String| {
+        Command::new("python3")
+            .arg(&helper)
+            .args([what, &path])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+    };
+
+    // A flock on mount 1; record locks through mount 2 and mount 1 are not in its way.
+    let mut flock = Command::new("flock")
+        .args([
+            "-x",
+            &format!("{a}/f"),
+            "-c",
+            &format!("touch {a}/held; exec sleep 600"),
+        ])
+        .spawn()?;
+    lattice_harness::process::wait_until(Duration::from_secs(10), "the flock", || {
+        Ok(mnt.join("held").exists())
+    })?;
+    let out = sh(&format!(
+        "python3 -c 'import fcntl,os,struct
+fd=os.open(\"{b}/f\",os.O_RDWR); fcntl.fcntl(fd,fcntl.F_OFD_SETLK,struct.pack(\"hhqqi4x\",fcntl.F_WRLCK,0,0,0,0))
+print(\"ofd taken\")'"
+    ))?;
+    ensure!(out.trim() == "ofd taken", "{out}");
+    sh(&format!(
+        "python3 -c 'import fcntl,os; fd=os.open(\"{a}/f\",os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)'"
+    ))?;
+    // The flock itself still holds against other flocks, and a wait for it ends on the
+    // alarm of `flock -w` (SIGALRM interrupts the waiting request).
+    ensure!(
+        sh(&format!("flock -n -x {b}/f true")).is_err(),
+        "a second flock was granted"
+    );
+    let started = Instant::now();
+    ensure!(
+        sh(&format!("flock -x -w 1 {b}/f true")).is_err(),
+        "a second flock was granted"
+    );
+    println!("flock -w 1 gave up after {:?}", started.elapsed());
+    flock.kill()?;
+    flock.wait()?;
+
+    // An OFD lock on mount 1; a waiter on mount 2 gets it as soon as the holder closes.
+    let mut holder = ofd("hold", format!("{a}/f"))?;
+    let mut held = std::io::BufReader::new(holder.stdout.take().expect("piped"));
+    let mut line = String::new();
+    held.read_line(&mut line)?;
+    ensure!(line.trim() == "held", "holder said {line:?}");
+    let interrupted = sh(&format!("python3 {} alarm {b}/f", helper.display()))?;
+    ensure!(
+        interrupted.trim() == "interrupted",
+        "waiter with an alarm: {interrupted}"
+    );
+    let waiter = ofd("wait", format!("{b}/f"))?;
+    let wchan = format!("/proc/{}/wchan", waiter.id());
+    lattice_harness::process::wait_until(Duration::from_secs(10), "the waiter to block", || {
+        Ok(std::fs::read_to_string(&wchan)?.contains("request_wait_answer"))
+    })?;
+    writeln!(holder.stdin.take().expect("piped"), "release")?;
+    line.clear();
+    held.read_line(&mut line)?;
+    let released: f64 = line.trim().parse()?;
+    let got = waiter.wait_with_output()?;
+    let granted: f64 = String::from_utf8_lossy(&got.stdout).trim().parse()?;
+    holder.wait()?;
+    println!(
+        "OFD lock granted on mount 2 {:.3} s after mount 1 closed its file",
+        granted - released
+    );
+    ensure!(
+        granted - released < 1.0,
+        "the waiter got the lock {:.3} s after its release",
+        granted - released
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_keeps_reading_while_two_chunkservers_die() -> Result<()> {
     let tc = TestCluster::new()?;

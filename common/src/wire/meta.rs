@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 
 /// Largest body of Raft messages (snapshots included) one request may carry.
 pub const MAX_RAFT_BATCH_BYTES: u64 = 1 << 30;
+/// Longest an `AwaitLock` is held back: well inside one metaserver call attempt (1 s), so a
+/// waiting lock never looks like a dead metaserver.
+pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// Filesystem changes. Each is applied atomically, once (a retry with the same client id
 /// and sequence number gets the first reply).
@@ -157,6 +160,15 @@ pub enum FsQuery {
     },
     /// The first lock of another owner that conflicts with `lock`, if any.
     GetLock {
+        ino: InodeId,
+        client: ClientId,
+        owner: u64,
+        lock: LockRange,
+    },
+    /// Like `GetLock`, but the leader holds the answer back while the conflict lasts, up to
+    /// [`LOCK_WAIT_MAX`]: a blocked `F_SETLKW` or `flock` hears at once that the lock
+    /// came free, without polling.
+    AwaitLock {
         ino: InodeId,
         client: ClientId,
         owner: u64,

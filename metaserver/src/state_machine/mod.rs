@@ -552,6 +552,12 @@ impl StateMachine {
                 client,
                 owner,
                 lock,
+            }
+            | FsQuery::AwaitLock {
+                ino,
+                client,
+                owner,
+                lock,
             } => {
                 ns.attr(*ino)?;
                 Ok(FsReply::Lock(

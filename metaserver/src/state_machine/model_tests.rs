@@ -6,7 +6,7 @@
 
 use super::*;
 use lattice_common::chunk_map::{self, CHUNK_SIZE};
-use lattice_common::fs::{Caller, FileKind, LockKind, LockRange, RenameMode, SetAttr};
+use lattice_common::fs::{Caller, FileKind, LockKind, LockRange, LockSpace, RenameMode, SetAttr};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -783,6 +783,7 @@ impl Run<'_> {
                     LockKind::Read
                 };
                 let lock = LockRange {
+                    space: LockSpace::Record,
                     kind,
                     start,
                     end,
