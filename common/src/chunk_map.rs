@@ -114,6 +114,28 @@ pub fn truncate(slices: &mut Vec<SliceRef>, keep: u64) -> Vec<SliceRef> {
     gone
 }
 
+/// The chunk ranges some slice covers (data; the rest are holes), merged and in order.
+pub fn data_runs(slices: &[SliceRef]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = slices
+        .iter()
+        .map(|s| (s.chunk_offset, s.chunk_end()))
+        .collect();
+    spans.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match runs.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => runs.push((a, b)),
+        }
+    }
+    runs
+}
+
+/// Bytes of the chunk some slice covers: what the chunk stores, holes excluded.
+pub fn data_bytes(slices: &[SliceRef]) -> u64 {
+    data_runs(slices).iter().map(|(a, b)| b - a).sum()
+}
+
 /// Removes the slices entirely hidden under newer ones and returns them (to be collected).
 /// One resolution of the whole chunk: O(n log n).
 pub fn drop_hidden(slices: &mut Vec<SliceRef>) -> Vec<SliceRef> {
@@ -242,6 +264,26 @@ pub fn replace_run(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Data runs and byte counts match a per-byte model of which bytes a slice covers.
+        #[test]
+        fn data_runs_match_a_byte_model(spans in proptest::collection::vec((0u64..200, 1u64..50), 0..12)) {
+            let slices: Vec<SliceRef> = spans.iter().enumerate().map(|(i, &(at, len))| slice(i as u64, at, len)).collect();
+            let mut covered = [false; 250];
+            for &(at, len) in &spans {
+                covered[at as usize..(at + len) as usize].fill(true);
+            }
+            let runs = data_runs(&slices);
+            prop_assert!(runs.windows(2).all(|w| w[0].1 < w[1].0), "runs not merged: {:?}", runs);
+            let mut from_runs = [false; 250];
+            for &(a, b) in &runs {
+                from_runs[a as usize..b as usize].fill(true);
+            }
+            prop_assert_eq!(covered, from_runs);
+            prop_assert_eq!(data_bytes(&slices), covered.iter().filter(|&&c| c).count() as u64);
+        }
+    }
 
     fn slice(id: u64, at: u64, len: u64) -> SliceRef {
         SliceRef {

@@ -69,6 +69,8 @@ pub struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// 512-byte blocks stored: a file's holes take none.
+    pub blocks: u64,
     pub nlink: u32,
     pub atime: Timestamp,
     pub mtime: Timestamp,
@@ -201,6 +203,7 @@ impl Errno {
     pub const DEADLK: Errno = Errno(libc::EDEADLK);
     pub const NOLCK: Errno = Errno(libc::ENOLCK);
     pub const INTR: Errno = Errno(libc::EINTR);
+    pub const NXIO: Errno = Errno(libc::ENXIO);
     pub const BUSY: Errno = Errno(libc::EBUSY);
 }
 

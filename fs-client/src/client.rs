@@ -518,6 +518,18 @@ impl Client {
         Ok(data.len() as u32)
     }
 
+    /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE` on open file `fh`. What the file
+    /// has buffered goes out first, so bytes written here count as data.
+    pub async fn seek(&self, fh: u64, offset: u64, data: bool) -> Result<u64, Errno> {
+        let file = self.handle(fh)?;
+        file.flush(&self.backend).await;
+        let ino = file.ino;
+        match self.query(FsQuery::Seek { ino, offset, data }).await? {
+            FsReply::Offset(at) => Ok(at),
+            _ => Err(Errno::IO),
+        }
+    }
+
     /// fsync: writes out what the file has buffered; reports a write error the descriptor
     /// has not heard of.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {

@@ -8,8 +8,8 @@ use fuser::consts::{
 };
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use lattice_common::fs::{
     Attr, Caller, Errno, FileKind, LockKind, LockRange, LockSpace, RenameMode, SetAttr, TimeSet,
@@ -179,7 +179,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: a.ino.0,
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.blocks,
         atime: system_time(a.atime),
         mtime: system_time(a.mtime),
         ctime: system_time(a.ctime),
@@ -763,6 +763,33 @@ impl Filesystem for LatticeFs {
             debug!(unique, "lock wait interrupted");
             let _ = interrupt.send(());
         }
+    }
+
+    /// Only `SEEK_DATA` and `SEEK_HOLE` come here; the kernel does the others itself.
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        _i: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(libc::ENXIO);
+        };
+        let c = self.client.clone();
+        self.spawn(async move {
+            match c.seek(fh, offset, data).await {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(e.0),
+            }
+        });
     }
 
     fn fallocate(

@@ -473,7 +473,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     claim_data_dir(&args.data, args.id)?;
     let (disk, persisted) =
-        raft_log::DiskLog::open(&args.data.join("raft")).context("opening the raft log")?;
+        raft_log::DiskLog::open(&args.data.join("raft"), state_machine::STATE_FORMAT)
+            .context("opening the raft log")?;
     let fresh = persisted.snapshot.get_metadata().index == 0 && persisted.entries.is_empty();
     let bootstrap = core::parse_members(&args.peers).map_err(anyhow::Error::msg)?;
     if fresh && bootstrap.is_empty() && !args.join {

@@ -7,7 +7,10 @@
 //! <dir>/log       records [len u32][crc32c u32][kind u8][payload], appended and fsynced;
 //!                 the first names the snapshot the log continues
 //! <dir>/snapshot  [magic][crc32c u32][len u64][index][term][conf state][state machine]
+//! <dir>/format    "latticefs-state N": how the state machine and commands are encoded
 //! ```
+//! State of another format is refused, not misread: bincode has no field names, so an old
+//! snapshot read by a newer layout decodes into garbage rather than failing.
 //! A torn record at the end of `log` (a crash mid-write, never acknowledged) is cut off at
 //! start; a bad record followed by valid ones is damage, and the member refuses to start.
 //! Compaction and snapshot installs write a new snapshot, then a new `log` holding only what
@@ -626,11 +629,38 @@ fn assemble(snapshot: Snapshot, log: Replayed, path: &Path) -> std::io::Result<(
     Ok((state, stale))
 }
 
+/// Records `format` in a new directory; refuses one whose state has another format.
+fn check_format(dir: &Path, format: u32) -> std::io::Result<()> {
+    let path = dir.join("format");
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !dir.join("log").exists() && !dir.join("snapshot").exists() {
+                let text = format!("latticefs-state {format}\n");
+                return replace_file(dir, "format", text.as_bytes(), |_| Ok(()));
+            }
+            "latticefs-state 1 (from before formats were recorded)".to_string()
+        }
+        Err(e) => return Err(e),
+    };
+    let version = found.trim().strip_prefix("latticefs-state ");
+    if version.and_then(|v| v.parse::<u32>().ok()) == Some(format) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{}: this Raft state is encoded as {:?}, and this build reads format {format} only: \
+         run the build that wrote it, or re-seed this member from peers running this build ({RESEED})",
+        dir.display(),
+        found.trim()
+    )))
+}
+
 impl DiskLog {
     /// Opens the Raft state in `dir` (created empty if missing) and reads it back. Damage
     /// (anything but a torn last record) is an error that says how to recover.
-    pub fn open(dir: &Path) -> std::io::Result<(DiskLog, Persisted)> {
+    pub fn open(dir: &Path, format: u32) -> std::io::Result<(DiskLog, Persisted)> {
         std::fs::create_dir_all(dir)?;
+        check_format(dir, format)?;
         let snap_path = dir.join("snapshot");
         let snapshot = match std::fs::read(&snap_path) {
             Ok(bytes) => decode_snapshot(&bytes)
@@ -752,8 +782,27 @@ mod tests {
         }
     }
 
+    const FORMAT: u32 = 7;
+
+    #[test]
+    fn state_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).append(&[entry(1, 1, "a")]).unwrap();
+        assert!(DiskLog::open(dir.path(), FORMAT).is_ok());
+        let err = DiskLog::open(dir.path(), FORMAT + 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("\"latticefs-state 7\""), "{err}");
+        assert!(err.contains("reads format 8"), "{err}");
+        // State from before formats were recorded is refused as well.
+        std::fs::remove_file(dir.path().join("format")).unwrap();
+        let err = DiskLog::open(dir.path(), FORMAT).err().unwrap().to_string();
+        assert!(err.contains("latticefs-state 1"), "{err}");
+    }
+
     fn open(dir: &Path) -> RaftLog {
-        let (disk, state) = DiskLog::open(dir).unwrap();
+        let (disk, state) = DiskLog::open(dir, FORMAT).unwrap();
         RaftLog::new(state, Box::new(disk))
     }
 
@@ -871,7 +920,10 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let expect_damage = |bytes: &[u8], at: usize, what: &str| {
             std::fs::write(&path, bytes).unwrap();
-            let err = DiskLog::open(dir.path()).err().expect(what).to_string();
+            let err = DiskLog::open(dir.path(), FORMAT)
+                .err()
+                .expect(what)
+                .to_string();
             assert!(err.contains(&path.display().to_string()), "{what}: {err}");
             assert!(
                 err.contains(&format!("damaged at byte {at}:")),
@@ -978,7 +1030,7 @@ mod tests {
                 prepare(&mut log).unwrap();
                 drop(log);
                 let before = view(&open(dir.path()));
-                let (mut disk, state) = DiskLog::open(dir.path()).unwrap();
+                let (mut disk, state) = DiskLog::open(dir.path(), FORMAT).unwrap();
                 disk.crash_after = crash;
                 let mut log = RaftLog::new(state, Box::new(disk));
                 assert_eq!(op(&mut log).is_ok(), crash.is_none(), "{what} {crash:?}");
@@ -1020,6 +1072,6 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(DiskLog::open(dir.path()).is_err());
+        assert!(DiskLog::open(dir.path(), FORMAT).is_err());
     }
 }

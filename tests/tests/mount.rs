@@ -249,6 +249,59 @@ assert out.strip()==\"refused\", out'"
     Ok(())
 }
 
+/// A sparse file stores only its data: `du`, `stat`'s blocks, `SEEK_DATA` / `SEEK_HOLE`,
+/// and the tools that use them (`cp --sparse`, `tar -S`, `rsync -S`) see the holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sparse_files_store_and_show_only_their_data() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    let m = mnt.display();
+    sh(&format!(
+        "truncate -s 1G {m}/sparse && dd if=/dev/urandom of={m}/sparse bs=4k count=1 seek=1000 conv=notrunc status=none"
+    ))?;
+    let stat = sh(&format!("stat -c '%s %b' {m}/sparse"))?;
+    ensure!(stat.trim() == "1073741824 8", "size and blocks: {stat}");
+    let du = |name: &str| -> Result<u64> {
+        let out = sh(&format!("du -k {m}/{name}"))?;
+        Ok(out.split_whitespace().next().unwrap_or("").parse()?)
+    };
+    ensure!(
+        du("sparse")? < 1024,
+        "du of the sparse file: {} KiB",
+        du("sparse")?
+    );
+    let seeks = sh(&format!(
+        "python3 -c 'import os
+fd = os.open(\"{m}/sparse\", os.O_RDONLY)
+print(os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 4096000, os.SEEK_HOLE))
+try:
+    os.lseek(fd, 4100096, os.SEEK_DATA)
+except OSError as e:
+    print(e.errno)'"
+    ))?;
+    ensure!(
+        seeks.split_whitespace().collect::<Vec<_>>() == ["4096000", "0", "4100096", "6"],
+        "SEEK_DATA / SEEK_HOLE: {seeks}"
+    );
+    sh(&format!(
+        "cp --sparse=always {m}/sparse {m}/always && cp {m}/sparse {m}/auto && rsync -S {m}/sparse {m}/rsynced && tar -C {m} -cSf {m}/sparse.tar sparse"
+    ))?;
+    for copy in ["always", "auto", "rsynced"] {
+        same_file(&mnt.join("sparse"), &mnt.join(copy))?;
+        ensure!(du(copy)? < 1024, "{copy}: {} KiB", du(copy)?);
+    }
+    let tar_len = std::fs::metadata(mnt.join("sparse.tar"))?.len();
+    ensure!(tar_len < 1 << 20, "tar -S made {tar_len} bytes");
+    // Truncating below the data gives its blocks back; writing fills them again.
+    sh(&format!("truncate -s 1M {m}/sparse"))?;
+    ensure!(sh(&format!("stat -c %b {m}/sparse"))?.trim() == "0");
+    sh(&format!(
+        "dd if=/dev/zero of={m}/sparse bs=64k count=2 conv=notrunc status=none"
+    ))?;
+    ensure!(sh(&format!("stat -c %b {m}/sparse"))?.trim() == "256");
+    Ok(())
+}
+
 /// An OFD lock helper: `hold FILE` takes a whole-file write lock, says "held", and on a
 /// line from stdin closes the file (which must drop the lock) and prints the time;
 /// `wait FILE` waits for the same lock in F_OFD_SETLKW and prints the time it got it;

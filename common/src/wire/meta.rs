@@ -158,6 +158,12 @@ pub enum FsQuery {
         first: u64,
         last: u64,
     },
+    /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE`: answered with `Offset`.
+    Seek {
+        ino: InodeId,
+        offset: u64,
+        data: bool,
+    },
     /// The first lock of another owner that conflicts with `lock`, if any.
     GetLock {
         ino: InodeId,
@@ -206,6 +212,7 @@ pub enum FsReply {
         servers: Vec<ServerAddr>,
     },
     Lock(Option<LockRange>),
+    Offset(u64),
     /// A committed slice: the file's attributes now, and how many slices its chunk holds
     /// (the writer compacts a chunk that holds many).
     Committed {

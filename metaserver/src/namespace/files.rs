@@ -32,23 +32,29 @@ impl Namespace {
     pub(super) fn truncate(&mut self, ino: InodeId, size: u64) -> Result<Vec<SliceRef>, Errno> {
         let chunks = self.chunks_mut(ino)?;
         let mut released = Vec::new();
+        let mut gone_bytes = 0;
         // Chunks wholly past the new end go; the chunk the end falls in is cut.
         let first_gone = size.div_ceil(CHUNK_SIZE);
         for (_, slices) in chunks.split_off(&first_gone) {
+            gone_bytes += chunk_map::data_bytes(&slices);
             released.extend(slices);
         }
         if size % CHUNK_SIZE != 0 {
             let last = size / CHUNK_SIZE;
             if let Some(slices) = chunks.get_mut(&last) {
+                let before = chunk_map::data_bytes(slices);
                 released.extend(chunk_map::truncate(slices, size % CHUNK_SIZE));
                 // A cut can leave an older slice showing nothing any more.
                 released.extend(chunk_map::drop_hidden(slices));
+                gone_bytes += before - chunk_map::data_bytes(slices);
                 if slices.is_empty() {
                     chunks.remove(&last);
                 }
             }
         }
-        self.get_mut(ino)?.size = size;
+        let inode = self.get_mut(ino)?;
+        inode.size = size;
+        inode.stored = inode.stored.saturating_sub(gone_bytes);
         Ok(released)
     }
 
@@ -76,9 +82,12 @@ impl Namespace {
         if slices.len() >= MAX_SLICES_PER_CHUNK {
             return Err(Errno::NOSPC);
         }
+        let before = chunk_map::data_bytes(slices);
         slices.push(slice);
         let released = chunk_map::drop_hidden(slices);
+        let after = chunk_map::data_bytes(slices);
         let inode = self.get_mut(ino)?;
+        inode.stored = inode.stored.saturating_sub(before) + after;
         inode.size = inode.size.max(end);
         inode.touch(now);
         Ok((self.attr(ino)?, released))
@@ -97,9 +106,53 @@ impl Namespace {
             return Err(Errno::NOENT);
         }
         let slices = self.chunks_mut(ino)?.get_mut(&chunk).ok_or(Errno::STALE)?;
+        let before = chunk_map::data_bytes(slices);
         let mut released = chunk_map::replace_run(slices, old, new).ok_or(Errno::STALE)?;
         released.extend(chunk_map::drop_hidden(slices));
+        let after = chunk_map::data_bytes(slices);
+        let inode = self.get_mut(ino)?;
+        inode.stored = inode.stored.saturating_sub(before) + after;
         Ok(released)
+    }
+
+    /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset`: the first byte at or
+    /// after it that some slice covers, or that none does (the end of the file counts as a
+    /// hole). ENXIO at or past the end, or when only holes follow (`SEEK_DATA`).
+    pub fn seek(&self, ino: InodeId, offset: u64, data: bool) -> Result<u64, Errno> {
+        let size = self.get(ino)?.size;
+        if offset >= size {
+            return Err(Errno::NXIO);
+        }
+        let chunks = self.chunks(ino)?;
+        let mut at = offset;
+        for (&chunk, slices) in chunks.range(offset / CHUNK_SIZE..) {
+            let base = chunk * CHUNK_SIZE;
+            if base >= size {
+                break;
+            }
+            if !data && at < base {
+                return Ok(at); // a chunk with no slices lies between
+            }
+            at = at.max(base);
+            for (a, b) in chunk_map::data_runs(slices) {
+                let (a, b) = (base + a, base + b);
+                if b <= at {
+                    continue;
+                }
+                match data {
+                    true => return Some(a.max(at)).filter(|&p| p < size).ok_or(Errno::NXIO),
+                    false if a > at => return Ok(at),
+                    false => at = b,
+                }
+            }
+            if !data && at < base + CHUNK_SIZE {
+                return Ok(at.min(size));
+            }
+        }
+        match data {
+            true => Err(Errno::NXIO),
+            false => Ok(at.min(size)),
+        }
     }
 
     /// The slices of chunks `first..=last` that hold any data.

@@ -1,5 +1,5 @@
 use super::*;
-use lattice_common::chunk_map::SliceRef;
+use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::ids::{ChunkserverId, SliceId};
 use lattice_common::layout::SliceLayout;
 use proptest::prelude::*;
@@ -60,6 +60,15 @@ impl Namespace {
                 }
                 if n == 0 && !self.orphans.contains_key(&ino) {
                     return Err(format!("{ino}: no name and not an orphan"));
+                }
+            }
+            if let Content::File(chunks) = &inode.content {
+                let stored: u64 = chunks.values().map(|s| chunk_map::data_bytes(s)).sum();
+                if stored != inode.stored {
+                    return Err(format!(
+                        "{ino}: stored {} but slices cover {stored}",
+                        inode.stored
+                    ));
                 }
             }
         }
@@ -459,6 +468,8 @@ enum Op {
     Rename(usize, u8, usize, u8, u8),
     Truncate(usize, u64),
     Reap(usize),
+    /// A slice of `len` bytes at `at` in chunk `chunk`.
+    Write(usize, u64, u64, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -474,7 +485,13 @@ fn op() -> impl Strategy<Value = Op> {
         (n.clone(), name.clone(), n.clone(), name.clone(), 0u8..3)
             .prop_map(|(a, b, c, d, m)| Op::Rename(a, b, c, d, m)),
         (n.clone(), 0u64..1000).prop_map(|(a, s)| Op::Truncate(a, s)),
-        n.prop_map(Op::Reap),
+        n.clone().prop_map(Op::Reap),
+        (n, 0u64..3, 0u64..200, 1u64..100).prop_map(|(i, c, a, l)| Op::Write(
+            i,
+            c,
+            if a < 100 { a } else { CHUNK - 200 + a },
+            l
+        )),
     ]
 }
 
@@ -503,6 +520,7 @@ proptest! {
                 }
                 Op::Truncate(i, s) => ns.setattr(pick(i), &SetAttr { size: Some(s), ..Default::default() }, now).map(drop),
                 Op::Reap(i) => ns.reap(pick(i)).map(drop),
+                Op::Write(i, chunk, at, len) => ns.commit_slice(pick(i), chunk, slice_ref(step as u64, at, len), now).map(drop),
             };
             if result.is_err() {
                 prop_assert_eq!(&ns, &before, "a failed operation changed the namespace");
@@ -510,6 +528,57 @@ proptest! {
             if let Err(e) = ns.check_invariants() {
                 return Err(TestCaseError::fail(format!("after step {step}: {e}")));
             }
+        }
+    }
+}
+
+proptest! {
+    /// `SEEK_DATA` and `SEEK_HOLE` agree with the byte ranges written, around chunk
+    /// boundaries and past truncations; the stored byte count with their union.
+    #[test]
+    fn seek_finds_what_was_written(
+        writes in proptest::collection::vec((0u64..3, 0u64..300, 1u64..200), 0..8),
+        cut in proptest::option::of(0u64..3 * CHUNK),
+        probes in proptest::collection::vec((0u64..3, 0u64..400), 1..20),
+    ) {
+        let mut ns = Namespace::new(t(0));
+        let f = file(&mut ns, ROOT, "f");
+        // Writes land near the start or the end of a chunk, to cross boundaries.
+        let place = |c: u64, a: u64| if a < 150 { c * CHUNK + a } else { c * CHUNK + CHUNK - 300 + a };
+        let mut spans = Vec::new();
+        for (k, &(c, a, len)) in writes.iter().enumerate() {
+            let at = place(c, a) % CHUNK;
+            let len = len.min(CHUNK - at);
+            ns.commit_slice(f, c, slice_ref(k as u64 + 1, at, len), t(1)).unwrap();
+            spans.push((c * CHUNK + at, c * CHUNK + at + len));
+        }
+        if let Some(size) = cut {
+            ns.setattr(f, &SetAttr { size: Some(size), ..Default::default() }, t(2)).unwrap();
+        }
+        let size = ns.attr(f).unwrap().size;
+        let spans: Vec<(u64, u64)> = spans.into_iter().map(|(a, b)| (a.min(size), b.min(size))).filter(|(a, b)| a < b).collect();
+        let covered = |p: u64| spans.iter().any(|&(a, b)| a <= p && p < b);
+        let mut union = 0;
+        let mut points: Vec<u64> = spans.iter().flat_map(|&(a, b)| [a, b]).collect();
+        points.sort_unstable();
+        points.dedup();
+        for w in points.windows(2) {
+            if covered(w[0]) {
+                union += w[1] - w[0];
+            }
+        }
+        prop_assert_eq!(ns.inodes[&f].stored, union);
+        prop_assert_eq!(ns.attr(f).unwrap().blocks, union.div_ceil(512));
+        for &(c, a) in &probes {
+            let off = place(c, a % 300);
+            let want_data = spans.iter().filter(|&&(_, b)| b > off).map(|&(a, _)| a.max(off)).min().filter(|_| off < size);
+            let mut hole = off;
+            while let Some(&(_, b)) = spans.iter().find(|&&(a, b)| a <= hole && hole < b) {
+                hole = b;
+            }
+            let want_hole = (off < size).then_some(hole.min(size));
+            prop_assert_eq!(ns.seek(f, off, true).ok(), want_data, "SEEK_DATA from {}", off);
+            prop_assert_eq!(ns.seek(f, off, false).ok(), want_hole, "SEEK_HOLE from {}", off);
         }
     }
 }

@@ -21,6 +21,9 @@ use std::net::SocketAddr;
 /// Most replies remembered per client session; a client that keeps more requests than
 /// this unanswered loses the protection against double application of its oldest ones.
 const MAX_REMEMBERED_REPLIES: usize = 100_000;
+/// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
+/// any change to either. 2: lock spaces, stored bytes per file.
+pub const STATE_FORMAT: u32 = 2;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
@@ -547,6 +550,9 @@ impl StateMachine {
             FsQuery::GetXattr { ino, name } => ns.getxattr(*ino, name).map(FsReply::Xattr),
             FsQuery::ListXattr { ino } => ns.listxattr(*ino).map(FsReply::XattrNames),
             FsQuery::StatFs => Err(Errno::INVAL),
+            FsQuery::Seek { ino, offset, data } => {
+                ns.seek(*ino, *offset, *data).map(FsReply::Offset)
+            }
             FsQuery::GetLock {
                 ino,
                 client,
