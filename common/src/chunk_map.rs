@@ -114,6 +114,49 @@ pub fn truncate(slices: &mut Vec<SliceRef>, keep: u64) -> Vec<SliceRef> {
     gone
 }
 
+/// Cuts chunk bytes `start..end` out of every slice (a punched hole): a slice inside goes,
+/// one reaching in from a side is shortened, and one spanning the range becomes two
+/// references to the one stored slice, each showing its side, in its place in the list.
+/// Returns the references that went (see [`unreferenced`] for the slices freed).
+pub fn punch(slices: &mut Vec<SliceRef>, start: u64, end: u64) -> Vec<SliceRef> {
+    let mut kept = Vec::with_capacity(slices.len() + 1);
+    let mut gone = Vec::new();
+    for s in slices.drain(..) {
+        let (a, b) = (s.chunk_offset, s.chunk_end());
+        if b <= start || end <= a {
+            kept.push(s);
+            continue;
+        }
+        if a < start {
+            kept.push(SliceRef {
+                len: start - a,
+                ..s.clone()
+            });
+        }
+        if end < b {
+            kept.push(SliceRef {
+                chunk_offset: end,
+                skip: s.skip + (end - a),
+                len: b - end,
+                ..s.clone()
+            });
+        }
+        if start <= a && b <= end {
+            gone.push(s);
+        }
+    }
+    *slices = kept;
+    gone
+}
+
+/// Of references taken out of a chunk, the slices no reference left in it (`slices`)
+/// still shows, once each: only these are free to collect. A punched slice has two
+/// references, and one going frees nothing.
+pub fn unreferenced(slices: &[SliceRef], gone: Vec<SliceRef>) -> Vec<SliceRef> {
+    let mut seen: std::collections::BTreeSet<SliceId> = slices.iter().map(|s| s.slice).collect();
+    gone.into_iter().filter(|s| seen.insert(s.slice)).collect()
+}
+
 /// The chunk ranges some slice covers (data; the rest are holes), merged and in order.
 pub fn data_runs(slices: &[SliceRef]) -> Vec<(u64, u64)> {
     let mut spans: Vec<(u64, u64)> = slices
@@ -222,7 +265,7 @@ pub fn replace_run(
     new: Vec<SliceRef>,
 ) -> Option<Vec<SliceRef>> {
     let first = old.first()?;
-    let at = slices.iter().position(|s| s.slice == first.slice)?;
+    let at = slices.iter().position(|s| same_view(s, first))?;
     let run = slices.get(at..at.checked_add(old.len())?)?;
     if !run.iter().zip(old).all(|(a, b)| same_view(a, b)) {
         return None;
@@ -283,6 +326,24 @@ mod tests {
             prop_assert_eq!(covered, from_runs);
             prop_assert_eq!(data_bytes(&slices), covered.iter().filter(|&&c| c).count() as u64);
         }
+    }
+
+    #[test]
+    fn a_punch_splits_shortens_and_frees_only_what_nothing_shows() {
+        let mut slices = vec![slice(1, 0, 100), slice(2, 40, 20), slice(3, 90, 30)];
+        let gone = punch(&mut slices, 30, 95);
+        assert_eq!(gone, vec![slice(2, 40, 20)]);
+        let views: Vec<(u64, u64, u64, u64)> = slices
+            .iter()
+            .map(|s| (s.slice.0, s.chunk_offset, s.skip, s.len))
+            .collect();
+        assert_eq!(views, [(1, 0, 10, 30), (1, 95, 105, 5), (3, 95, 15, 25)]);
+        assert_eq!(data_runs(&slices), [(0, 30), (95, 120)]);
+        // One piece of slice 1 going frees nothing; both going free it once.
+        let left = slices.remove(0);
+        assert!(unreferenced(&slices, vec![left.clone()]).is_empty());
+        let right = slices.remove(0);
+        assert_eq!(unreferenced(&slices, vec![left, right]).len(), 1);
     }
 
     fn slice(id: u64, at: u64, len: u64) -> SliceRef {

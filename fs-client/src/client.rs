@@ -213,6 +213,46 @@ impl Client {
         self.attr_reply(FsOp::SetAttr { ino, set }).await
     }
 
+    /// `fallocate`: space is not reserved ahead (chunkservers take data as it comes), so
+    /// this grows the size unless `keep_size`; `hole` punches bytes `offset..end` out
+    /// first (PUNCH_HOLE, and ZERO_RANGE: a hole reads as zeros).
+    pub async fn fallocate(
+        &self,
+        ino: InodeId,
+        (offset, end): (u64, u64),
+        hole: bool,
+        keep_size: bool,
+    ) -> Result<(), Errno> {
+        if hole {
+            if let Some(file) = self.file(ino) {
+                // Buffered bytes go first: none may land over the hole afterwards.
+                file.flush(&self.backend).await;
+            }
+            let op = FsOp::PunchHole {
+                ino,
+                offset,
+                len: end - offset,
+            };
+            let punched = self.attr_reply(op).await;
+            if let Some(file) = self.file(ino) {
+                file.invalidate_slices();
+            }
+            punched?;
+        }
+        if !keep_size && end > self.getattr(ino).await?.size {
+            let size = Some(end);
+            self.setattr(
+                ino,
+                SetAttr {
+                    size,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Creates a file or special file; `umask` applies unless the directory has a default ACL.
     pub async fn mknod(
         &self,

@@ -802,27 +802,26 @@ impl Filesystem for LatticeFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if mode != 0 {
+        use libc::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
+        let hole = mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE);
+        let known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || hole == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE {
             return reply.error(libc::EOPNOTSUPP);
         }
+        let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        let Some(end) = offset.checked_add(length).filter(|_| length > 0) else {
+            return reply.error(libc::EINVAL);
+        };
+        if end > lattice_common::fs::MAX_FILE_SIZE {
+            return reply.error(libc::EFBIG);
+        }
+        let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
         let c = self.client.clone();
         self.spawn(async move {
-            let end = (offset.max(0) as u64).saturating_add(length.max(0) as u64);
-            let grow = async {
-                let a = c.getattr(ino(i)).await?;
-                if end > a.size {
-                    c.setattr(
-                        ino(i),
-                        SetAttr {
-                            size: Some(end),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                }
-                Ok::<(), Errno>(())
-            };
-            done(reply, grow.await)
+            let result = c.fallocate(ino(i), (offset, end), hole != 0, keep_size);
+            done(reply, result.await)
         });
     }
 }

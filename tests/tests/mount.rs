@@ -299,6 +299,23 @@ except OSError as e:
         "dd if=/dev/zero of={m}/sparse bs=64k count=2 conv=notrunc status=none"
     ))?;
     ensure!(sh(&format!("stat -c %b {m}/sparse"))?.trim() == "256");
+
+    // Punching a hole and zeroing a range: the same bytes as on a local file, and the
+    // punched blocks are given back.
+    let local = tempfile::tempdir()?;
+    let l = local.path().display();
+    std::fs::write(local.path().join("f"), random_bytes(8 << 20, 5))?;
+    for dir in [m.to_string(), l.to_string()] {
+        sh(&format!(
+            "cp {l}/f {dir}/holes && fallocate -p -o 1M -l 3M {dir}/holes && fallocate -z -o 6M -l 4M {dir}/holes"
+        ))?;
+    }
+    same_file(&local.path().join("holes"), &mnt.join("holes"))?;
+    let blocks = sh(&format!("stat -c %b {m}/holes"))?;
+    ensure!(
+        blocks.trim() == "6144",
+        "blocks after punching 3 MiB and zeroing 2 MiB of 8: {blocks}"
+    );
     Ok(())
 }
 

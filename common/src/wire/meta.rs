@@ -119,6 +119,13 @@ pub enum FsOp {
         owner: u64,
         lock: LockRange,
     },
+    /// `fallocate` punching a hole: bytes `offset..offset + len` read as zeros and take
+    /// no space; the size stays.
+    PunchHole {
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    },
     /// Drops every lock `owner` holds on `ino` (a close).
     ReleaseLocks {
         ino: InodeId,

@@ -37,15 +37,16 @@ impl Namespace {
         let first_gone = size.div_ceil(CHUNK_SIZE);
         for (_, slices) in chunks.split_off(&first_gone) {
             gone_bytes += chunk_map::data_bytes(&slices);
-            released.extend(slices);
+            released.extend(chunk_map::unreferenced(&[], slices));
         }
         if size % CHUNK_SIZE != 0 {
             let last = size / CHUNK_SIZE;
             if let Some(slices) = chunks.get_mut(&last) {
                 let before = chunk_map::data_bytes(slices);
-                released.extend(chunk_map::truncate(slices, size % CHUNK_SIZE));
+                let mut cut = chunk_map::truncate(slices, size % CHUNK_SIZE);
                 // A cut can leave an older slice showing nothing any more.
-                released.extend(chunk_map::drop_hidden(slices));
+                cut.extend(chunk_map::drop_hidden(slices));
+                released.extend(chunk_map::unreferenced(slices, cut));
                 gone_bytes += before - chunk_map::data_bytes(slices);
                 if slices.is_empty() {
                     chunks.remove(&last);
@@ -84,7 +85,8 @@ impl Namespace {
         }
         let before = chunk_map::data_bytes(slices);
         slices.push(slice);
-        let released = chunk_map::drop_hidden(slices);
+        let hidden = chunk_map::drop_hidden(slices);
+        let released = chunk_map::unreferenced(slices, hidden);
         let after = chunk_map::data_bytes(slices);
         let inode = self.get_mut(ino)?;
         inode.stored = inode.stored.saturating_sub(before) + after;
@@ -107,12 +109,54 @@ impl Namespace {
         }
         let slices = self.chunks_mut(ino)?.get_mut(&chunk).ok_or(Errno::STALE)?;
         let before = chunk_map::data_bytes(slices);
-        let mut released = chunk_map::replace_run(slices, old, new).ok_or(Errno::STALE)?;
-        released.extend(chunk_map::drop_hidden(slices));
+        let mut replaced = chunk_map::replace_run(slices, old, new).ok_or(Errno::STALE)?;
+        replaced.extend(chunk_map::drop_hidden(slices));
+        let released = chunk_map::unreferenced(slices, replaced);
         let after = chunk_map::data_bytes(slices);
         let inode = self.get_mut(ino)?;
         inode.stored = inode.stored.saturating_sub(before) + after;
         Ok(released)
+    }
+
+    /// Punches a hole: bytes `offset..offset + len` (up to the size) read as zeros and no
+    /// longer take space; the size stays. Returns the slices nothing shows any more.
+    pub fn punch_hole(
+        &mut self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        now: Timestamp,
+    ) -> Result<(Attr, Vec<SliceRef>), Errno> {
+        self.is_file(ino)?;
+        let end = offset.saturating_add(len).min(self.get(ino)?.size);
+        if end <= offset {
+            return Ok((self.attr(ino)?, Vec::new()));
+        }
+        let chunks = self.chunks_mut(ino)?;
+        let mut released = Vec::new();
+        let mut gone_bytes = 0;
+        let mut emptied = Vec::new();
+        let first = offset / CHUNK_SIZE;
+        for (&chunk, slices) in chunks.range_mut(first..end.div_ceil(CHUNK_SIZE)) {
+            let base = chunk * CHUNK_SIZE;
+            let (a, b) = (offset.max(base) - base, (end - base).min(CHUNK_SIZE));
+            let before = chunk_map::data_bytes(slices);
+            let mut gone = chunk_map::punch(slices, a, b);
+            // What an older slice showed may have been only the bytes punched out.
+            gone.extend(chunk_map::drop_hidden(slices));
+            released.extend(chunk_map::unreferenced(slices, gone));
+            gone_bytes += before - chunk_map::data_bytes(slices);
+            if slices.is_empty() {
+                emptied.push(chunk);
+            }
+        }
+        for chunk in emptied {
+            chunks.remove(&chunk);
+        }
+        let inode = self.get_mut(ino)?;
+        inode.stored = inode.stored.saturating_sub(gone_bytes);
+        inode.touch(now);
+        Ok((self.attr(ino)?, released))
     }
 
     /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset`: the first byte at or
@@ -182,20 +226,26 @@ impl Namespace {
         to: ChunkserverId,
     ) -> Result<(), Errno> {
         let chunks = self.chunks_mut(ino).map_err(|_| Errno::STALE)?;
-        let s = chunks
-            .get_mut(&chunk)
-            .and_then(|slices| slices.iter_mut().find(|s| s.slice == slice))
+        let slices = chunks.get_mut(&chunk).ok_or(Errno::STALE)?;
+        let s = slices
+            .iter()
+            .find(|s| s.slice == slice)
             .ok_or(Errno::STALE)?;
         let others = s
             .placement
             .iter()
             .enumerate()
             .any(|(i, p)| i != index && *p == Some(to));
-        match s.placement.get_mut(index) {
+        match s.placement.get(index) {
             // Two shards of one slice on one server would make one failure cost two.
             Some(_) if others => Err(Errno::INVAL),
             Some(p) if *p == from => {
-                *p = Some(to);
+                // Every reference to the slice (a punched one has two) names its servers.
+                for s in slices.iter_mut().filter(|s| s.slice == slice) {
+                    if let Some(p) = s.placement.get_mut(index) {
+                        *p = Some(to);
+                    }
+                }
                 Ok(())
             }
             Some(_) => Err(Errno::STALE),
@@ -203,14 +253,21 @@ impl Namespace {
         }
     }
 
-    /// Every slice of every file (for status and repair).
+    /// Every stored slice of every file, once (for status and repair): of a slice a hole
+    /// was punched through, its first reference.
     pub fn all_slices(&self) -> impl Iterator<Item = (InodeId, u64, &SliceRef)> {
         self.inodes
             .iter()
             .flat_map(|(&ino, inode)| match &inode.content {
                 Content::File(chunks) => chunks
                     .iter()
-                    .flat_map(move |(&c, slices)| slices.iter().map(move |s| (ino, c, s)))
+                    .flat_map(move |(&c, slices)| {
+                        let mut seen = std::collections::HashSet::new();
+                        slices
+                            .iter()
+                            .filter(move |s| seen.insert(s.slice))
+                            .map(move |s| (ino, c, s))
+                    })
                     .collect::<Vec<_>>(),
                 _ => Vec::new(),
             })

@@ -8,7 +8,7 @@ mod files;
 #[cfg(test)]
 mod tests;
 
-use lattice_common::chunk_map::SliceRef;
+use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::{
     check_name, Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, TimeSet, Timestamp,
     XattrMode, MAX_DEPTH, MAX_LINKS, MAX_READDIR, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
@@ -513,7 +513,10 @@ impl Namespace {
             return Err(Errno::NOENT);
         }
         Ok(match self.inodes.remove(&ino).map(|i| i.content) {
-            Some(Content::File(chunks)) => chunks.into_values().flatten().collect(),
+            Some(Content::File(chunks)) => chunks
+                .into_values()
+                .flat_map(|slices| chunk_map::unreferenced(&[], slices))
+                .collect(),
             _ => Vec::new(),
         })
     }

@@ -421,6 +421,11 @@ impl StateMachine {
                     .set(ino, client, owner, lock)
                     .map(|()| FsReply::Done)
             }
+            FsOp::PunchHole { ino, offset, len } => {
+                let (attr, released) = ns.punch_hole(ino, offset, len, now)?;
+                self.discard(released, now);
+                Ok(FsReply::Attr(attr))
+            }
             FsOp::ReleaseLocks { ino, owner } => {
                 self.locks.release_owner(ino, client, owner);
                 Ok(FsReply::Done)

@@ -95,6 +95,14 @@ enum Step {
         chunk: u64,
         at: Offset,
     },
+    /// A hole punched from `at` in `chunk`, `len` long (it may cross into the next chunk).
+    Punch {
+        client: u64,
+        file: usize,
+        chunk: u64,
+        at: Offset,
+        len: u64,
+    },
     /// Compaction of the newest slices of a chunk, from a random point; `tamper` 0 is a
     /// faithful one, else one thing about it is wrong.
     Compact {
@@ -182,6 +190,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), length())
             .prop_map(|(client, file, chunk, at, len)| Step::Write { client, file, chunk, at, len }),
         2 => (client.clone(), any::<usize>(), 0..CHUNKS + 1, offset()).prop_map(|(client, file, chunk, at)| Step::Truncate { client, file, chunk, at }),
+        2 => (client.clone(), any::<usize>(), 0..CHUNKS, offset(), prop_oneof![3 => length(), 1 => 3000u64..6000])
+            .prop_map(|(client, file, chunk, at, len)| Step::Punch { client, file, chunk, at, len }),
         3 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![6 => Just(0u8), 1 => 1u8..5])
             .prop_map(|(client, file, chunk, from, tamper)| Step::Compact { client, file, chunk, from, tamper }),
         2 => (any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![4 => Just(0u8), 1 => 1u8..4])
@@ -226,6 +236,9 @@ struct Coverage {
     commits: AtomicU64,
     hid_several: AtomicU64,
     truncations: AtomicU64,
+    punches: AtomicU64,
+    /// Slices shown by two references at once (a hole punched through them).
+    split: AtomicU64,
     wild: AtomicU64,
 }
 
@@ -560,6 +573,26 @@ impl Run<'_> {
                 let model = self.files.get_mut(&ino).expect("live");
                 model.size = size;
                 model.bytes.split_off(&size);
+            }
+            Step::Punch {
+                client,
+                file,
+                chunk,
+                at,
+                len,
+            } => {
+                let Some(ino) = self.file(file) else {
+                    return Ok(());
+                };
+                let offset = chunk * CHUNK_SIZE + at.at();
+                let result = self.client_op(client, FsOp::PunchHole { ino, offset, len });
+                prop_assert!(result.is_ok(), "punching a hole gave {result:?}");
+                self.coverage.punches.fetch_add(1, Ordering::Relaxed);
+                let model = self.files.get_mut(&ino).expect("live");
+                let after = model.bytes.split_off(&offset);
+                model
+                    .bytes
+                    .extend(after.into_iter().filter(|(x, _)| *x >= offset + len));
             }
             Step::Compact {
                 client,
@@ -1024,7 +1057,11 @@ impl Run<'_> {
                     used.iter().all(|&u| u),
                     "{ino} chunk {chunk} keeps a hidden slice"
                 );
-                shown.extend(slices.iter().map(|s| s.slice));
+                let ids: BTreeSet<SliceId> = slices.iter().map(|s| s.slice).collect();
+                if ids.len() < slices.len() {
+                    self.coverage.split.fetch_add(1, Ordering::Relaxed);
+                }
+                shown.extend(ids);
             }
             prop_assert_eq!(
                 visible,
@@ -1085,10 +1122,12 @@ fn state_machine_matches_the_model() {
         coverage.hid_several.load(Ordering::Relaxed),
     );
     eprintln!(
-        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} re-encodes, {} truncations, {} garbage commands",
+        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} re-encodes, {} truncations, {} holes punched ({} checks with a split slice), {} garbage commands",
         coverage.compactions.load(Ordering::Relaxed),
         coverage.reencodes.load(Ordering::Relaxed),
         coverage.truncations.load(Ordering::Relaxed),
+        coverage.punches.load(Ordering::Relaxed),
+        coverage.split.load(Ordering::Relaxed),
         coverage.wild.load(Ordering::Relaxed),
     );
     // About one per case is typical; a quarter of that means the generator lost its reach.
@@ -1099,5 +1138,9 @@ fn state_machine_matches_the_model() {
     assert!(
         coverage.reencodes.load(Ordering::Relaxed) >= cases as u64 / 4,
         "too few re-encodes went in"
+    );
+    assert!(
+        coverage.split.load(Ordering::Relaxed) >= cases as u64 / 4,
+        "too few holes split a slice"
     );
 }
