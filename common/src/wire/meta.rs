@@ -119,17 +119,17 @@ pub enum FsOp {
         owner: u64,
         lock: LockRange,
     },
+    /// Drops every lock `owner` holds on `ino` (a close).
+    ReleaseLocks {
+        ino: InodeId,
+        owner: u64,
+    },
     /// `fallocate` punching a hole: bytes `offset..offset + len` read as zeros and take
     /// no space; the size stays.
     PunchHole {
         ino: InodeId,
         offset: u64,
         len: u64,
-    },
-    /// Drops every lock `owner` holds on `ino` (a close).
-    ReleaseLocks {
-        ino: InodeId,
-        owner: u64,
     },
 }
 
@@ -165,12 +165,6 @@ pub enum FsQuery {
         first: u64,
         last: u64,
     },
-    /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE`: answered with `Offset`.
-    Seek {
-        ino: InodeId,
-        offset: u64,
-        data: bool,
-    },
     /// The first lock of another owner that conflicts with `lock`, if any.
     GetLock {
         ino: InodeId,
@@ -186,6 +180,12 @@ pub enum FsQuery {
         client: ClientId,
         owner: u64,
         lock: LockRange,
+    },
+    /// `lseek` with `SEEK_DATA` (`data`) or `SEEK_HOLE`: answered with `Offset`.
+    Seek {
+        ino: InodeId,
+        offset: u64,
+        data: bool,
     },
 }
 
@@ -219,7 +219,6 @@ pub enum FsReply {
         servers: Vec<ServerAddr>,
     },
     Lock(Option<LockRange>),
-    Offset(u64),
     /// A committed slice: the file's attributes now, and how many slices its chunk holds
     /// (the writer compacts a chunk that holds many).
     Committed {
@@ -227,6 +226,7 @@ pub enum FsReply {
         slices: u32,
     },
     Done,
+    Offset(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -132,14 +132,29 @@ impl Namespace {
         if end <= offset {
             return Ok((self.attr(ino)?, Vec::new()));
         }
+        let range = |chunk: u64| {
+            let base = chunk * CHUNK_SIZE;
+            (offset.max(base) - base, (end - base).min(CHUNK_SIZE))
+        };
         let chunks = self.chunks_mut(ino)?;
+        let touched = offset / CHUNK_SIZE..end.div_ceil(CHUNK_SIZE);
+        // A slice spanning the hole becomes two references: refuse before changing anything
+        // if a chunk would pass its limit.
+        for (&chunk, slices) in chunks.range(touched.clone()) {
+            let (a, b) = range(chunk);
+            let spanning = slices
+                .iter()
+                .filter(|s| s.chunk_offset < a && b < s.chunk_end())
+                .count();
+            if slices.len() + spanning > MAX_SLICES_PER_CHUNK {
+                return Err(Errno::NOSPC);
+            }
+        }
         let mut released = Vec::new();
         let mut gone_bytes = 0;
         let mut emptied = Vec::new();
-        let first = offset / CHUNK_SIZE;
-        for (&chunk, slices) in chunks.range_mut(first..end.div_ceil(CHUNK_SIZE)) {
-            let base = chunk * CHUNK_SIZE;
-            let (a, b) = (offset.max(base) - base, (end - base).min(CHUNK_SIZE));
+        for (&chunk, slices) in chunks.range_mut(touched) {
+            let (a, b) = range(chunk);
             let before = chunk_map::data_bytes(slices);
             let mut gone = chunk_map::punch(slices, a, b);
             // What an older slice showed may have been only the bytes punched out.

@@ -582,3 +582,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_punch_that_would_split_a_chunk_past_its_limit_changes_nothing() {
+    let mut ns = Namespace::new(t(0));
+    let f = file(&mut ns, ROOT, "f");
+    // Nested slices, each spanning the middle: a hole there would double them.
+    let n = files::MAX_SLICES_PER_CHUNK as u64 / 2 + 1;
+    let nested = (0..n).map(|k| slice_ref(k + 1, k, 4 * n - 2 * k)).collect();
+    let inode = ns.inodes.get_mut(&f).unwrap();
+    inode.content = Content::File(BTreeMap::from([(0, nested)]));
+    inode.size = 4 * n;
+    let before = ns.clone();
+    assert_eq!(
+        ns.punch_hole(f, 2 * n, 1, t(1)).map(|_| ()),
+        Err(Errno::NOSPC)
+    );
+    assert_eq!(ns, before);
+}

@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 /// this unanswered loses the protection against double application of its oldest ones.
 const MAX_REMEMBERED_REPLIES: usize = 100_000;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
-/// any change to either. 2: lock spaces, stored bytes per file.
-pub const STATE_FORMAT: u32 = 2;
+/// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
+/// per file, punched holes.
+pub const STATE_FORMAT: u32 = 3;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
