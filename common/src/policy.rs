@@ -21,6 +21,10 @@ pub const MAX_PARITY_SHARDS: u8 = 16;
 pub const POLICY_XATTR: &[u8] = b"lattice.policy";
 /// The read-only virtual extended attribute showing where a file's slices are stored.
 pub const LAYOUT_XATTR: &[u8] = b"lattice.layout";
+/// The read-only virtual extended attribute listing a file's locks across the cluster,
+/// one per line as `/proc/locks` would (which cannot show them: the kernel leaves locks on a
+/// FUSE mount to the filesystem and records none itself).
+pub const LOCKS_XATTR: &[u8] = b"lattice.locks";
 /// Extended attribute names under this prefix belong to the filesystem; none is stored.
 pub const VIRTUAL_XATTR_PREFIX: &[u8] = b"lattice.";
 

@@ -3,7 +3,7 @@
 //! (`fcntl`) and `flock` locks live in separate spaces that never conflict, as on Linux.
 //! A client that goes silent loses all its locks.
 
-use lattice_common::fs::{Errno, LockKind, LockRange};
+use lattice_common::fs::{Errno, LockKind, LockRange, LockSpace};
 use lattice_common::ids::{ClientId, InodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,6 +125,38 @@ impl LockTable {
         });
     }
 
+    /// The locks on a file, a line each, in the manner of `/proc/locks`:
+    /// `1: FLOCK WRITE 4242 mount:1f2e3d4c 0 EOF` (kind, mode, the holder's pid on its
+    /// mount, the mount's session, first and last byte). FCNTL covers POSIX and OFD locks.
+    pub fn describe(&self, ino: InodeId) -> String {
+        let held = self.by_inode.get(&ino).map_or(&[][..], Vec::as_slice);
+        let mut out = String::new();
+        for (n, h) in held.iter().enumerate() {
+            let r = &h.range;
+            let space = match r.space {
+                LockSpace::Record => "FCNTL",
+                LockSpace::Flock => "FLOCK",
+            };
+            let mode = match r.kind {
+                LockKind::Write => "WRITE",
+                _ => "READ ",
+            };
+            let end = match r.end {
+                e if e >= i64::MAX as u64 => "EOF".to_string(),
+                e => e.to_string(),
+            };
+            let line = format!(
+                "{}: {space} {mode} {} mount:{:x} {} {end}\n",
+                n + 1,
+                r.pid,
+                h.client.0,
+                r.start
+            );
+            out.push_str(&line);
+        }
+        out
+    }
+
     pub fn remove_inode(&mut self, ino: InodeId) {
         self.by_inode.remove(&ino);
     }
@@ -160,7 +192,6 @@ fn merge(mut held: Vec<Held>, client: ClientId, owner: u64) -> Vec<Held> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lattice_common::fs::LockSpace;
     use proptest::prelude::*;
 
     const F: InodeId = InodeId(7);
@@ -225,6 +256,12 @@ mod tests {
             Some(range(LockKind::Write, 10, 20))
         );
         assert_eq!(t.conflict(F, a, 1, &flock(LockKind::Write)), None);
+        t.set(F, a, 7, flock(LockKind::Read)).unwrap();
+        assert_eq!(
+            t.describe(F),
+            "1: FLOCK READ  1 mount:1 0 EOF\n2: FCNTL WRITE 1 mount:2 10 20\n"
+        );
+        t.release_owner(F, a, 7);
         t.release_owner(F, b, 2);
         assert!(t.clients().is_empty());
     }

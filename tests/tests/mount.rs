@@ -396,6 +396,15 @@ print(\"ofd taken\")'"
     sh(&format!(
         "python3 -c 'import fcntl,os; fd=os.open(\"{a}/f\",os.O_RDWR); fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)'"
     ))?;
+    // /proc/locks cannot show locks a FUSE filesystem keeps; lattice.locks shows them, from
+    // any mount.
+    let locks = sh(&format!("getfattr --only-values -n lattice.locks {b}/f"))?;
+    ensure!(
+        locks
+            .lines()
+            .any(|l| l.contains("FLOCK WRITE") && l.ends_with(" 0 EOF")),
+        "lattice.locks: {locks}"
+    );
     // The flock itself still holds against other flocks, and a wait for it ends on the
     // alarm of `flock -w` (SIGALRM interrupts the waiting request).
     ensure!(

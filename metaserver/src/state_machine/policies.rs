@@ -6,7 +6,7 @@ use super::StateMachine;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, FileKind, Timestamp};
 use lattice_common::ids::InodeId;
-use lattice_common::policy::{Policy, POLICY_XATTR};
+use lattice_common::policy::{Policy, LOCKS_XATTR, POLICY_XATTR};
 use lattice_common::wire::meta::{ChunkserverState, FsReply};
 
 impl StateMachine {
@@ -35,6 +35,10 @@ impl StateMachine {
     pub(super) fn get_virtual_xattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, Errno> {
         if name == POLICY_XATTR {
             return Ok(self.effective_policy(ino)?.to_string().into_bytes());
+        }
+        if name == LOCKS_XATTR {
+            self.ns.attr(ino)?;
+            return Ok(self.locks.describe(ino).into_bytes());
         }
         self.ns.attr(ino)?;
         Err(Errno::NODATA)
