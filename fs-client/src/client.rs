@@ -137,11 +137,14 @@ impl Client {
             .cloned()
     }
 
-    /// Attributes as this client sees them: a file's size includes bytes written here and
-    /// not committed yet.
+    /// Attributes as this client sees them: a file's size and blocks include bytes written
+    /// here and not committed yet.
     fn remember(&self, mut attr: Attr) -> Attr {
         if let Some(f) = self.file(attr.ino) {
             attr.size = attr.size.max(f.local_end());
+            // Blocks about to be stored count already (`du` of a file being written).
+            let local = f.local_bytes().div_ceil(512);
+            attr.blocks = (attr.blocks + local).min(attr.size.div_ceil(512));
         }
         self.attrs
             .lock()

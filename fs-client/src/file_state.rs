@@ -188,6 +188,12 @@ impl FileState {
             .unwrap_or(0)
     }
 
+    /// Bytes written here and not committed yet (overwrites counted again).
+    pub fn local_bytes(&self) -> u64 {
+        let b = self.buffers();
+        b.flushing.iter().map(|f| f.data.bytes()).sum::<u64>() + b.dirty.bytes()
+    }
+
     pub fn has_unflushed(&self) -> bool {
         let b = self.buffers();
         !b.dirty.is_empty() || !b.flushing.is_empty()
