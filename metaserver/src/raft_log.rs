@@ -46,8 +46,15 @@ pub struct Persisted {
 /// Where Raft state becomes durable. Each call returns only once its change would survive
 /// a crash.
 pub trait Durable: Send {
-    fn append(&mut self, entries: &[Entry]) -> std::io::Result<()>;
-    fn set_hard_state(&mut self, hs: &HardState) -> std::io::Result<()>;
+    /// Appends `entries` and records `hs` in one write. Without `sync` the change may be
+    /// lost in a crash: only for a hard state whose commit index alone moved (a restarted
+    /// member learns the commit index again from its leader).
+    fn save(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> std::io::Result<()>;
     fn set_conf_state(&mut self, cs: &ConfState) -> std::io::Result<()>;
     /// Replaces the snapshot and keeps only `rest` (entries after it) in the log.
     fn save_snapshot(
@@ -117,8 +124,18 @@ impl RaftLog {
             .map_or(self.snapshot_index(), |e| e.index)
     }
 
+    #[cfg(test)]
     pub fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        self.persist(entries, None)
+    }
+
+    /// Appends `entries` and sets the hard state, with one write and one sync (what a Raft
+    /// round must make durable before its messages go out).
+    pub fn persist(&mut self, entries: &[Entry], hs: Option<HardState>) -> raft::Result<()> {
         let Some(first) = entries.first() else {
+            if let Some(hs) = hs {
+                self.set_hard_state(hs)?;
+            }
             return Ok(());
         };
         if first.index < self.first() || first.index > self.last() + 1 {
@@ -132,15 +149,23 @@ impl RaftLog {
                 .into(),
             )));
         }
-        self.durable.append(entries).map_err(store_err)?;
+        self.durable
+            .save(entries, hs.as_ref(), true)
+            .map_err(store_err)?;
         let keep = (first.index - self.first()) as usize;
         self.state.entries.truncate(keep);
         self.state.entries.extend_from_slice(entries);
+        if let Some(hs) = hs {
+            self.state.hard_state = hs;
+        }
         Ok(())
     }
 
+    /// Sets the hard state; synced unless only the commit index moved.
     pub fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
-        self.durable.set_hard_state(&hs).map_err(store_err)?;
+        let old = &self.state.hard_state;
+        let sync = (hs.term, hs.vote) != (old.term, old.vote);
+        self.durable.save(&[], Some(&hs), sync).map_err(store_err)?;
         self.state.hard_state = hs;
         Ok(())
     }
@@ -284,17 +309,24 @@ pub struct MemDisk(pub std::sync::Arc<std::sync::Mutex<Persisted>>);
 
 #[cfg(test)]
 impl Durable for MemDisk {
-    fn append(&mut self, entries: &[Entry]) -> std::io::Result<()> {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(first) = entries.first() else {
+    /// An unsynced save is lost, as the worst crash would lose it.
+    fn save(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> std::io::Result<()> {
+        if !sync {
             return Ok(());
-        };
-        truncate_from(&mut p.entries, first.index);
-        p.entries.extend_from_slice(entries);
-        Ok(())
-    }
-    fn set_hard_state(&mut self, hs: &HardState) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).hard_state = hs.clone();
+        }
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = entries.first() {
+            truncate_from(&mut p.entries, first.index);
+            p.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            p.hard_state = hs.clone();
+        }
         Ok(())
     }
     fn set_conf_state(&mut self, cs: &ConfState) -> std::io::Result<()> {
@@ -737,14 +769,22 @@ impl DiskLog {
 }
 
 impl Durable for DiskLog {
-    fn append(&mut self, entries: &[Entry]) -> std::io::Result<()> {
-        let bytes = entries_records(entries)?;
-        self.write(&bytes)
-    }
-
-    fn set_hard_state(&mut self, hs: &HardState) -> std::io::Result<()> {
-        let payload = hs.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
-        self.write(&record(KIND_HARD_STATE, &payload))
+    fn save(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> std::io::Result<()> {
+        let mut bytes = entries_records(entries)?;
+        if let Some(hs) = hs {
+            let payload = hs.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
+            bytes.extend(record(KIND_HARD_STATE, &payload));
+        }
+        self.log.write_all(&bytes)?;
+        match sync {
+            true => self.log.sync_data(),
+            false => Ok(()),
+        }
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> std::io::Result<()> {

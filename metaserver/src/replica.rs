@@ -364,18 +364,12 @@ impl Replica {
         }
         self.apply(ready.take_committed_entries(), out)?;
         let store_err = |e: raft::Error| format!("raft log: {e}");
-        if !ready.entries().is_empty() {
-            self.node
-                .mut_store()
-                .append(ready.entries())
-                .map_err(store_err)?;
-        }
-        if let Some(hs) = ready.hs() {
-            self.node
-                .mut_store()
-                .set_hard_state(hs.clone())
-                .map_err(store_err)?;
-        }
+        // Entries and hard state together: one write, one sync.
+        let hs = ready.hs().cloned();
+        self.node
+            .mut_store()
+            .persist(ready.entries(), hs)
+            .map_err(store_err)?;
         for rs in ready.take_read_states() {
             self.read_state(rs);
         }
