@@ -11,7 +11,7 @@ use crate::peers::Peers;
 use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
 use crate::reencode;
-use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token};
+use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token, TICK};
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-/// One Raft tick.
-pub const TICK: Duration = Duration::from_millis(50);
 /// Most inputs handled between two Raft rounds (bounds latency under load).
 const BATCH: usize = 4096;
 /// A server for each shard of a slice (`None`: left unplaced).
@@ -302,6 +300,8 @@ pub struct Core {
     lock_waits: Vec<LockWait>,
     /// The applied index the held-back lock queries were last checked at.
     lock_waits_checked: u64,
+    /// The origin of the clock the replica's leases are measured by.
+    epoch: Instant,
 }
 
 impl Core {
@@ -330,6 +330,7 @@ impl Core {
             placement_warned: None,
             lock_waits: Vec::new(),
             lock_waits_checked: 0,
+            epoch: Instant::now(),
         }
     }
 
@@ -353,10 +354,13 @@ impl Core {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            self.set_clock();
             let now = Instant::now();
             if now >= next_tick {
                 self.replica.tick();
-                next_tick = (next_tick + TICK).max(now);
+                // Never two ticks closer than TICK: a follower's election timeout counted in
+                // ticks must not pass faster than the leader's lease counted in real time.
+                next_tick = now + TICK;
             }
             let members = self.replica.sm.members.clone();
             let peers = &mut self.peers;
@@ -607,7 +611,16 @@ impl Core {
         }
     }
 
+    /// Tells the replica the time, as a lease must be checked against it: this thread may
+    /// have stood still (a paused process, a slow disk) since it last looked.
+    fn set_clock(&mut self) {
+        let ms = self.epoch.elapsed().as_millis();
+        self.replica
+            .set_clock(u64::try_from(ms).unwrap_or(u64::MAX));
+    }
+
     fn read(&mut self, token: Token) {
+        self.set_clock();
         if let Err(r) = self.replica.read(token) {
             let reject = self.reject(&r);
             self.fail(token, reject);

@@ -14,6 +14,7 @@ use raft::prelude::{
 use raft::{RawNode, StateRole};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// A caller's handle on a request in flight.
 pub type Token = u64;
@@ -23,6 +24,11 @@ const MAX_STATE_BYTES: u64 = 8 << 30;
 /// A read index request unanswered for this many ticks is asked again (raft-rs drops read
 /// requests a new leader gets before it has committed in its term, and heartbeats get lost).
 const READ_RETRY_TICKS: u32 = 10;
+/// How often the caller ticks a member, at most (never faster: leases rely on it).
+pub const TICK: Duration = Duration::from_millis(50);
+/// A leader's read lease ends this many ticks short of the election timeout, against the
+/// follower's first tick coming right after the heartbeat and clock rates that differ.
+const LEASE_MARGIN_TICKS: usize = 2;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -33,6 +39,8 @@ pub struct Tuning {
     /// Election timeouts are drawn from `election_tick..max_election_tick` (0: twice the
     /// election tick). The simulation pins it to make runs replayable.
     pub max_election_tick: usize,
+    /// The time between ticks, in milliseconds (what a lease is measured against).
+    pub tick_ms: u64,
 }
 
 impl Default for Tuning {
@@ -42,6 +50,7 @@ impl Default for Tuning {
             heartbeat_tick: 2,
             snapshot_every: 10_000,
             max_election_tick: 0,
+            tick_ms: TICK.as_millis() as u64,
         }
     }
 }
@@ -91,10 +100,39 @@ pub struct Replica {
     proposals: BTreeMap<u64, Token>,
     next_proposal: u64,
     reads_waiting: Vec<Token>,
-    reads_inflight: BTreeMap<u64, (Vec<Token>, u32)>,
+    reads_inflight: BTreeMap<u64, ReadRound>,
     reads_ready: Vec<(u64, Vec<Token>)>,
     next_read: u64,
     was_leader: bool,
+    /// The caller's monotonic clock, in milliseconds: it must count the time a paused
+    /// process stood still (ticks do not).
+    now_ms: u64,
+    lease: Lease,
+    /// Ticks since this member started, up to the election timeout: it grants no votes
+    /// until then (it may have acknowledged a leader's lease before it restarted).
+    ticks_since_start: usize,
+    election_tick: usize,
+}
+
+/// A read index round in flight.
+struct ReadRound {
+    tokens: Vec<Token>,
+    /// Ticks since it was issued.
+    age: u32,
+    /// When it was issued, and in which term: once a quorum answers its heartbeat, no other
+    /// member can be elected for an election timeout from then.
+    issued_ms: u64,
+    term: u64,
+}
+
+/// While a leader holds a lease, no other member can have been elected, so it answers
+/// reads from its own state without a round of heartbeats first.
+#[derive(Clone, Copy, Default)]
+struct Lease {
+    term: u64,
+    until_ms: u64,
+    /// How long a confirmed round holds, in milliseconds (0: no leases).
+    length_ms: u64,
 }
 
 fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
@@ -107,10 +145,10 @@ fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
         max_inflight_msgs: 256,
         check_quorum: true,
         pre_vote: true,
-        // A read waits for a quorum to acknowledge a heartbeat sent after it arrived (one
-        // round per batch of reads): a leader paused past its election timeout, whose
-        // followers have since elected another, then learns it was deposed instead of
-        // answering from its old state. A lease counted in ticks cannot promise that.
+        // A read index round waits for a quorum to acknowledge a heartbeat sent after it
+        // started. Leases (see `Lease`) are kept here, in real time: raft-rs counts them in
+        // ticks, and a leader paused past its election timeout, whose followers have since
+        // elected another, would answer from its old state.
         read_only_option: raft::ReadOnlyOption::Safe,
         max_election_tick: t.max_election_tick,
         ..Default::default()
@@ -166,6 +204,14 @@ impl Replica {
             reads_ready: Vec::new(),
             next_read: 0,
             was_leader: false,
+            now_ms: 0,
+            lease: Lease {
+                length_ms: (tuning.election_tick.saturating_sub(LEASE_MARGIN_TICKS) as u64)
+                    * tuning.tick_ms,
+                ..Lease::default()
+            },
+            ticks_since_start: 0,
+            election_tick: tuning.election_tick,
         })
     }
 
@@ -217,11 +263,12 @@ impl Replica {
 
     pub fn tick(&mut self) {
         self.node.tick();
+        self.ticks_since_start = (self.ticks_since_start + 1).min(self.election_tick);
         let mut retry = Vec::new();
-        self.reads_inflight.retain(|_, (tokens, age)| {
-            *age += 1;
-            if *age > READ_RETRY_TICKS {
-                retry.append(tokens);
+        self.reads_inflight.retain(|_, round| {
+            round.age += 1;
+            if round.age > READ_RETRY_TICKS {
+                retry.append(&mut round.tokens);
                 false
             } else {
                 true
@@ -230,11 +277,21 @@ impl Replica {
         self.reads_waiting.extend(retry);
     }
 
+    /// Moves the member's clock (monotonic milliseconds) forward; call it before `read` and
+    /// `advance`. A clock that stands still only shortens leases.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     /// Hands a message from a peer to Raft; malformed or stale messages are dropped, and so
     /// are those for another member (queued for a removed member that served at this
     /// address: Raft would take them for its own, and a commit index beyond this log panics).
+    /// A member that started less than an election timeout ago grants no votes: before it
+    /// restarted it may have heard a leader whose lease still runs.
     pub fn step(&mut self, msg: Message) {
-        if msg.to == self.id {
+        use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        let vote = matches!(msg.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
+        if msg.to == self.id && !(vote && self.ticks_since_start < self.election_tick) {
             let _ = self.node.step(msg);
         }
     }
@@ -300,13 +357,34 @@ impl Replica {
     }
 
     /// Queues a linearizable read: [`Event::ReadReady`] comes once the state machine has
-    /// applied everything committed before now.
+    /// applied everything committed before now. Under a lease that is everything this
+    /// leader has committed; otherwise it waits for a read index round, which renews the
+    /// lease.
     pub fn read(&mut self, token: Token) -> Result<(), Refusal> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        self.reads_waiting.push(token);
+        match self.lease_left() {
+            Some(left) => {
+                let committed = self.node.raft.raft_log.committed;
+                self.reads_ready.push((committed, vec![token]));
+                if left < self.lease.length_ms / 2 && self.reads_inflight.is_empty() {
+                    self.start_read_round(Vec::new());
+                }
+            }
+            None => self.reads_waiting.push(token),
+        }
         Ok(())
+    }
+
+    /// Milliseconds left of this leader's lease, if it holds one.
+    fn lease_left(&self) -> Option<u64> {
+        let r = &self.node.raft;
+        let valid = r.state == StateRole::Leader
+            && r.term == self.lease.term
+            && r.lead_transferee.is_none()
+            && self.now_ms < self.lease.until_ms;
+        valid.then(|| self.lease.until_ms - self.now_ms)
     }
 
     /// Starts a read index round for the reads waiting, unless one is in flight: reads that
@@ -315,10 +393,20 @@ impl Replica {
         if self.reads_waiting.is_empty() || !self.reads_inflight.is_empty() {
             return;
         }
+        let tokens = std::mem::take(&mut self.reads_waiting);
+        self.start_read_round(tokens);
+    }
+
+    fn start_read_round(&mut self, tokens: Vec<Token>) {
         let ctx = self.next_read;
         self.next_read += 1;
-        let tokens = std::mem::take(&mut self.reads_waiting);
-        self.reads_inflight.insert(ctx, (tokens, 0));
+        let round = ReadRound {
+            tokens,
+            age: 0,
+            issued_ms: self.now_ms,
+            term: self.term(),
+        };
+        self.reads_inflight.insert(ctx, round);
         self.node.read_index(ctx.to_le_bytes().to_vec());
     }
 
@@ -326,8 +414,17 @@ impl Replica {
         let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
             return;
         };
-        if let Some((tokens, _)) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
-            self.reads_ready.push((rs.index, tokens));
+        if let Some(round) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
+            if round.term == self.term() && self.lease.length_ms > 0 {
+                let until_ms = round.issued_ms + self.lease.length_ms;
+                if self.lease.term != round.term || self.lease.until_ms < until_ms {
+                    self.lease.term = round.term;
+                    self.lease.until_ms = until_ms;
+                }
+            }
+            if !round.tokens.is_empty() {
+                self.reads_ready.push((rs.index, round.tokens));
+            }
         }
     }
 
@@ -494,7 +591,7 @@ impl Replica {
                 .chain(
                     std::mem::take(&mut self.reads_inflight)
                         .into_values()
-                        .flat_map(|(t, _)| t),
+                        .flat_map(|round| round.tokens),
                 )
                 .chain(self.reads_ready.drain(..).flat_map(|(_, t)| t));
             out.events

@@ -21,6 +21,7 @@ const TUNING: Tuning = Tuning {
     heartbeat_tick: 2,
     snapshot_every: 25,
     max_election_tick: 11,
+    tick_ms: 50,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,9 @@ struct Sim {
     next: u64,
     /// Member 4's addition: not asked yet, in flight, or applied.
     join: Join,
+    /// Real time, in ticks: it moves with every member's tick, so no member's ticks run
+    /// ahead of it (as in the metaserver, where ticks come at most once per TICK).
+    time: u64,
     logger: slog::Logger,
 }
 
@@ -72,6 +76,7 @@ impl Sim {
             reads: BTreeMap::new(),
             next: 0,
             join: Join::NotYet,
+            time: 0,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         for id in 1..=3 {
@@ -118,8 +123,17 @@ impl Sim {
             .collect()
     }
 
+    /// Member `id`, its clock set to the time now.
     fn replica(&mut self, id: u64) -> &mut Replica {
-        self.nodes.get_mut(&id).unwrap().replica.as_mut().unwrap()
+        let now_ms = self.time * TUNING.tick_ms;
+        let r = self.nodes.get_mut(&id).unwrap().replica.as_mut().unwrap();
+        r.set_clock(now_ms);
+        r
+    }
+
+    fn tick(&mut self, id: u64) {
+        self.time += 1;
+        self.replica(id).tick();
     }
 
     fn advance(&mut self, id: u64) {
@@ -229,7 +243,7 @@ impl Sim {
         let live = self.live();
         let pick = live[self.rng.gen_range(0..live.len())];
         match self.rng.gen_range(0..100) {
-            0..=34 => self.replica(pick).tick(),
+            0..=34 => self.tick(pick),
             35..=74 if !self.net.is_empty() => {
                 let i = self.rng.gen_range(0..self.net.len());
                 let msg = self.net.swap_remove(i);
@@ -336,7 +350,7 @@ impl Sim {
             .collect();
         for &id in &running {
             if self.rng.gen_bool(0.8) {
-                self.replica(id).tick();
+                self.tick(id);
             }
             self.advance(id);
         }
@@ -395,7 +409,7 @@ impl Sim {
             // Ticks stay a little irregular so elections cannot tie forever.
             for id in self.live() {
                 if self.rng.gen_bool(0.8) {
-                    self.replica(id).tick();
+                    self.tick(id);
                 }
                 self.advance(id);
             }
@@ -466,15 +480,33 @@ fn run(seed: u64) {
     assert_eq!(first.members.len(), 4, "member 4 never joined");
 }
 
-/// A leader freezes (a paused process: no ticks, nothing sent or received) while the others
-/// elect a new leader and commit a write. Resumed, it is asked to read before it hears from
-/// anyone: the read must be refused, or wait until it can see that write.
+/// A leader with a read lease freezes (a paused process: no ticks, nothing sent or
+/// received) while the others elect a new leader and commit a write. Resumed, it is asked to
+/// read before it hears from anyone: the read must be refused, or wait until it can see that
+/// write (its lease ran out while it stood still).
 fn paused_leader(seed: u64) {
     let mut sim = Sim::new(seed);
     let mut held = Vec::new();
     sim.commit_at_new_leader(None, 0, &mut held);
     let old = sim.leader(None).expect("a leader committed");
     let term = sim.replica(old).term();
+    // A read round gives the leader a lease, under which the next read is answered at once.
+    for lease in [false, true] {
+        sim.next += 1;
+        let token = sim.next;
+        sim.replica(old).read(token).expect("the leader reads");
+        sim.reads.insert(token, sim.acked.clone());
+        sim.advance(old);
+        if lease {
+            assert!(
+                !sim.reads.contains_key(&token),
+                "a read under a lease waited"
+            );
+        }
+        while sim.reads.contains_key(&token) {
+            sim.round(None, &mut held);
+        }
+    }
     sim.commit_at_new_leader(Some(old), term, &mut held);
     assert!(sim.replica(old).is_leader(), "a frozen member changed");
 
