@@ -31,6 +31,9 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 /// Path MTU discovery may grow packets up to this (jumbo frames, loopback).
 const MTU_UPPER_BOUND: u16 = 9000;
+/// UDP socket buffers asked for: with the kernel's default (208 KiB) a burst at full
+/// window overflows the receive queue and the lost packets halve the congestion window.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -147,6 +150,53 @@ fn transport_config() -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
+/// An endpoint on a UDP socket bound to `bind` that accepts peers' datagrams up to
+/// MTU_UPPER_BOUND (quinn's default, 1472, would cap path MTU discovery there even on
+/// loopback).
+fn endpoint(
+    server: Option<quinn::ServerConfig>,
+    bind: SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MTU_UPPER_BOUND)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let socket = std::net::UdpSocket::bind(bind)?;
+    grow_buffers(&socket);
+    quinn::Endpoint::new(config, server, socket, runtime)
+}
+
+/// Asks for SOCKET_BUFFER of send and receive buffer: beyond the system's limit (the
+/// net.core.rmem_max / wmem_max sysctls) where the process may (CAP_NET_ADMIN), else up to
+/// it. Smaller buffers only cost speed, so a refusal is logged, not fatal.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let set = |option: libc::c_int| {
+        let value = SOCKET_BUFFER;
+        // SAFETY: a valid socket descriptor, and a pointer to an int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    };
+    for (forced, capped) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if !set(forced) && !set(capped) {
+            debug!(error = %std::io::Error::last_os_error(), "UDP socket buffer stays small");
+        }
+    }
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
 /// One QUIC endpoint with a pool of outgoing connections (one per peer address).
@@ -159,7 +209,7 @@ pub struct Node {
 impl Node {
     /// An endpoint that accepts connections on `bind` and can also open them.
     pub fn server(bind: SocketAddr, identity: &Identity) -> Result<Arc<Node>, TransportError> {
-        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, bind)
+        let mut endpoint = endpoint(Some(identity.server_config()?), bind)
             .map_err(|source| TransportError::Bind { addr: bind, source })?;
         endpoint.set_default_client_config(identity.client_config()?);
         Ok(Node::wrap(endpoint, identity))
@@ -168,8 +218,8 @@ impl Node {
     /// An endpoint that only opens connections.
     pub fn client(identity: &Identity) -> Result<Arc<Node>, TransportError> {
         let bind: SocketAddr = "[::]:0".parse().expect("literal address");
-        let mut endpoint = quinn::Endpoint::client(bind)
-            .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("literal address")))
+        let mut endpoint = endpoint(None, bind)
+            .or_else(|_| endpoint(None, "0.0.0.0:0".parse().expect("literal address")))
             .map_err(|source| TransportError::Bind { addr: bind, source })?;
         endpoint.set_default_client_config(identity.client_config()?);
         Ok(Node::wrap(endpoint, identity))
