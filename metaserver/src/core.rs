@@ -300,8 +300,6 @@ pub struct Core {
     lock_waits: Vec<LockWait>,
     /// The applied index the held-back lock queries were last checked at.
     lock_waits_checked: u64,
-    /// The origin of the clock the replica's leases are measured by.
-    epoch: Instant,
 }
 
 impl Core {
@@ -330,7 +328,6 @@ impl Core {
             placement_warned: None,
             lock_waits: Vec::new(),
             lock_waits_checked: 0,
-            epoch: Instant::now(),
         }
     }
 
@@ -614,9 +611,7 @@ impl Core {
     /// Tells the replica the time, as a lease must be checked against it: this thread may
     /// have stood still (a paused process, a slow disk) since it last looked.
     fn set_clock(&mut self) {
-        let ms = self.epoch.elapsed().as_millis();
-        self.replica
-            .set_clock(u64::try_from(ms).unwrap_or(u64::MAX));
+        self.replica.set_clock(boot_clock_ms());
     }
 
     fn read(&mut self, token: Token) {
@@ -1252,6 +1247,24 @@ impl Core {
             warnings: plan.warnings,
         }
     }
+}
+
+/// Milliseconds since boot, counting time the machine was suspended (CLOCK_BOOTTIME;
+/// `Instant` is CLOCK_MONOTONIC, which stops meanwhile and would stretch a lease). A clock
+/// that cannot be read reads as the end of time: no lease holds.
+fn boot_clock_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return u64::MAX;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
 fn domain_of(s: &ServerRecord) -> Domain {

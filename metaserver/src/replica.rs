@@ -36,7 +36,10 @@ pub struct Tuning {
     pub heartbeat_tick: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_every: u64,
-    /// Election timeouts are drawn from `election_tick..max_election_tick` (0: twice the
+    /// Election timeouts are drawn from `min_election_tick..max_election_tick` (0: the
+    /// election tick), at least the election tick.
+    pub min_election_tick: usize,
+    /// Election timeouts are drawn from `min_election_tick..max_election_tick` (0: twice the
     /// election tick). The simulation pins it to make runs replayable.
     pub max_election_tick: usize,
     /// The time between ticks, in milliseconds (what a lease is measured against).
@@ -49,6 +52,7 @@ impl Default for Tuning {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every: 10_000,
+            min_election_tick: 0,
             max_election_tick: 0,
             tick_ms: TICK.as_millis() as u64,
         }
@@ -108,9 +112,11 @@ pub struct Replica {
     /// process stood still (ticks do not).
     now_ms: u64,
     lease: Lease,
-    /// Ticks since this member started, up to the election timeout: it grants no votes
-    /// until then (it may have acknowledged a leader's lease before it restarted).
-    ticks_since_start: usize,
+    /// Ticks since this member last heard a leader (or started), up to the election
+    /// timeout: it grants no votes until then, as it may have confirmed a leader's lease.
+    /// raft-rs refuses them too, but forgets the leader on any message of a higher term (a
+    /// pre-vote's rejection), and a restarted member never knew it.
+    ticks_since_leader: usize,
     election_tick: usize,
 }
 
@@ -150,6 +156,7 @@ fn raft_config(id: u64, applied: u64, t: &Tuning) -> raft::Config {
         // ticks, and a leader paused past its election timeout, whose followers have since
         // elected another, would answer from its old state.
         read_only_option: raft::ReadOnlyOption::Safe,
+        min_election_tick: t.min_election_tick,
         max_election_tick: t.max_election_tick,
         ..Default::default()
     }
@@ -210,7 +217,7 @@ impl Replica {
                     * tuning.tick_ms,
                 ..Lease::default()
             },
-            ticks_since_start: 0,
+            ticks_since_leader: 0,
             election_tick: tuning.election_tick,
         })
     }
@@ -263,7 +270,7 @@ impl Replica {
 
     pub fn tick(&mut self) {
         self.node.tick();
-        self.ticks_since_start = (self.ticks_since_start + 1).min(self.election_tick);
+        self.ticks_since_leader = (self.ticks_since_leader + 1).min(self.election_tick);
         let mut retry = Vec::new();
         self.reads_inflight.retain(|_, round| {
             round.age += 1;
@@ -286,14 +293,25 @@ impl Replica {
     /// Hands a message from a peer to Raft; malformed or stale messages are dropped, and so
     /// are those for another member (queued for a removed member that served at this
     /// address: Raft would take them for its own, and a commit index beyond this log panics).
-    /// A member that started less than an election timeout ago grants no votes: before it
-    /// restarted it may have heard a leader whose lease still runs.
+    /// Vote requests are dropped within an election timeout of hearing a leader (see
+    /// `ticks_since_leader`).
     pub fn step(&mut self, msg: Message) {
-        use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
-        let vote = matches!(msg.get_msg_type(), MsgRequestVote | MsgRequestPreVote);
-        if msg.to == self.id && !(vote && self.ticks_since_start < self.election_tick) {
-            let _ = self.node.step(msg);
+        use raft::prelude::MessageType::{
+            MsgAppend, MsgHeartbeat, MsgRequestPreVote, MsgRequestVote, MsgSnapshot,
+        };
+        if msg.to != self.id {
+            return;
         }
+        match msg.get_msg_type() {
+            MsgAppend | MsgHeartbeat | MsgSnapshot if msg.term >= self.term() => {
+                self.ticks_since_leader = 0;
+            }
+            MsgRequestVote | MsgRequestPreVote if self.ticks_since_leader < self.election_tick => {
+                return;
+            }
+            _ => {}
+        }
+        let _ = self.node.step(msg);
     }
 
     pub fn report_unreachable(&mut self, id: u64) {
@@ -416,7 +434,7 @@ impl Replica {
         };
         if let Some(round) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
             if round.term == self.term() && self.lease.length_ms > 0 {
-                let until_ms = round.issued_ms + self.lease.length_ms;
+                let until_ms = round.issued_ms.saturating_add(self.lease.length_ms);
                 if self.lease.term != round.term || self.lease.until_ms < until_ms {
                     self.lease.term = round.term;
                     self.lease.until_ms = until_ms;

@@ -20,6 +20,7 @@ const TUNING: Tuning = Tuning {
     election_tick: 10,
     heartbeat_tick: 2,
     snapshot_every: 25,
+    min_election_tick: 10,
     max_election_tick: 11,
     tick_ms: 50,
 };
@@ -52,9 +53,14 @@ struct Sim {
     next: u64,
     /// Member 4's addition: not asked yet, in flight, or applied.
     join: Join,
-    /// Real time, in ticks: it moves with every member's tick, so no member's ticks run
-    /// ahead of it (as in the metaserver, where ticks come at most once per TICK).
+    /// Real time, in ticks. A member ticks at most once per unit (as in the metaserver,
+    /// where ticks come at most once per TICK), possibly right after a message: its
+    /// election timeout of N ticks may pass in N - 1 units, the least real time it takes.
     time: u64,
+    /// When each member last ticked.
+    ticked_at: BTreeMap<u64, u64>,
+    /// Each member's election timeout (in ticks; all others as in TUNING).
+    election_timeouts: BTreeMap<u64, usize>,
     logger: slog::Logger,
 }
 
@@ -64,6 +70,10 @@ fn addr(id: u64) -> SocketAddr {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_election_timeouts(seed, BTreeMap::new())
+    }
+
+    fn with_election_timeouts(seed: u64, election_timeouts: BTreeMap<u64, usize>) -> Sim {
         let founders: BTreeMap<MetaserverId, SocketAddr> =
             (1..=3).map(|i| (MetaserverId(i), addr(i))).collect();
         let mut sim = Sim {
@@ -77,6 +87,8 @@ impl Sim {
             next: 0,
             join: Join::NotYet,
             time: 0,
+            ticked_at: BTreeMap::new(),
+            election_timeouts,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         for id in 1..=3 {
@@ -107,7 +119,11 @@ impl Sim {
                 MetaserverId(id),
                 log,
                 &bootstrap,
-                TUNING,
+                Tuning {
+                    min_election_tick: self.election_timeouts.get(&id).copied().unwrap_or(10),
+                    max_election_tick: self.election_timeouts.get(&id).copied().unwrap_or(10) + 1,
+                    ..TUNING
+                },
                 &self.logger,
                 seed,
             )
@@ -132,7 +148,10 @@ impl Sim {
     }
 
     fn tick(&mut self, id: u64) {
-        self.time += 1;
+        if self.ticked_at.get(&id) == Some(&self.time) {
+            self.time += 1;
+        }
+        self.ticked_at.insert(id, self.time);
         self.replica(id).tick();
     }
 
@@ -343,13 +362,18 @@ impl Sim {
     /// irregularly, so elections cannot tie forever) and exchange messages until none are
     /// left; messages to and from `paused` wait in `held`.
     fn round(&mut self, paused: Option<u64>, held: &mut Vec<Message>) {
+        self.round_ticking(paused, held, 0.8);
+    }
+
+    /// A round in which each running member ticks with probability `p`.
+    fn round_ticking(&mut self, paused: Option<u64>, held: &mut Vec<Message>, p: f64) {
         let running: Vec<u64> = self
             .live()
             .into_iter()
             .filter(|&id| Some(id) != paused)
             .collect();
         for &id in &running {
-            if self.rng.gen_bool(0.8) {
+            if self.rng.gen_bool(p) {
                 self.tick(id);
             }
             self.advance(id);
@@ -508,8 +532,13 @@ fn paused_leader(seed: u64) {
         }
     }
     sim.commit_at_new_leader(Some(old), term, &mut held);
-    assert!(sim.replica(old).is_leader(), "a frozen member changed");
+    read_after_resume(&mut sim, old, &mut held);
+}
 
+/// The frozen leader `old` is resumed and asked to read before it hears from anyone: the
+/// read must be refused, or wait until it can see the others' writes.
+fn read_after_resume(sim: &mut Sim, old: u64, held: &mut Vec<Message>) {
+    assert!(sim.replica(old).is_leader(), "a frozen member changed");
     sim.next += 1;
     let token = sim.next;
     if sim.replica(old).read(token).is_ok() {
@@ -517,14 +546,55 @@ fn paused_leader(seed: u64) {
         sim.reads.insert(token, sim.acked.clone());
     }
     sim.advance(old);
-    sim.net.append(&mut held);
+    sim.net.append(held);
     for _ in 0..100 {
         if !sim.reads.contains_key(&token) {
             return;
         }
-        sim.round(None, &mut held);
+        sim.round(None, held);
     }
     panic!("the read at the old leader never ended");
+}
+
+/// A leader's lease ends before the others can elect another, however fast they go: right
+/// after the read round that gave the lease, the leader freezes; the others tick right
+/// after its last heartbeat and then once per unit of time, and one campaigns as soon as
+/// Raft lets it (election timeouts of 10, 11 and 12 ticks: no tied votes). The new leader
+/// commits a write, and the old one, resumed at that moment, must not answer from its old
+/// state.
+fn election_after_lease(seed: u64) {
+    let timeouts = (1..=3).map(|id| (id, 9 + id as usize)).collect();
+    let mut sim = Sim::with_election_timeouts(seed, timeouts);
+    let mut held = Vec::new();
+    sim.commit_at_new_leader(None, 0, &mut held);
+    let old = sim.leader(None).expect("a leader committed");
+    let term = sim.replica(old).term();
+    sim.time += 1;
+    sim.next += 1;
+    let token = sim.next;
+    sim.replica(old).read(token).expect("the leader reads");
+    sim.reads.insert(token, sim.acked.clone());
+    sim.advance(old);
+    sim.round_ticking(None, &mut held, 0.0);
+    assert!(
+        !sim.reads.contains_key(&token),
+        "the read round did not end"
+    );
+    // The new leader writes in the unit of time it was elected in.
+    let acked = sim.acked.len();
+    for _ in 0..1000 {
+        sim.round_ticking(Some(old), &mut held, 1.0);
+        if let Some(l) = sim.leader(Some(old)) {
+            if sim.replica(l).term() > term && sim.pending.is_empty() {
+                sim.propose(l);
+            }
+            sim.round_ticking(Some(old), &mut held, 0.0);
+        }
+        if sim.acked.len() > acked {
+            return read_after_resume(&mut sim, old, &mut held);
+        }
+    }
+    panic!("no new leader committed a write");
 }
 
 /// Runs `sim` with `SIM_SEED`, else with 16 random seeds; a failure names its seed.
@@ -553,4 +623,9 @@ fn random_loss_crashes_and_a_join_end_in_identical_state() {
 #[test]
 fn a_paused_leader_never_answers_a_read_from_its_old_state() {
     each_seed(paused_leader);
+}
+
+#[test]
+fn a_lease_ends_before_another_leader_can_be_elected() {
+    each_seed(election_after_lease);
 }
