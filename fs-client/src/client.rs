@@ -57,7 +57,20 @@ pub struct Client {
     /// Values of virtual xattrs (`lattice.`) given for a size query, kept a moment for the
     /// read that follows it.
     sized_virtual: Mutex<HashMap<XattrKey, (Vec<u8>, Instant)>>,
+    /// Open directory listings, by handle: the offset each is known to end at, once its
+    /// last entries were given (the kernel asks once more past them; that needs no call).
+    listings: Mutex<HashMap<u64, Option<u64>>>,
 }
+
+/// A page of a directory listing (see [`Client::list_dir`]).
+pub struct Listing {
+    pub dir: Attr,
+    pub parent: InodeId,
+    pub entries: Vec<(DirEntry, Attr)>,
+}
+
+/// Attributes kept at most (beyond it, those older than the attribute timeout go).
+const MAX_CACHED_ATTRS: usize = 1 << 17;
 
 /// An inode and an xattr name.
 type XattrKey = (InodeId, Vec<u8>);
@@ -81,6 +94,7 @@ impl Client {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             sized_virtual: Mutex::default(),
+            listings: Mutex::default(),
         })
     }
 
@@ -146,10 +160,14 @@ impl Client {
             let local = f.local_bytes().div_ceil(512);
             attr.blocks = (attr.blocks + local).min(attr.size.div_ceil(512));
         }
-        self.attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(attr.ino, (attr.clone(), Instant::now()));
+        let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        if attrs.len() >= MAX_CACHED_ATTRS {
+            attrs.retain(|_, (_, at)| at.elapsed() < self.tuning.attr_ttl);
+            if attrs.len() >= MAX_CACHED_ATTRS {
+                attrs.clear();
+            }
+        }
+        attrs.insert(attr.ino, (attr.clone(), Instant::now()));
         attr
     }
 
@@ -361,14 +379,63 @@ impl Client {
         }
     }
 
-    pub async fn readdir(
-        &self,
-        ino: InodeId,
-        cookie: u64,
-        limit: u32,
-    ) -> Result<Vec<DirEntry>, Errno> {
-        match self.query(FsQuery::ReadDir { ino, cookie, limit }).await? {
-            FsReply::Entries(e) => Ok(e),
+    /// A handle for listing a directory.
+    pub fn open_dir(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, None);
+        fh
+    }
+
+    pub fn close_dir(&self, fh: u64) {
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    /// Whether listing `fh` is known to end at (kernel) offset `offset`.
+    pub fn listing_ended(&self, fh: u64, offset: u64) -> bool {
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .is_some_and(|end| *end == Some(offset))
+    }
+
+    /// Notes that listing `fh` ends at (kernel) offset `offset`.
+    pub fn listing_ends(&self, fh: u64, offset: u64) {
+        if let Some(end) = self
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&fh)
+        {
+            *end = Some(offset);
+        }
+    }
+
+    /// Up to `limit` entries of directory `ino` after `cookie`, with attributes (kept for
+    /// the attribute timeout).
+    pub async fn list_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
+        match self
+            .query(FsQuery::ReadDirPlus { ino, cookie, limit })
+            .await?
+        {
+            FsReply::EntriesPlus {
+                dir,
+                parent,
+                entries,
+            } => Ok(Listing {
+                dir: self.remember(dir),
+                parent,
+                entries: entries
+                    .into_iter()
+                    .map(|(e, a)| (e, self.remember(a)))
+                    .collect(),
+            }),
             _ => Err(Errno::IO),
         }
     }

@@ -3,13 +3,14 @@
 
 use crate::client::Client;
 use fuser::consts::{
-    FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_DONT_MASK, FUSE_FLOCK_LOCKS,
-    FUSE_MAX_PAGES, FUSE_PARALLEL_DIROPS, FUSE_POSIX_ACL, FUSE_POSIX_LOCKS,
+    FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_DONT_MASK, FUSE_DO_READDIRPLUS,
+    FUSE_FLOCK_LOCKS, FUSE_MAX_PAGES, FUSE_PARALLEL_DIROPS, FUSE_POSIX_ACL, FUSE_POSIX_LOCKS,
+    FUSE_READDIRPLUS_AUTO,
 };
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use lattice_common::fs::{
     Attr, Caller, Errno, FileKind, LockKind, LockRange, LockSpace, RenameMode, SetAttr, TimeSet,
@@ -25,6 +26,43 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tracing::debug;
+
+/// Adds a directory's entries from kernel offset `offset` on through `add` (which says when
+/// the reply is full): offsets 1 and 2 are `.` and `..`, then each entry's cookie. A
+/// listing known to end at `offset` gets nothing, without asking the metaserver.
+async fn fill_listing(
+    c: &Client,
+    i: u64,
+    fh: u64,
+    offset: i64,
+    add: &mut (dyn FnMut(u64, i64, &OsStr, &Attr) -> bool + Send),
+) -> Result<(), Errno> {
+    let offset = u64::try_from(offset).unwrap_or(0);
+    if c.listing_ended(fh, offset) {
+        return Ok(());
+    }
+    let cookie = if offset <= 2 { 0 } else { offset };
+    let listing = c.list_dir(ino(i), cookie, READDIR_BATCH).await?;
+    let mut last = offset;
+    // The kernel takes no attributes from `.` and `..` entries: the directory's serve both.
+    let dots = [(1, i, "."), (2, listing.parent.0, "..")];
+    for (at, ino, name) in dots.into_iter().filter(|(at, _, _)| offset < *at) {
+        if add(ino, at as i64, OsStr::new(name), &listing.dir) {
+            return Ok(());
+        }
+        last = at;
+    }
+    for (e, a) in &listing.entries {
+        if add(e.ino.0, e.cookie as i64, OsStr::from_bytes(&e.name), a) {
+            return Ok(());
+        }
+        last = e.cookie;
+    }
+    if listing.entries.len() < READDIR_BATCH as usize {
+        c.listing_ends(fh, last);
+    }
+    Ok(())
+}
 
 /// Largest read or write request the kernel sends.
 pub const MAX_IO: u32 = 1 << 20;
@@ -240,7 +278,9 @@ impl Filesystem for LatticeFs {
             | FUSE_POSIX_LOCKS
             | FUSE_FLOCK_LOCKS
             | FUSE_POSIX_ACL
-            | FUSE_AUTO_INVAL_DATA;
+            | FUSE_AUTO_INVAL_DATA
+            | FUSE_DO_READDIRPLUS
+            | FUSE_READDIRPLUS_AUTO;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks FUSE capabilities {missing:#x}");
             let _ = config.add_capabilities(wanted & !missing);
@@ -527,41 +567,52 @@ impl Filesystem for LatticeFs {
         self.spawn(async move { done(reply, c.fsync(fh).await) });
     }
 
+    fn opendir(&mut self, _req: &Request<'_>, _i: u64, _flags: i32, reply: ReplyOpen) {
+        reply.opened(self.client.open_dir(), 0);
+    }
+
+    fn releasedir(&mut self, _req: &Request<'_>, _i: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.client.close_dir(fh);
+        reply.ok();
+    }
+
     fn readdir(
         &mut self,
         _req: &Request<'_>,
         i: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
         let c = self.client.clone();
         self.spawn(async move {
-            let dir = ino(i);
-            if offset < 1 && reply.add(i, 1, FileType::Directory, ".") {
-                return reply.ok();
+            let filled = fill_listing(&c, i, fh, offset, &mut |ino, offset, name, a| {
+                reply.add(ino, offset, file_type(a.kind), name)
+            })
+            .await;
+            match filled {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
             }
-            if offset < 2 {
-                let parent = c.lookup(dir, b"..").await.map_or(i, |a| a.ino.0);
-                if reply.add(parent, 2, FileType::Directory, "..") {
-                    return reply.ok();
-                }
-            }
-            let cookie = if offset <= 2 { 0 } else { offset as u64 };
-            match c.readdir(dir, cookie, READDIR_BATCH).await {
-                Ok(entries) => {
-                    for e in entries {
-                        if reply.add(
-                            e.ino.0,
-                            e.cookie as i64,
-                            file_type(e.kind),
-                            OsStr::from_bytes(&e.name),
-                        ) {
-                            break;
-                        }
-                    }
-                    reply.ok()
-                }
+        });
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        i: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (c, ttl) = (self.client.clone(), self.ttl);
+        self.spawn(async move {
+            let filled = fill_listing(&c, i, fh, offset, &mut |ino, offset, name, a| {
+                reply.add(ino, offset, name, &ttl, &file_attr(a), 0)
+            })
+            .await;
+            match filled {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(e.0),
             }
         });

@@ -71,6 +71,47 @@ async fn ordinary_tools_work_on_a_mount() -> Result<()> {
     tc.cluster.start_mount(2, &cold, "").await?;
     same_tree(&src, &cold.join("cp"))?;
 
+    // A directory longer than one listing page (512) lists whole, with each file's size
+    // (attributes come with the listing) and `..`; a name another mount adds shows next time.
+    let many = mnt.join("many");
+    std::fs::create_dir(&many)?;
+    for i in 0..1100 {
+        std::fs::write(many.join(format!("e{i}")), vec![b'x'; i % 7])?;
+    }
+    let long = sh(&format!("ls -ln {}", many.display()))?;
+    let mut sizes: Vec<(String, usize)> = long
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[f.len() - 1].to_string(),
+                f[4].parse().unwrap_or(usize::MAX),
+            )
+        })
+        .collect();
+    sizes.sort();
+    let mut expected: Vec<(String, usize)> = (0..1100).map(|i| (format!("e{i}"), i % 7)).collect();
+    expected.sort();
+    ensure!(
+        sizes == expected,
+        "ls -l of 1100 files: {} lines",
+        sizes.len()
+    );
+    let dots = sh(&format!("ls -ai {} | head -2", many.display()))?;
+    ensure!(
+        dots.split_whitespace().collect::<Vec<_>>()
+            == [
+                sh(&format!("stat -c %i {}", many.display()))?.trim(),
+                ".",
+                "1",
+                ".."
+            ],
+        "ls -ai shows {dots:?}"
+    );
+    std::fs::write(cold.join("many/late"), "z")?;
+    ensure!(sh(&format!("ls {} | wc -l", many.display()))?.trim() == "1101");
+
     // rsync -a and tar c | tar x of a source tree.
     let code = Path::new(env!("CARGO_MANIFEST_DIR")).join("../common");
     sh(&format!("rsync -a {}/ {m}/rsync/", code.display()))?;

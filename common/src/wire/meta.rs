@@ -187,6 +187,13 @@ pub enum FsQuery {
         offset: u64,
         data: bool,
     },
+    /// As `ReadDir`, each entry with its attributes, answered with `EntriesPlus`: what a
+    /// FUSE readdirplus needs, in one call.
+    ReadDirPlus {
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+    },
 }
 
 /// Where a chunkserver is and whether it is worth asking.
@@ -227,6 +234,12 @@ pub enum FsReply {
     },
     Done,
     Offset(u64),
+    /// A directory's attributes, its parent, and entries with their attributes.
+    EntriesPlus {
+        dir: Attr,
+        parent: InodeId,
+        entries: Vec<(DirEntry, Attr)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

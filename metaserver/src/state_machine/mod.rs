@@ -559,6 +559,18 @@ impl StateMachine {
             FsQuery::Seek { ino, offset, data } => {
                 ns.seek(*ino, *offset, *data).map(FsReply::Offset)
             }
+            FsQuery::ReadDirPlus { ino, cookie, limit } => {
+                let entries = ns
+                    .readdir(*ino, *cookie, *limit)?
+                    .into_iter()
+                    .map(|e| ns.attr(e.ino).map(|a| (e, a)))
+                    .collect::<Result<_, Errno>>()?;
+                Ok(FsReply::EntriesPlus {
+                    dir: ns.attr(*ino)?,
+                    parent: ns.lookup(*ino, b"..")?.ino,
+                    entries,
+                })
+            }
             FsQuery::GetLock {
                 ino,
                 client,
