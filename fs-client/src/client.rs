@@ -531,12 +531,20 @@ impl Client {
     /// cached contents dropped). An inode whose last name is gone is `ESTALE`: the kernel
     /// reached it through a name cached from before another mount removed or replaced it,
     /// and on ESTALE it looks the path up again.
+    /// The attributes come with the first chunk's slice map: reading a small file after
+    /// it needs no other call.
     pub async fn open(&self, ino: InodeId) -> Result<u64, Errno> {
-        let attr = self.getattr(ino).await?;
-        if attr.nlink == 0 && self.file(ino).is_none_or(|f| !f.is_open()) {
-            return Err(Errno::STALE);
+        let fh = self.open_handle(ino);
+        let file = self.handle(fh)?;
+        let loaded = file.load_slices(&self.backend, 0, 0).await;
+        let fresh = loaded.map(|attr| self.remember(attr));
+        match fresh {
+            Ok(attr) if attr.nlink > 0 || file.open_count() > 1 => Ok(fh),
+            fresh => {
+                self.drop_handle(fh);
+                Err(fresh.err().unwrap_or(Errno::STALE))
+            }
         }
-        Ok(self.open_handle(ino))
     }
 
     /// A handle on a file this client just created or found current.
@@ -704,16 +712,34 @@ impl Client {
         for owner in owners {
             result = result.and(self.drop_locks(&file, owner).await);
         }
+        self.closed(&file);
+        result
+    }
+
+    /// Forgets handle `fh` of an open that failed (nothing went through it).
+    fn drop_handle(&self, fh: u64) {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        if let Some(handle) = handle {
+            self.closed(&handle.file);
+        }
+    }
+
+    /// A handle on `file` closed: the last one takes the file's state along, unless data
+    /// is still to be written.
+    fn closed(&self, file: &Arc<FileState>) {
         if file.released() && !file.has_unflushed() {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
             if files
                 .get(&file.ino)
-                .is_some_and(|f| Arc::ptr_eq(f, &file) && !f.is_open())
+                .is_some_and(|f| Arc::ptr_eq(f, file) && !f.is_open())
             {
                 files.remove(&file.ino);
             }
         }
-        result
     }
 
     /// Every file this mount has state for (open, or with data not written out yet).

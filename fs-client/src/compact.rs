@@ -29,7 +29,7 @@ pub async fn compact(backend: &Backend, file: &FileState, chunk: u64) {
 /// Returns how many slices were replaced.
 async fn try_compact(backend: &Backend, file: &FileState, chunk: u64) -> Result<usize, Errno> {
     let ino = file.ino;
-    let (chunks, servers) = backend.slices(ino, chunk, chunk).await?;
+    let (_, (chunks, servers)) = backend.slices(ino, chunk, chunk).await?;
     let Some((_, slices)) = chunks.into_iter().find(|(c, _)| *c == chunk) else {
         return Ok(0);
     };

@@ -7,7 +7,7 @@ use crate::readahead::{Fetch, ReadAhead};
 use crate::writer;
 use futures::future::join_all;
 use lattice_common::chunk_map::{self, SliceRef};
-use lattice_common::fs::Errno;
+use lattice_common::fs::{Attr, Errno};
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::slice_io::SliceIo;
@@ -41,8 +41,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Asks the metaservers for the slices of chunks `first..=last` of `ino`.
-    pub async fn slices(&self, ino: InodeId, first: u64, last: u64) -> Result<Slices, Errno> {
+    /// Asks the metaservers for the slices of chunks `first..=last` of `ino`, and the
+    /// file's attributes.
+    pub async fn slices(
+        &self,
+        ino: InodeId,
+        first: u64,
+        last: u64,
+    ) -> Result<(Attr, Slices), Errno> {
         let reply = self
             .meta
             .query(FsQuery::Slices { ino, first, last })
@@ -50,8 +56,10 @@ impl Backend {
             .map_err(|_| Errno::IO)??;
         match reply {
             FsReply::Slices {
-                chunks, servers, ..
-            } => Ok((chunks, servers)),
+                attr,
+                chunks,
+                servers,
+            } => Ok((attr, (chunks, servers))),
             _ => Err(Errno::IO),
         }
     }
@@ -88,6 +96,9 @@ struct WriteErrors {
 struct SliceCache {
     chunks: HashMap<u64, (Instant, Vec<SliceRef>)>,
     servers: HashMap<ChunkserverId, ServerAddr>,
+    /// Bumped by every invalidation: a map fetched across one is used by the read that
+    /// asked (its overlay predates it) but not kept, as it may miss the commit behind it.
+    generation: u64,
 }
 
 pub struct FileState {
@@ -105,6 +116,7 @@ pub struct FileState {
 }
 
 /// A file's slices for a range of chunks, with the servers they name.
+#[derive(Default)]
 pub struct SliceMap {
     pub chunks: HashMap<u64, Vec<SliceRef>>,
     pub servers: HashMap<ChunkserverId, ServerAddr>,
@@ -138,7 +150,11 @@ impl FileState {
     }
 
     pub fn is_open(&self) -> bool {
-        self.opens.load(Ordering::Relaxed) > 0
+        self.open_count() > 0
+    }
+
+    pub fn open_count(&self) -> u32 {
+        self.opens.load(Ordering::Relaxed)
     }
 
     pub fn note_locker(&self, owner: u64) {
@@ -368,7 +384,12 @@ impl FileState {
     /// Drops the cached slice map and read-ahead blocks (the committed contents changed, or
     /// may have).
     pub fn invalidate_slices(&self) {
-        *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = SliceCache::default();
+        let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = SliceCache {
+            generation: cache.generation + 1,
+            ..SliceCache::default()
+        };
+        drop(cache);
         self.readahead
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -396,40 +417,73 @@ impl FileState {
         first: u64,
         last: u64,
     ) -> Result<SliceMap, Errno> {
-        let missing: Vec<u64> = {
+        let (generation, mut map) = {
             let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-            (first..=last)
-                .filter(|c| {
-                    cache
-                        .chunks
-                        .get(c)
-                        .is_none_or(|(t, _)| t.elapsed() > backend.slice_ttl)
+            let chunks = (first..=last)
+                .filter_map(|c| {
+                    let (at, slices) = cache.chunks.get(&c)?;
+                    (at.elapsed() <= backend.slice_ttl).then(|| (c, slices.clone()))
                 })
-                .collect()
+                .collect();
+            let servers = cache.servers.clone();
+            (cache.generation, SliceMap { chunks, servers })
         };
+        let missing: Vec<u64> = (first..=last)
+            .filter(|c| !map.chunks.contains_key(c))
+            .collect();
         if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
             let mut start = lo;
             while start <= hi {
                 let end = hi.min(start + CHUNKS_PER_QUERY - 1);
-                let (chunks, servers) = backend.slices(self.ino, start, end).await?;
-                let now = Instant::now();
-                let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-                for c in start..=end {
-                    cache.chunks.insert(c, (now, Vec::new()));
-                }
-                for (c, slices) in chunks {
-                    cache.chunks.insert(c, (now, slices));
-                }
-                cache.servers.extend(servers.into_iter().map(|s| (s.id, s)));
+                let (_, slices) = backend.slices(self.ino, start, end).await?;
+                self.keep_slices(generation, (start, end), slices, &mut map);
                 start = end + 1;
             }
         }
-        let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(SliceMap {
-            chunks: (first..=last)
-                .filter_map(|c| cache.chunks.get(&c).map(|(_, s)| (c, s.clone())))
-                .collect(),
-            servers: cache.servers.clone(),
-        })
+        Ok(map)
+    }
+
+    /// Fetches the slices of chunks `first..=last` (kept as `slice_map` would) with the
+    /// file's attributes, in one call.
+    pub async fn load_slices(
+        &self,
+        backend: &Backend,
+        first: u64,
+        last: u64,
+    ) -> Result<Attr, Errno> {
+        let generation = self
+            .slices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation;
+        let (attr, slices) = backend.slices(self.ino, first, last).await?;
+        self.keep_slices(generation, (first, last), slices, &mut SliceMap::default());
+        Ok(attr)
+    }
+
+    /// Adds the fetched slices of chunks `first..=last` (none listed: no slices) to `map`,
+    /// and to the cache unless it was invalidated since `generation`.
+    fn keep_slices(
+        &self,
+        generation: u64,
+        (first, last): (u64, u64),
+        (chunks, servers): Slices,
+        map: &mut SliceMap,
+    ) {
+        map.chunks.extend((first..=last).map(|c| (c, Vec::new())));
+        map.chunks.extend(chunks);
+        map.servers.extend(servers.into_iter().map(|s| (s.id, s)));
+        let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            let now = Instant::now();
+            for c in first..=last {
+                if let Some(slices) = map.chunks.get(&c) {
+                    cache.chunks.insert(c, (now, slices.clone()));
+                }
+            }
+            cache
+                .servers
+                .extend(map.servers.iter().map(|(&id, s)| (id, s.clone())));
+        }
     }
 }
