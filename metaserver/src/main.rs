@@ -120,6 +120,13 @@ struct ServeArgs {
     /// Take a snapshot after this many applied log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Whether the leader answers reads under a lease (`on`: from its own state while a
+    /// quorum confirmed it within the last 400 ms) or only after a round of heartbeats
+    /// (`off`). Leases rely on clocks: turn them off on hosts that can be frozen whole and
+    /// resumed with their clock behind (VM pause or live migration).
+    #[arg(long, env = "LATTICE_READ_LEASE", value_name = "on|off", default_value = "on",
+        value_parser = ["on", "off"])]
+    read_lease: String,
     /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9100), on /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -489,6 +496,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let log = raft_log::RaftLog::new(persisted, Box::new(disk));
     let tuning = replica::Tuning {
         snapshot_every: args.snapshot_every,
+        read_lease: args.read_lease == "on",
         ..Default::default()
     };
     let replica = replica::Replica::new(

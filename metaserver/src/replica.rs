@@ -44,6 +44,8 @@ pub struct Tuning {
     pub max_election_tick: usize,
     /// The time between ticks, in milliseconds (what a lease is measured against).
     pub tick_ms: u64,
+    /// Whether the leader answers reads under a lease (see `Lease`).
+    pub read_lease: bool,
 }
 
 impl Default for Tuning {
@@ -55,6 +57,7 @@ impl Default for Tuning {
             min_election_tick: 0,
             max_election_tick: 0,
             tick_ms: TICK.as_millis() as u64,
+            read_lease: true,
         }
     }
 }
@@ -213,8 +216,10 @@ impl Replica {
             was_leader: false,
             now_ms: 0,
             lease: Lease {
-                length_ms: (tuning.election_tick.saturating_sub(LEASE_MARGIN_TICKS) as u64)
-                    * tuning.tick_ms,
+                length_ms: match tuning.read_lease {
+                    true => tuning.election_tick.saturating_sub(LEASE_MARGIN_TICKS) as u64,
+                    false => 0,
+                } * tuning.tick_ms,
                 ..Lease::default()
             },
             ticks_since_leader: 0,

@@ -23,6 +23,7 @@ const TUNING: Tuning = Tuning {
     min_election_tick: 10,
     max_election_tick: 11,
     tick_ms: 50,
+    read_lease: true,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
