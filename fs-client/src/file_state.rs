@@ -276,23 +276,28 @@ impl FileState {
             if let Some(mut previous) = previous {
                 let _ = previous.wait_for(|d| *d).await;
             }
-            let mut error = None;
-            for s in stored {
-                let result = match s {
-                    Ok(s) => {
-                        let chunk = s.chunk;
-                        writer::commit(&backend.meta, file.ino, s)
-                            .await
-                            .map(|slices| file.committed_into(&backend, chunk, slices))
+            // A batch's pieces never overlap, so their commits may land in any order: sent
+            // together, they share the leader's Raft rounds.
+            let commits = stored.into_iter().map(|s| {
+                let (file, backend) = (&file, &backend);
+                async move {
+                    let result = match s {
+                        Ok(s) => {
+                            let chunk = s.chunk;
+                            writer::commit(&backend.meta, file.ino, s)
+                                .await
+                                .map(|slices| file.committed_into(backend, chunk, slices))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(()) => backend.stats.slices_committed.add(1),
+                        Err(_) => backend.stats.write_errors.add(1),
                     }
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(()) => backend.stats.slices_committed.add(1),
-                    Err(_) => backend.stats.write_errors.add(1),
+                    result
                 }
-                error = error.or(result.err());
-            }
+            });
+            let error = join_all(commits).await.into_iter().find_map(Result::err);
             // The slice map must show the new slices before the batch stops being overlaid.
             file.invalidate_slices();
             let mut b = file.buffers();
