@@ -531,18 +531,18 @@ impl Client {
     /// cached contents dropped). An inode whose last name is gone is `ESTALE`: the kernel
     /// reached it through a name cached from before another mount removed or replaced it,
     /// and on ESTALE it looks the path up again.
+    ///
     /// The attributes come with the first chunk's slice map: reading a small file after
     /// it needs no other call.
     pub async fn open(&self, ino: InodeId) -> Result<u64, Errno> {
         let fh = self.open_handle(ino);
         let file = self.handle(fh)?;
-        let loaded = file.load_slices(&self.backend, 0, 0).await;
-        let fresh = loaded.map(|attr| self.remember(attr));
-        match fresh {
-            Ok(attr) if attr.nlink > 0 || file.open_count() > 1 => Ok(fh),
-            fresh => {
+        let attr = file.load_slices(&self.backend, 0, 0).await;
+        match attr.map(|a| self.remember(a)) {
+            Ok(a) if a.nlink > 0 || file.open_count() > 1 => Ok(fh),
+            failed => {
                 self.drop_handle(fh);
-                Err(fresh.err().unwrap_or(Errno::STALE))
+                Err(failed.err().unwrap_or(Errno::STALE))
             }
         }
     }

@@ -780,10 +780,9 @@ impl Durable for DiskLog {
             let payload = hs.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
             bytes.extend(record(KIND_HARD_STATE, &payload));
         }
-        self.log.write_all(&bytes)?;
         match sync {
-            true => self.log.sync_data(),
-            false => Ok(()),
+            true => self.write(&bytes),
+            false => self.log.write_all(&bytes),
         }
     }
 
