@@ -47,12 +47,8 @@ async fn try_compact(backend: &Backend, file: &FileState, chunk: u64) -> Result<
                 warn!(%ino, %slice, "reading for compaction: {e}");
                 Errno::IO
             })?;
-        let piece = Piece {
-            chunk,
-            chunk_offset: a,
-            data: Bytes::from(data),
-        };
-        new.push(writer::store(backend, ino, piece).await?.slice);
+        let piece = Piece::contiguous(chunk, a, Bytes::from(data));
+        new.extend(writer::store(backend, ino, piece).await?.refs);
     }
     let op = FsOp::ReplaceSlices {
         ino,

@@ -1,7 +1,9 @@
 //! From buffered writes to committed slices. A file's dirty extents are cut at chunk
-//! boundaries; each piece becomes one immutable slice: allocate (the metaserver places it),
-//! encode and store every shard, commit. Uploads of one file run in parallel, but commits
-//! keep the order the data was written in, so a newer slice always lands on top.
+//! boundaries; the pieces of each chunk become one immutable slice, their bytes laid end
+//! to end (scattered small writes cost one slice per chunk, not one each): allocate (the
+//! metaserver places it), encode and store every shard, commit one reference per range.
+//! Uploads of one file run in parallel, but commits keep the order the data was written
+//! in, so a newer slice always lands on top.
 
 use crate::extents::Extents;
 use crate::file_state::Backend;
@@ -20,39 +22,80 @@ use tracing::warn;
 /// until the metaserver itself notices a dead server).
 const AVOID_FOR: Duration = Duration::from_secs(5);
 
-/// One piece of a flush: bytes that go into one slice of one chunk.
+/// What goes into one slice: ranges of one chunk, their bytes end to end in `data`.
 pub struct Piece {
     pub chunk: u64,
-    pub chunk_offset: u64,
+    /// (chunk offset, length) of each range, in order of offset; the lengths sum to
+    /// `data.len()`.
+    pub ranges: Vec<(u64, u64)>,
     pub data: Bytes,
 }
 
-/// Cuts extents into slice-sized pieces that never cross a chunk boundary.
+impl Piece {
+    /// One contiguous range.
+    pub fn contiguous(chunk: u64, chunk_offset: u64, data: Bytes) -> Piece {
+        Piece {
+            chunk,
+            ranges: vec![(chunk_offset, data.len() as u64)],
+            data,
+        }
+    }
+
+    /// The references that show this piece's ranges once it is stored as `base`'s slice.
+    fn refs(&self, base: SliceRef) -> Vec<SliceRef> {
+        let mut skip = 0;
+        self.ranges
+            .iter()
+            .map(|&(chunk_offset, len)| {
+                let r = SliceRef {
+                    chunk_offset,
+                    skip,
+                    len,
+                    ..base.clone()
+                };
+                skip += len;
+                r
+            })
+            .collect()
+    }
+}
+
+/// Cuts extents into one piece per chunk they touch. Extents never overlap, so neither do
+/// a piece's ranges; a chunk's ranges fit one slice (a chunk is a slice's largest size).
 pub fn pieces(extents: &Extents) -> Vec<Piece> {
-    let mut out = Vec::new();
+    // Pieces being gathered: chunk, ranges, bytes.
+    type Gathering = (u64, Vec<(u64, u64)>, Vec<u8>);
+    let mut out: Vec<Gathering> = Vec::new();
     for (start, data) in extents.iter() {
-        let data = Bytes::copy_from_slice(data);
         let mut pos = 0usize;
         while pos < data.len() {
             let at = start + pos as u64;
             let chunk = at / CHUNK_SIZE;
             let chunk_offset = at % CHUNK_SIZE;
             let take = ((CHUNK_SIZE - chunk_offset) as usize).min(data.len() - pos);
-            out.push(Piece {
-                chunk,
-                chunk_offset,
-                data: data.slice(pos..pos + take),
-            });
+            if out.last().is_none_or(|(c, _, _)| *c != chunk) {
+                out.push((chunk, Vec::new(), Vec::new()));
+            }
+            let (_, ranges, bytes) = out.last_mut().expect("just pushed");
+            ranges.push((chunk_offset, take as u64));
+            bytes.extend_from_slice(&data[pos..pos + take]);
             pos += take;
         }
     }
-    out
+    out.into_iter()
+        .map(|(chunk, ranges, bytes)| Piece {
+            chunk,
+            ranges,
+            data: Bytes::from(bytes),
+        })
+        .collect()
 }
 
-/// A slice stored on its chunkservers but not yet committed.
+/// A slice stored on its chunkservers but not yet committed: its references, one per
+/// range of its piece.
 pub struct Stored {
     pub chunk: u64,
-    pub slice: SliceRef,
+    pub refs: Vec<SliceRef>,
 }
 
 /// Allocates a slice for `piece` and stores its shards. Shards that cannot be stored are
@@ -125,16 +168,17 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
                         return Err(Errno::IO);
                     }
                 }
+                let base = SliceRef {
+                    slice,
+                    layout,
+                    placement: placed,
+                    chunk_offset: 0,
+                    skip: 0,
+                    len,
+                };
                 return Ok(Stored {
                     chunk: piece.chunk,
-                    slice: SliceRef {
-                        slice,
-                        layout,
-                        placement: placed,
-                        chunk_offset: piece.chunk_offset,
-                        skip: 0,
-                        len,
-                    },
+                    refs: piece.refs(base),
                 });
             }
             Ok(_) => return Err(Errno::IO),
@@ -153,10 +197,10 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
 
 /// Makes a stored slice part of the file; returns how many slices its chunk now holds.
 pub async fn commit(meta: &MetaClient, ino: InodeId, stored: Stored) -> Result<usize, Errno> {
-    let op = FsOp::CommitSlice {
+    let op = FsOp::CommitSlices {
         ino,
         chunk: stored.chunk,
-        slice: stored.slice,
+        slices: stored.refs,
     };
     match meta.mutate(op).await {
         Ok(Ok(FsReply::Committed { slices, .. })) => Ok(slices as usize),
@@ -178,11 +222,50 @@ mod tests {
         let mut e = Extents::default();
         e.write(CHUNK_SIZE - 10, &[1; 30]);
         e.write(5, &[2; 3]);
+        e.write(CHUNK_SIZE + 40, &[3; 2]);
         let p = pieces(&e);
-        let spans: Vec<(u64, u64, usize)> = p
+        let spans: Vec<_> = p
             .iter()
-            .map(|p| (p.chunk, p.chunk_offset, p.data.len()))
+            .map(|p| (p.chunk, p.ranges.clone(), p.data.to_vec()))
             .collect();
-        assert_eq!(spans, vec![(0, 5, 3), (0, CHUNK_SIZE - 10, 10), (1, 0, 20)]);
+        let mut first = vec![2; 3];
+        first.extend([1; 10]);
+        let mut second = vec![1; 20];
+        second.extend([3; 2]);
+        assert_eq!(
+            spans,
+            vec![
+                (0, vec![(5, 3), (CHUNK_SIZE - 10, 10)], first),
+                (1, vec![(0, 20), (40, 2)], second)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pieces_references_show_its_ranges_in_order() {
+        let piece = Piece {
+            chunk: 0,
+            ranges: vec![(100, 3), (4096, 5)],
+            data: Bytes::from_static(&[7; 8]),
+        };
+        let base = SliceRef {
+            slice: lattice_common::ids::SliceId(1),
+            layout: lattice_common::layout::SliceLayout::new(
+                lattice_common::policy::Policy::Mirror { copies: 2 },
+                8,
+                4096,
+            )
+            .unwrap(),
+            placement: vec![None, None],
+            chunk_offset: 0,
+            skip: 0,
+            len: 8,
+        };
+        let refs: Vec<(u64, u64, u64)> = piece
+            .refs(base)
+            .iter()
+            .map(|r| (r.chunk_offset, r.skip, r.len))
+            .collect();
+        assert_eq!(refs, vec![(100, 0, 3), (4096, 3, 5)]);
     }
 }

@@ -131,6 +131,15 @@ pub enum FsOp {
         offset: u64,
         len: u64,
     },
+    /// One stored slice holding several ranges of chunk `chunk` (a flush of scattered
+    /// writes stores them as one slice): every reference names that slice and shows its
+    /// part of the slice's data. They land together, in order, each as [`FsOp::CommitSlice`]
+    /// would land it; one bad reference refuses them all.
+    CommitSlices {
+        ino: InodeId,
+        chunk: u64,
+        slices: Vec<SliceRef>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

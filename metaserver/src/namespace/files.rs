@@ -59,32 +59,34 @@ impl Namespace {
         Ok(released)
     }
 
-    /// Adds a written slice on top of chunk `chunk`; returns the new attributes and older
-    /// slices it hides completely.
+    /// Adds written slice references on top of chunk `chunk`, in order (each one above
+    /// those before it); returns the new attributes and older slices they hide completely.
+    /// All or nothing: one bad reference refuses them all.
     pub fn commit_slice(
         &mut self,
         ino: InodeId,
         chunk: u64,
-        slice: SliceRef,
+        refs: Vec<SliceRef>,
         now: Timestamp,
     ) -> Result<(Attr, Vec<SliceRef>), Errno> {
-        if !slice.is_valid() {
+        if refs.is_empty() || !refs.iter().all(SliceRef::is_valid) {
             return Err(Errno::INVAL);
         }
+        let last_byte = refs.iter().map(SliceRef::chunk_end).max().unwrap_or(0);
         let end = chunk
             .checked_mul(CHUNK_SIZE)
-            .and_then(|base| base.checked_add(slice.chunk_end()))
+            .and_then(|base| base.checked_add(last_byte))
             .filter(|&end| end <= MAX_FILE_SIZE)
             .ok_or(Errno::FBIG)?;
         if self.get(ino)?.nlink == 0 && !self.orphans.contains_key(&ino) {
             return Err(Errno::NOENT);
         }
         let slices = self.chunks_mut(ino)?.entry(chunk).or_default();
-        if slices.len() >= MAX_SLICES_PER_CHUNK {
+        if slices.len().saturating_add(refs.len()) > MAX_SLICES_PER_CHUNK {
             return Err(Errno::NOSPC);
         }
         let before = chunk_map::data_bytes(slices);
-        slices.push(slice);
+        slices.extend(refs);
         let hidden = chunk_map::drop_hidden(slices);
         let released = chunk_map::unreferenced(slices, hidden);
         let after = chunk_map::data_bytes(slices);

@@ -377,10 +377,14 @@ fn slice_after_visits_every_slice_once_in_list_order() {
     );
     dir(&mut ns, ROOT, "d");
     // Newer ids below older ones in a list (as a re-encode or compaction leaves them).
-    ns.commit_slice(a, 0, slice_ref(9, 0, 10), t(1)).unwrap();
-    ns.commit_slice(a, 0, slice_ref(3, 20, 10), t(2)).unwrap();
-    ns.commit_slice(a, 2, slice_ref(5, 0, 10), t(3)).unwrap();
-    ns.commit_slice(b, 1, slice_ref(1, 0, 10), t(4)).unwrap();
+    ns.commit_slice(a, 0, vec![slice_ref(9, 0, 10)], t(1))
+        .unwrap();
+    ns.commit_slice(a, 0, vec![slice_ref(3, 20, 10)], t(2))
+        .unwrap();
+    ns.commit_slice(a, 2, vec![slice_ref(5, 0, 10)], t(3))
+        .unwrap();
+    ns.commit_slice(b, 1, vec![slice_ref(1, 0, 10)], t(4))
+        .unwrap();
     let mut seen = Vec::new();
     let mut at = None;
     while let Some((pos, s)) = ns.slice_after(at) {
@@ -396,12 +400,17 @@ fn slice_after_visits_every_slice_once_in_list_order() {
 fn slices_commit_hide_and_truncate() {
     let mut ns = Namespace::new(t(0));
     let f = file(&mut ns, ROOT, "f");
-    let (attr, gone) = ns.commit_slice(f, 1, slice_ref(1, 100, 50), t(1)).unwrap();
+    let (attr, gone) = ns
+        .commit_slice(f, 1, vec![slice_ref(1, 100, 50)], t(1))
+        .unwrap();
     assert_eq!(attr.size, CHUNK + 150);
     assert!(gone.is_empty());
-    let (_, gone) = ns.commit_slice(f, 1, slice_ref(2, 90, 100), t(2)).unwrap();
+    let (_, gone) = ns
+        .commit_slice(f, 1, vec![slice_ref(2, 90, 100)], t(2))
+        .unwrap();
     assert_eq!(gone, vec![slice_ref(1, 100, 50)]);
-    ns.commit_slice(f, 0, slice_ref(3, 0, 10), t(3)).unwrap();
+    ns.commit_slice(f, 0, vec![slice_ref(3, 0, 10)], t(3))
+        .unwrap();
     // Cut inside chunk 1: slice 2 keeps 10 bytes; then cut to chunk 0: slice 2 goes.
     let (a, gone) = ns
         .setattr(
@@ -438,7 +447,7 @@ fn slices_commit_hide_and_truncate() {
         )]
     );
     assert_eq!(
-        ns.commit_slice(ROOT, 0, slice_ref(4, 0, 1), t(6)),
+        ns.commit_slice(ROOT, 0, vec![slice_ref(4, 0, 1)], t(6)),
         Err(Errno::ISDIR)
     );
     assert_eq!(
@@ -520,7 +529,7 @@ proptest! {
                 }
                 Op::Truncate(i, s) => ns.setattr(pick(i), &SetAttr { size: Some(s), ..Default::default() }, now).map(drop),
                 Op::Reap(i) => ns.reap(pick(i)).map(drop),
-                Op::Write(i, chunk, at, len) => ns.commit_slice(pick(i), chunk, slice_ref(step as u64, at, len), now).map(drop),
+                Op::Write(i, chunk, at, len) => ns.commit_slice(pick(i), chunk, vec![slice_ref(step as u64, at, len)], now).map(drop),
             };
             if result.is_err() {
                 prop_assert_eq!(&ns, &before, "a failed operation changed the namespace");
@@ -549,7 +558,7 @@ proptest! {
         for (k, &(c, a, len)) in writes.iter().enumerate() {
             let at = place(c, a) % CHUNK;
             let len = len.min(CHUNK - at);
-            ns.commit_slice(f, c, slice_ref(k as u64 + 1, at, len), t(1)).unwrap();
+            ns.commit_slice(f, c, vec![slice_ref(k as u64 + 1, at, len)], t(1)).unwrap();
             spans.push((c * CHUNK + at, c * CHUNK + at + len));
         }
         if let Some(size) = cut {

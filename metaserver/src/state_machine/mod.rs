@@ -405,7 +405,8 @@ impl StateMachine {
             FsOp::SetPolicy { ino, policy } => ns.set_policy(ino, policy, now).map(FsReply::Attr),
             // The leader turns allocations into `Command::Allocate`.
             FsOp::AllocateSlice { .. } => Err(Errno::INVAL),
-            FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, slice, now),
+            FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, vec![slice], now),
+            FsOp::CommitSlices { ino, chunk, slices } => self.commit(ino, chunk, slices, now),
             FsOp::ReplaceSlices {
                 ino,
                 chunk,
@@ -470,17 +471,26 @@ impl StateMachine {
         })
     }
 
-    /// Commits a stored slice.
+    /// Commits a stored slice: the references to it, which all name it and its servers
+    /// alike.
     fn commit(
         &mut self,
         ino: InodeId,
         chunk: u64,
-        slice: SliceRef,
+        refs: Vec<SliceRef>,
         now: Timestamp,
     ) -> Result<FsReply, Errno> {
-        self.check_stored(ino, &slice)?;
-        let (attr, hidden) = self.ns.commit_slice(ino, chunk, slice.clone(), now)?;
-        self.pending.remove(&slice.slice);
+        let first = refs.first().ok_or(Errno::INVAL)?;
+        let id = first.slice;
+        let alike = refs
+            .iter()
+            .all(|r| (r.slice, r.layout, &r.placement) == (id, first.layout, &first.placement));
+        if !alike {
+            return Err(Errno::INVAL);
+        }
+        self.check_stored(ino, first)?;
+        let (attr, hidden) = self.ns.commit_slice(ino, chunk, refs, now)?;
+        self.pending.remove(&id);
         self.discard(hidden, now);
         let slices = self
             .ns

@@ -78,6 +78,8 @@ enum Step {
         at: Offset,
         skip: u64,
         len: u64,
+        /// More references to the same slice, committed with the first (at, skip, len).
+        more: Vec<(Offset, u64, u64)>,
         /// 0: a valid commit; else one thing about it is wrong.
         tamper: u8,
     },
@@ -185,8 +187,9 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0u8..6).prop_map(Step::Create),
         10 => (client.clone(), any::<usize>(), length(), 0u8..3, prop_oneof![4 => Just(0usize), 1 => 1usize..3])
             .prop_map(|(client, file, len, policy, missing)| Step::Allocate { client, file, len, policy, missing }),
-        12 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), prop_oneof![Just(0u64), 0u64..400], length(), prop_oneof![8 => Just(0u8), 1 => 1u8..7])
-            .prop_map(|(client, pending, chunk, at, skip, len, tamper)| Step::Commit { client, pending, chunk, at, skip, len, tamper }),
+        12 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), prop_oneof![Just(0u64), 0u64..400], length(),
+               prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec((offset(), 0u64..400, length()), 1..4)], prop_oneof![8 => Just(0u8), 1 => 1u8..8])
+            .prop_map(|(client, pending, chunk, at, skip, len, more, tamper)| Step::Commit { client, pending, chunk, at, skip, len, more, tamper }),
         6 => (client.clone(), any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], offset(), length())
             .prop_map(|(client, file, chunk, at, len)| Step::Write { client, file, chunk, at, len }),
         2 => (client.clone(), any::<usize>(), 0..CHUNKS + 1, offset()).prop_map(|(client, file, chunk, at)| Step::Truncate { client, file, chunk, at }),
@@ -235,6 +238,8 @@ struct Coverage {
     reencodes: AtomicU64,
     commits: AtomicU64,
     hid_several: AtomicU64,
+    /// Commits of several references to one slice at once (a flush of scattered writes).
+    multi_range: AtomicU64,
     truncations: AtomicU64,
     punches: AtomicU64,
     /// Slices shown by two references at once (a hole punched through them).
@@ -442,6 +447,7 @@ impl Run<'_> {
                 at,
                 skip,
                 len,
+                more,
                 tamper,
             } => {
                 let pendings: Vec<SliceId> = self.sm.pending.keys().copied().collect();
@@ -449,35 +455,46 @@ impl Run<'_> {
                     return Ok(());
                 };
                 let p = self.sm.pending[&id].clone();
-                let skip = skip % p.layout.data_len;
-                let len = len.min(p.layout.data_len - skip).min(CHUNK_SIZE - at.at());
-                let mut slice = SliceRef {
-                    slice: id,
-                    layout: p.layout,
-                    placement: p.placement.clone(),
-                    chunk_offset: at.at(),
-                    skip,
-                    len,
+                let reference = |(at, skip, len): (Offset, u64, u64)| {
+                    let skip = skip % p.layout.data_len;
+                    SliceRef {
+                        slice: id,
+                        layout: p.layout,
+                        placement: p.placement.clone(),
+                        chunk_offset: at.at(),
+                        skip,
+                        len: len.min(p.layout.data_len - skip).min(CHUNK_SIZE - at.at()),
+                    }
                 };
+                let mut refs: Vec<SliceRef> = std::iter::once((at, skip, len))
+                    .chain(more.iter().copied())
+                    .map(reference)
+                    .collect();
+                let several = refs.len() > 1;
                 let mut ino = p.ino;
+                // One thing wrong in the last reference refuses them all.
+                let last = refs.last_mut().expect("one at least");
                 match tamper {
                     0 => {}
-                    1 => slice.layout.data_len += 1,
+                    1 => last.layout.data_len += 1,
                     2 => ino = InodeId(ino.0 + 1),
-                    3 => slice.chunk_offset = CHUNK_SIZE - len + 1,
+                    3 => last.chunk_offset = CHUNK_SIZE - last.len + 1,
                     4 => {
-                        slice.placement.pop();
+                        last.placement.pop();
                     }
-                    5 => slice.len = 0,
+                    5 => last.len = 0,
+                    7 => last.slice = SliceId(id.0 + 1),
                     // A shard that could not be stored: fine while enough others were.
                     _ => {
-                        if let Some(p) = slice.placement.iter_mut().find(|p| p.is_some()) {
-                            *p = None;
+                        for r in &mut refs {
+                            if let Some(p) = r.placement.iter_mut().find(|p| p.is_some()) {
+                                *p = None;
+                            }
                         }
                     }
                 }
                 let degraded_ok =
-                    slice.placement.iter().flatten().count() >= p.layout.policy.min_shards();
+                    refs[0].placement.iter().flatten().count() >= p.layout.policy.min_shards();
                 let tamper = if tamper == 6 && degraded_ok {
                     0
                 } else {
@@ -485,34 +502,44 @@ impl Run<'_> {
                 };
                 let live = self.files.contains_key(&p.ino);
                 let before = self.sm.clone();
-                let result = self.client_op(
-                    client,
-                    FsOp::CommitSlice {
+                let op = match several || skip % 2 == 1 {
+                    true => FsOp::CommitSlices {
                         ino,
                         chunk,
-                        slice: slice.clone(),
+                        slices: refs.clone(),
                     },
-                );
+                    false => FsOp::CommitSlice {
+                        ino,
+                        chunk,
+                        slice: refs[0].clone(),
+                    },
+                };
+                let result = self.client_op(client, op);
                 if tamper != 0 || !live {
-                    prop_assert!(result.is_err(), "a bad commit was taken: {slice:?}");
+                    prop_assert!(result.is_err(), "a bad commit was taken: {refs:?}");
                     prop_assert_eq!(&self.sm.ns, &before.ns);
                     prop_assert_eq!(&self.sm.garbage, &before.garbage);
                     return Ok(());
                 }
                 prop_assert!(result.is_ok(), "a valid commit failed: {result:?}");
                 self.coverage.commits.fetch_add(1, Ordering::Relaxed);
+                if several {
+                    self.coverage.multi_range.fetch_add(1, Ordering::Relaxed);
+                }
                 let hidden = self.sm.garbage.len() - before.garbage.len();
                 if hidden >= 2 {
                     self.coverage.hid_several.fetch_add(1, Ordering::Relaxed);
                 }
                 let model = self.files.get_mut(&ino).expect("live");
                 let base = chunk * CHUNK_SIZE;
-                for x in 0..len {
-                    model
-                        .bytes
-                        .insert(base + slice.chunk_offset + x, (id, skip + x));
+                for r in &refs {
+                    for x in 0..r.len {
+                        model
+                            .bytes
+                            .insert(base + r.chunk_offset + x, (id, r.skip + x));
+                    }
+                    model.size = model.size.max(base + r.chunk_end());
                 }
-                model.size = model.size.max(base + slice.chunk_offset + len);
             }
             Step::Write {
                 client,
@@ -549,6 +576,7 @@ impl Run<'_> {
                     at,
                     skip: 0,
                     len,
+                    more: Vec::new(),
                     tamper: 0,
                 };
                 self.do_step(commit)?;
@@ -1122,7 +1150,8 @@ fn state_machine_matches_the_model() {
         coverage.hid_several.load(Ordering::Relaxed),
     );
     eprintln!(
-        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} compactions, {} re-encodes, {} truncations, {} holes punched ({} checks with a split slice), {} garbage commands",
+        "{cases} cases: {commits} commits, {several} of them hiding two or more slices, {} of several ranges, {} compactions, {} re-encodes, {} truncations, {} holes punched ({} checks with a split slice), {} garbage commands",
+        coverage.multi_range.load(Ordering::Relaxed),
         coverage.compactions.load(Ordering::Relaxed),
         coverage.reencodes.load(Ordering::Relaxed),
         coverage.truncations.load(Ordering::Relaxed),
@@ -1142,5 +1171,9 @@ fn state_machine_matches_the_model() {
     assert!(
         coverage.split.load(Ordering::Relaxed) >= cases as u64 / 4,
         "too few holes split a slice"
+    );
+    assert!(
+        coverage.multi_range.load(Ordering::Relaxed) >= cases as u64 / 4,
+        "too few commits of several ranges went in"
     );
 }
