@@ -4,7 +4,7 @@
 //! what those slices show, stores it as new slices, and asks the metaserver to swap them
 //! in, which it does only if the run is still exactly as it was read.
 
-use crate::file_state::{Backend, FileState};
+use crate::file_state::{Backend, Contents, FileState};
 use crate::reader::{read_spans, spans_of};
 use crate::writer::{self, Piece};
 use bytes::Bytes;
@@ -29,7 +29,9 @@ pub async fn compact(backend: &Backend, file: &FileState, chunk: u64) {
 /// Returns how many slices were replaced.
 async fn try_compact(backend: &Backend, file: &FileState, chunk: u64) -> Result<usize, Errno> {
     let ino = file.ino;
-    let (_, (chunks, servers)) = backend.slices(ino, chunk, chunk).await?;
+    let (_, Contents::Slices((chunks, servers))) = backend.slices(ino, chunk, chunk).await? else {
+        return Ok(0);
+    };
     let Some((_, slices)) = chunks.into_iter().find(|(c, _)| *c == chunk) else {
         return Ok(0);
     };

@@ -11,7 +11,7 @@ use lattice_common::fs::{Attr, Errno};
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::slice_io::SliceIo;
-use lattice_common::wire::meta::{FsQuery, FsReply, ServerAddr};
+use lattice_common::wire::meta::{FsQuery, FsReply, ServerAddr, INLINE_MAX};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +29,20 @@ const COMPACT_RECHECK_AFTER: usize = chunk_map::COMPACT_AT / 2;
 /// The slices of chunks `first..=last` of a file, and the servers they name.
 pub type Slices = (Vec<(u64, Vec<SliceRef>)>, Vec<ServerAddr>);
 
+/// What the metaservers hold of a file's data.
+pub enum Contents {
+    Slices(Slices),
+    /// The file's bytes are held inline (a small file): all of them, whatever chunks
+    /// were asked for.
+    Inline(Arc<InlineBytes>),
+}
+
+/// A file's inline bytes `0..data.len()` (zeros past them up to its size).
+pub struct InlineBytes {
+    pub generation: u64,
+    pub data: Vec<u8>,
+}
+
 /// Where the client's data goes: shared by every file.
 pub struct Backend {
     pub meta: MetaClient,
@@ -41,14 +55,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Asks the metaservers for the slices of chunks `first..=last` of `ino`, and the
-    /// file's attributes.
+    /// Asks the metaservers for the slices of chunks `first..=last` of `ino` (or its inline
+    /// bytes), and the file's attributes.
     pub async fn slices(
         &self,
         ino: InodeId,
         first: u64,
         last: u64,
-    ) -> Result<(Attr, Slices), Errno> {
+    ) -> Result<(Attr, Contents), Errno> {
         let reply = self
             .meta
             .query(FsQuery::Slices { ino, first, last })
@@ -59,7 +73,15 @@ impl Backend {
                 attr,
                 chunks,
                 servers,
-            } => Ok((attr, (chunks, servers))),
+            } => Ok((attr, Contents::Slices((chunks, servers)))),
+            FsReply::Inline {
+                attr,
+                generation,
+                data,
+            } => Ok((
+                attr,
+                Contents::Inline(Arc::new(InlineBytes { generation, data })),
+            )),
             _ => Err(Errno::IO),
         }
     }
@@ -95,6 +117,8 @@ struct WriteErrors {
 #[derive(Default)]
 struct SliceCache {
     chunks: HashMap<u64, (Instant, Vec<SliceRef>)>,
+    /// The file's bytes, when they are inline (then `chunks` is empty).
+    inline: Option<(Instant, Arc<InlineBytes>)>,
     servers: HashMap<ChunkserverId, ServerAddr>,
     /// Bumped by every invalidation: a map fetched across one is used by the read that
     /// asked (its overlay predates it) but not kept, as it may miss the commit behind it.
@@ -107,6 +131,8 @@ pub struct FileState {
     /// Lock owners that took a lock on this file here (only they have locks to drop).
     lockers: Mutex<HashSet<u64>>,
     locks_lost: AtomicBool,
+    /// The file is known to hold slices (its writes are not tried inline).
+    sliced: AtomicBool,
     buffers: Mutex<Buffers>,
     slices: Mutex<SliceCache>,
     readahead: Mutex<ReadAhead>,
@@ -120,6 +146,8 @@ pub struct FileState {
 pub struct SliceMap {
     pub chunks: HashMap<u64, Vec<SliceRef>>,
     pub servers: HashMap<ChunkserverId, ServerAddr>,
+    /// The file's bytes are inline: these, and no slices.
+    pub inline: Option<Arc<InlineBytes>>,
 }
 
 impl FileState {
@@ -129,6 +157,7 @@ impl FileState {
             opens: AtomicU32::new(0),
             lockers: Mutex::default(),
             locks_lost: AtomicBool::new(false),
+            sliced: AtomicBool::new(false),
             buffers: Mutex::default(),
             slices: Mutex::default(),
             readahead: Mutex::default(),
@@ -269,35 +298,10 @@ impl FileState {
         drop(b);
         let (file, backend) = (self.clone(), backend.clone());
         tokio::spawn(async move {
-            let uploads = writer::pieces(&data)
-                .into_iter()
-                .map(|p| writer::store(&backend, file.ino, p));
-            let stored = join_all(uploads).await;
-            if let Some(mut previous) = previous {
-                let _ = previous.wait_for(|d| *d).await;
-            }
-            // A batch's pieces never overlap, so their commits may land in any order: sent
-            // together, they share the leader's Raft rounds.
-            let commits = stored.into_iter().map(|s| {
-                let (file, backend) = (&file, &backend);
-                async move {
-                    let result = match s {
-                        Ok(s) => {
-                            let chunk = s.chunk;
-                            writer::commit(&backend.meta, file.ino, s)
-                                .await
-                                .map(|slices| file.committed_into(backend, chunk, slices))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(()) => backend.stats.slices_committed.add(1),
-                        Err(_) => backend.stats.write_errors.add(1),
-                    }
-                    result
-                }
-            });
-            let error = join_all(commits).await.into_iter().find_map(Result::err);
+            let error = match file.write_inline(&backend, &data, previous.clone()).await {
+                Some(result) => result.err(),
+                None => file.write_slices(&backend, &data, previous).await,
+            };
             // The slice map must show the new slices before the batch stops being overlaid.
             file.invalidate_slices();
             let mut b = file.buffers();
@@ -309,6 +313,73 @@ impl FileState {
             drop(b);
             let _ = tx.send(true);
         });
+    }
+
+    /// Writes a small batch inline, after the previous batch landed, if the file may hold
+    /// its bytes inline; `None` when it cannot (then the batch goes as slices).
+    async fn write_inline(
+        &self,
+        backend: &Backend,
+        data: &Extents,
+        previous: Option<watch::Receiver<bool>>,
+    ) -> Option<Result<(), Errno>> {
+        if data.end() > INLINE_MAX || self.sliced.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(mut previous) = previous {
+            let _ = previous.wait_for(|d| *d).await;
+        }
+        match writer::write_inline(&backend.meta, self.ino, data).await {
+            Err(Errno::NOTSUP) => {
+                self.sliced.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                backend.stats.write_errors.add(1);
+                Some(Err(e))
+            }
+            Ok(()) => Some(Ok(())),
+        }
+    }
+
+    /// Stores a batch as slices (one per chunk it touches) and commits them once the
+    /// previous batch landed; returns the first error.
+    async fn write_slices(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        data: &Extents,
+        previous: Option<watch::Receiver<bool>>,
+    ) -> Option<Errno> {
+        let uploads = writer::pieces(data)
+            .into_iter()
+            .map(|p| writer::store(backend, self.ino, p));
+        let stored = join_all(uploads).await;
+        if let Some(mut previous) = previous {
+            let _ = previous.wait_for(|d| *d).await;
+        }
+        // A batch's pieces never overlap, so their commits may land in any order: sent
+        // together, they share the leader's Raft rounds.
+        let commits = stored.into_iter().map(|s| async move {
+            let result = match s {
+                Ok(s) => {
+                    let chunk = s.chunk;
+                    writer::commit(backend, self.ino, s)
+                        .await
+                        .map(|slices| self.committed_into(backend, chunk, slices))
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => backend.stats.slices_committed.add(1),
+                Err(_) => backend.stats.write_errors.add(1),
+            }
+            result
+        });
+        let error = join_all(commits).await.into_iter().find_map(Result::err);
+        if error.is_none() {
+            self.sliced.store(true, Ordering::Relaxed);
+        }
+        error
     }
 
     /// A commit left `slices` slices in `chunk`: a chunk that holds many is checked for
@@ -372,6 +443,10 @@ impl FileState {
     /// Drops buffered bytes at or past `size` (after a truncation).
     pub fn truncate_buffers(&self, size: u64) {
         self.buffers().dirty.truncate(size);
+        if size == 0 {
+            // No slices are left: the file may hold its bytes inline again.
+            self.sliced.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The not-yet-committed bytes in `offset..end`, oldest batch first, newest on top.
@@ -424,6 +499,14 @@ impl FileState {
     ) -> Result<SliceMap, Errno> {
         let (generation, mut map) = {
             let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, bytes)) = &cache.inline {
+                if at.elapsed() <= backend.slice_ttl {
+                    return Ok(SliceMap {
+                        inline: Some(bytes.clone()),
+                        ..SliceMap::default()
+                    });
+                }
+            }
             let chunks = (first..=last)
                 .filter_map(|c| {
                     let (at, slices) = cache.chunks.get(&c)?;
@@ -431,17 +514,22 @@ impl FileState {
                 })
                 .collect();
             let servers = cache.servers.clone();
-            (cache.generation, SliceMap { chunks, servers })
+            let map = SliceMap {
+                chunks,
+                servers,
+                inline: None,
+            };
+            (cache.generation, map)
         };
         let missing: Vec<u64> = (first..=last)
             .filter(|c| !map.chunks.contains_key(c))
             .collect();
         if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
             let mut start = lo;
-            while start <= hi {
+            while start <= hi && map.inline.is_none() {
                 let end = hi.min(start + CHUNKS_PER_QUERY - 1);
-                let (_, slices) = backend.slices(self.ino, start, end).await?;
-                self.keep_slices(generation, (start, end), slices, &mut map);
+                let (_, contents) = backend.slices(self.ino, start, end).await?;
+                self.keep_slices(generation, (start, end), contents, &mut map);
                 start = end + 1;
             }
         }
@@ -461,25 +549,50 @@ impl FileState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .generation;
-        let (attr, slices) = backend.slices(self.ino, first, last).await?;
-        self.keep_slices(generation, (first, last), slices, &mut SliceMap::default());
+        let (attr, contents) = backend.slices(self.ino, first, last).await?;
+        self.keep_slices(
+            generation,
+            (first, last),
+            contents,
+            &mut SliceMap::default(),
+        );
         Ok(attr)
     }
 
-    /// Adds the fetched slices of chunks `first..=last` (none listed: no slices) to `map`,
-    /// and to the cache unless it was invalidated since `generation`.
+    /// Adds the fetched slices of chunks `first..=last` (none listed: no slices), or the
+    /// inline bytes, to `map`, and to the cache unless it was invalidated since
+    /// `generation`.
     fn keep_slices(
         &self,
         generation: u64,
         (first, last): (u64, u64),
-        (chunks, servers): Slices,
+        contents: Contents,
         map: &mut SliceMap,
     ) {
+        let (chunks, servers) = match contents {
+            Contents::Slices(s) => s,
+            Contents::Inline(bytes) => {
+                let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.generation == generation {
+                    cache.chunks.clear();
+                    cache.inline = Some((Instant::now(), bytes.clone()));
+                }
+                *map = SliceMap {
+                    inline: Some(bytes),
+                    ..SliceMap::default()
+                };
+                return;
+            }
+        };
+        if !chunks.is_empty() {
+            self.sliced.store(true, Ordering::Relaxed);
+        }
         map.chunks.extend((first..=last).map(|c| (c, Vec::new())));
         map.chunks.extend(chunks);
         map.servers.extend(servers.into_iter().map(|s| (s.id, s)));
         let mut cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
         if cache.generation == generation {
+            cache.inline = None;
             let now = Instant::now();
             for c in first..=last {
                 if let Some(slices) = map.chunks.get(&c) {

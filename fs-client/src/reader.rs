@@ -127,6 +127,15 @@ async fn committed_once(
         .slice_map(backend, first, last)
         .await
         .map_err(Unreadable::Map)?;
+    let mut out = vec![0u8; (end - offset) as usize];
+    if let Some(inline) = &map.inline {
+        let held = &inline.data;
+        let upto = (end as usize).min(held.len());
+        if (offset as usize) < upto {
+            out[..upto - offset as usize].copy_from_slice(&held[offset as usize..upto]);
+        }
+        return Ok(out);
+    }
     let mut spans: Vec<Span> = Vec::new();
     for chunk in first..=last {
         let Some(slices) = map.chunks.get(&chunk).filter(|s| !s.is_empty()) else {
@@ -136,7 +145,6 @@ async fn committed_once(
         let (a, b) = (offset.max(base) - base, end.min(base + CHUNK_SIZE) - base);
         spans.extend(spans_of(slices, a, b, (base + a) - offset));
     }
-    let mut out = vec![0u8; (end - offset) as usize];
     read_spans(backend, &map.servers, &spans, &mut out)
         .await
         .map_err(|(slice, e)| Unreadable::Slice(slice, e))?;

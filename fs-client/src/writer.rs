@@ -6,7 +6,7 @@
 //! in, so a newer slice always lands on top.
 
 use crate::extents::Extents;
-use crate::file_state::Backend;
+use crate::file_state::{Backend, Contents};
 use bytes::Bytes;
 use lattice_common::chunk_map::{SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
@@ -21,6 +21,9 @@ use tracing::warn;
 /// A server that failed a shard write is left out of new placements for this long (about
 /// until the metaserver itself notices a dead server).
 const AVOID_FOR: Duration = Duration::from_secs(5);
+/// Rounds of moving inline bytes to a slice before a commit gives up (each lost only to
+/// another mount's write in between).
+const MAX_TRIES: u32 = 8;
 
 /// What goes into one slice: ranges of one chunk, their bytes end to end in `data`.
 pub struct Piece {
@@ -196,20 +199,77 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
 }
 
 /// Makes a stored slice part of the file; returns how many slices its chunk now holds.
-pub async fn commit(meta: &MetaClient, ino: InodeId, stored: Stored) -> Result<usize, Errno> {
+/// A file whose bytes are inline has them moved to a slice first.
+pub async fn commit(backend: &Backend, ino: InodeId, stored: Stored) -> Result<usize, Errno> {
     let op = FsOp::CommitSlices {
         ino,
         chunk: stored.chunk,
         slices: stored.refs,
     };
-    match meta.mutate(op).await {
-        Ok(Ok(FsReply::Committed { slices, .. })) => Ok(slices as usize),
-        Ok(Ok(_)) => Err(Errno::IO),
-        Ok(Err(e)) => Err(e),
-        Err(e) => {
-            warn!(%ino, "committing a slice: {e}");
-            Err(Errno::IO)
+    let mut tries = 0;
+    loop {
+        match mutate(&backend.meta, ino, op.clone()).await {
+            Ok(FsReply::Committed { slices, .. }) => return Ok(slices as usize),
+            Ok(_) => return Err(Errno::IO),
+            Err(Errno::MEDIUMTYPE) if tries < MAX_TRIES => uninline(backend, ino).await?,
+            Err(e) => return Err(map_internal(e)),
         }
+        tries += 1;
+    }
+}
+
+/// Writes a batch into the namespace, for a file whose bytes are (or may become) inline:
+/// one Raft round instead of a slice. EOPNOTSUPP when the file cannot hold them inline.
+pub async fn write_inline(meta: &MetaClient, ino: InodeId, data: &Extents) -> Result<(), Errno> {
+    let writes = data.iter().map(|(at, d)| (at, d.to_vec())).collect();
+    match mutate(meta, ino, FsOp::WriteInline { ino, writes }).await? {
+        FsReply::Committed { .. } => Ok(()),
+        _ => Err(Errno::IO),
+    }
+}
+
+/// Moves a file's inline bytes to a slice so that slices can land on it; done already if
+/// they are not inline any more. Another mount writing them meanwhile makes it start over.
+async fn uninline(backend: &Backend, ino: InodeId) -> Result<(), Errno> {
+    for _ in 0..MAX_TRIES {
+        let (_, Contents::Inline(held)) = backend.slices(ino, 0, 0).await? else {
+            return Ok(());
+        };
+        let slice = match held.data.is_empty() {
+            true => None,
+            false => {
+                let piece = Piece::contiguous(0, 0, Bytes::copy_from_slice(&held.data));
+                store(backend, ino, piece).await?.refs.pop()
+            }
+        };
+        let op = FsOp::Uninline {
+            ino,
+            generation: held.generation,
+            slice,
+        };
+        match mutate(&backend.meta, ino, op).await {
+            Ok(_) => return Ok(()),
+            Err(Errno::STALE) => continue,
+            Err(e) => return Err(map_internal(e)),
+        }
+    }
+    warn!(%ino, "inline bytes kept changing while moved to a slice");
+    Err(Errno::IO)
+}
+
+/// Sends a namespace change; a failure to reach the metaservers is EIO.
+async fn mutate(meta: &MetaClient, ino: InodeId, op: FsOp) -> Result<FsReply, Errno> {
+    meta.mutate(op).await.map_err(|e| {
+        warn!(%ino, "writing to the metaservers: {e}");
+        Errno::IO
+    })?
+}
+
+/// An error meant for the client alone never reaches an application as itself.
+fn map_internal(e: Errno) -> Errno {
+    match e {
+        Errno::MEDIUMTYPE => Errno::IO,
+        e => e,
     }
 }
 

@@ -34,6 +34,15 @@ pub fn describe(
     if attr.kind != FileKind::File {
         return Ok(out.into_bytes());
     }
+    if let Some(d) = sm.ns.inline_data(ino)? {
+        let held = d.bytes.len();
+        let _ = writeln!(
+            out,
+            "size {} with {held} bytes inline (on the metaservers)",
+            attr.size
+        );
+        return Ok(out.into_bytes());
+    }
     let slices: Vec<_> = sm.ns.all_slices_of(ino)?.collect();
     let _ = writeln!(out, "size {} in {} slices", attr.size, slices.len());
     let mut codes: HashMap<Policy, Option<ErasureCode>> = HashMap::new();

@@ -568,3 +568,55 @@ async fn mounting_an_unreachable_cluster_fails_clearly() -> Result<()> {
     ensure!(!lattice_harness::is_mounted(&mnt));
     Ok(())
 }
+
+/// A small file's bytes are held inline by the metaservers (no slice, no chunkserver):
+/// another mount reads them; growing past the inline limit moves them to a slice without
+/// losing a byte; cut to nothing and rewritten, the file is inline again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_files_are_held_inline_until_they_grow() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(6).await?;
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    let layout = |p: &Path| {
+        sh(&format!(
+            "getfattr --only-values -n lattice.layout '{}'",
+            p.display()
+        ))
+    };
+    let f = mnt.join("small");
+    let mut data = random_bytes(5000, 3);
+    std::fs::write(&f, &data)?;
+    let shown = layout(&f)?;
+    ensure!(
+        shown.contains("5000 bytes inline"),
+        "layout of a small file: {shown}"
+    );
+    ensure!(
+        std::fs::read(other.join("small"))? == data,
+        "the other mount's read"
+    );
+    // Appends: still inline up to 16 KiB, then a slice holds the first bytes too.
+    for seed in 0..4 {
+        let more = random_bytes(4000, 10 + seed);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&f)?;
+        std::io::Write::write_all(&mut file, &more)?;
+        file.sync_all()?;
+        data.extend(more);
+    }
+    let shown = layout(&f)?;
+    ensure!(
+        shown.contains("21000 in ") && !shown.contains("inline"),
+        "layout once grown: {shown}"
+    );
+    ensure!(
+        std::fs::read(other.join("small"))? == data,
+        "the grown file"
+    );
+    ensure!(std::fs::read(&f)? == data, "the grown file, where written");
+    // Truncated to nothing, it may be inline again.
+    std::fs::write(&f, b"again")?;
+    ensure!(layout(&f)?.contains("5 bytes inline"), "{}", layout(&f)?);
+    ensure!(std::fs::read(other.join("small"))? == b"again", "rewritten");
+    Ok(())
+}

@@ -140,7 +140,25 @@ pub enum FsOp {
         chunk: u64,
         slices: Vec<SliceRef>,
     },
+    /// A small write kept in the namespace instead of on chunkservers: each (offset,
+    /// bytes), in order, into a file whose bytes are inline or that has no slices yet,
+    /// ending within [`INLINE_MAX`]. EOPNOTSUPP when the file's data cannot be inline
+    /// (it has slices, or the cluster holds its most inline bytes): write slices instead.
+    WriteInline {
+        ino: InodeId,
+        writes: Vec<(u64, Vec<u8>)>,
+    },
+    /// Moves a file's inline bytes to the stored slice `slice` (`None` when there are no
+    /// bytes), if they are still at `generation` (else ESTALE: read them again).
+    Uninline {
+        ino: InodeId,
+        generation: u64,
+        slice: Option<SliceRef>,
+    },
 }
+
+/// The most bytes a file may hold inline (offsets `0..INLINE_MAX`).
+pub const INLINE_MAX: u64 = 16 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsQuery {
@@ -248,6 +266,13 @@ pub enum FsReply {
         dir: Attr,
         parent: InodeId,
         entries: Vec<(DirEntry, Attr)>,
+    },
+    /// The answer to `Slices` for a file whose bytes are inline: bytes `0..data.len()`
+    /// (zeros past them up to the size), at `generation` (bumped by every change).
+    Inline {
+        attr: Attr,
+        generation: u64,
+        data: Vec<u8>,
     },
 }
 

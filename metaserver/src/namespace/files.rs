@@ -16,6 +16,7 @@ impl Namespace {
         match &self.get(ino)?.content {
             Content::File(chunks) => Ok(chunks),
             Content::Dir(_) => Err(Errno::ISDIR),
+            Content::Inline(_) => Err(Errno::MEDIUMTYPE),
             _ => Err(Errno::INVAL),
         }
     }
@@ -24,12 +25,16 @@ impl Namespace {
         match &mut self.get_mut(ino)?.content {
             Content::File(chunks) => Ok(chunks),
             Content::Dir(_) => Err(Errno::ISDIR),
+            Content::Inline(_) => Err(Errno::MEDIUMTYPE),
             _ => Err(Errno::INVAL),
         }
     }
 
     /// Sets a file's size; data past it is cut away. Returns slices nothing shows any more.
     pub(super) fn truncate(&mut self, ino: InodeId, size: u64) -> Result<Vec<SliceRef>, Errno> {
+        if self.inline_data(ino)?.is_some() {
+            return self.truncate_inline(ino, size).map(|()| Vec::new());
+        }
         let chunks = self.chunks_mut(ino)?;
         let mut released = Vec::new();
         let mut gone_bytes = 0;
@@ -134,6 +139,10 @@ impl Namespace {
         if end <= offset {
             return Ok((self.attr(ino)?, Vec::new()));
         }
+        if self.inline_data(ino)?.is_some() {
+            self.punch_inline(ino, offset, end, now)?;
+            return Ok((self.attr(ino)?, Vec::new()));
+        }
         let range = |chunk: u64| {
             let base = chunk * CHUNK_SIZE;
             (offset.max(base) - base, (end - base).min(CHUNK_SIZE))
@@ -183,6 +192,15 @@ impl Namespace {
         let size = self.get(ino)?.size;
         if offset >= size {
             return Err(Errno::NXIO);
+        }
+        if let Some(d) = self.inline_data(ino)? {
+            // The inline bytes are data; zeros past them up to the size, a hole.
+            let held = d.bytes.len() as u64;
+            return match (data, offset < held) {
+                (true, true) | (false, false) => Ok(offset),
+                (true, false) => Err(Errno::NXIO),
+                (false, true) => Ok(held),
+            };
         }
         let chunks = self.chunks(ino)?;
         let mut at = offset;

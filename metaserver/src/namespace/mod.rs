@@ -5,9 +5,11 @@
 
 pub mod acl;
 mod files;
+mod inline;
 #[cfg(test)]
 mod tests;
 
+pub use inline::InlineData;
 use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::{
     check_name, Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, TimeSet, Timestamp,
@@ -81,6 +83,8 @@ pub enum Content {
     Dir(Directory),
     Symlink(Vec<u8>),
     Special,
+    /// A small file's bytes, held here instead of on chunkservers (see `inline.rs`).
+    Inline(InlineData),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,11 +138,42 @@ struct NewInode {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredNamespace")]
 pub struct Namespace {
     inodes: BTreeMap<InodeId, Inode>,
     next_ino: u64,
     /// Files whose last name is gone but that may still be open somewhere, and since when.
     orphans: BTreeMap<InodeId, Timestamp>,
+    /// Bytes held inline in all files: counted again when decoded, never stored.
+    #[serde(skip)]
+    inline_bytes: u64,
+}
+
+/// A namespace as stored (everything but what is counted from it).
+#[derive(Deserialize)]
+struct StoredNamespace {
+    inodes: BTreeMap<InodeId, Inode>,
+    next_ino: u64,
+    orphans: BTreeMap<InodeId, Timestamp>,
+}
+
+impl From<StoredNamespace> for Namespace {
+    fn from(s: StoredNamespace) -> Self {
+        let inline_bytes = s
+            .inodes
+            .values()
+            .map(|i| match &i.content {
+                Content::Inline(d) => d.bytes.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        Namespace {
+            inodes: s.inodes,
+            next_ino: s.next_ino,
+            orphans: s.orphans,
+            inline_bytes,
+        }
+    }
 }
 
 impl Default for Namespace {
@@ -169,6 +204,7 @@ impl Namespace {
             inodes: BTreeMap::from([(InodeId::ROOT, root)]),
             next_ino: InodeId::ROOT.0 + 1,
             orphans: BTreeMap::new(),
+            inline_bytes: 0,
         }
     }
 
@@ -198,7 +234,7 @@ impl Namespace {
             gid: i.gid,
             size: i.size,
             blocks: match i.content {
-                Content::File(_) => i.stored.div_ceil(512),
+                Content::File(_) | Content::Inline(_) => i.stored.div_ceil(512),
                 _ => i.size.div_ceil(512),
             },
             nlink: i.nlink,
@@ -517,6 +553,10 @@ impl Namespace {
                 .into_values()
                 .flat_map(|slices| chunk_map::unreferenced(&[], slices))
                 .collect(),
+            Some(Content::Inline(d)) => {
+                self.inline_bytes = self.inline_bytes.saturating_sub(d.bytes.len() as u64);
+                Vec::new()
+            }
             _ => Vec::new(),
         })
     }

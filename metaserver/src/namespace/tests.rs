@@ -71,6 +71,23 @@ impl Namespace {
                     ));
                 }
             }
+            if let Content::Inline(d) = &inode.content {
+                if d.bytes.len() as u64 != inode.stored || inode.stored > inode.size {
+                    return Err(format!("{ino}: {} inline bytes out of step", d.bytes.len()));
+                }
+            }
+        }
+        let inline: u64 = (self.inodes.values())
+            .filter_map(|i| match &i.content {
+                Content::Inline(d) => Some(d.bytes.len() as u64),
+                _ => None,
+            })
+            .sum();
+        if inline != self.inline_bytes {
+            return Err(format!(
+                "{inline} inline bytes counted as {}",
+                self.inline_bytes
+            ));
         }
         Ok(())
     }
@@ -608,4 +625,114 @@ fn a_punch_that_would_split_a_chunk_past_its_limit_changes_nothing() {
         Err(Errno::NOSPC)
     );
     assert_eq!(ns, before);
+}
+
+fn size_to(ns: &mut Namespace, f: InodeId, size: u64) {
+    let set = SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    ns.setattr(f, &set, t(5)).unwrap();
+}
+
+fn inline_bytes(ns: &Namespace, f: InodeId) -> Vec<u8> {
+    ns.inline_data(f).unwrap().expect("inline").bytes.clone()
+}
+
+#[test]
+fn inline_bytes_are_written_cut_punched_sought_and_moved_to_a_slice() {
+    use lattice_common::wire::meta::INLINE_MAX;
+    let mut ns = Namespace::new(t(0));
+    let f = file(&mut ns, ROOT, "f");
+    let attr = ns
+        .write_inline(f, &[(0, vec![1; 100]), (50, vec![2; 10])], t(2))
+        .unwrap();
+    assert_eq!((attr.size, attr.blocks, attr.mtime), (100, 1, t(2)));
+    let mut want = vec![1u8; 100];
+    want[50..60].fill(2);
+    assert_eq!(inline_bytes(&ns, f), want);
+    assert_eq!(ns.inline_bytes, 100);
+    // Slices cannot land on inline bytes; past the inline limit is no inline write.
+    assert_eq!(
+        ns.commit_slice(f, 0, vec![slice_ref(1, 0, 10)], t(3))
+            .map(drop),
+        Err(Errno::MEDIUMTYPE)
+    );
+    assert_eq!(
+        ns.write_inline(f, &[(INLINE_MAX - 1, vec![0; 2])], t(3))
+            .map(drop),
+        Err(Errno::NOTSUP)
+    );
+    assert_eq!(
+        ns.write_inline(f, &[(u64::MAX, vec![0; 2])], t(3))
+            .map(drop),
+        Err(Errno::NOTSUP)
+    );
+    assert_eq!(ns.seek(f, 0, false), Ok(100));
+    size_to(&mut ns, f, 40);
+    assert_eq!(inline_bytes(&ns, f), want[..40]);
+    assert_eq!(ns.inline_bytes, 40);
+    // Grown by truncation: zeros past the inline bytes, a hole to seek.
+    size_to(&mut ns, f, 1000);
+    assert_eq!(
+        (ns.seek(f, 10, false), ns.seek(f, 500, true)),
+        (Ok(40), Err(Errno::NXIO))
+    );
+    assert_eq!(
+        (ns.seek(f, 10, true), ns.seek(f, 500, false)),
+        (Ok(10), Ok(500))
+    );
+    ns.punch_hole(f, 10, 5, t(6)).unwrap();
+    want[10..15].fill(0);
+    assert_eq!(inline_bytes(&ns, f), want[..40]);
+    let generation = ns.inline_data(f).unwrap().unwrap().generation;
+    // Moved to a slice only if unchanged since read, and only as exactly those bytes.
+    assert_eq!(
+        ns.uninline(f, generation - 1, Some(slice_ref(7, 0, 40))),
+        Err(Errno::STALE)
+    );
+    assert_eq!(
+        ns.uninline(f, generation, Some(slice_ref(7, 0, 39))),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(ns.uninline(f, generation, None), Err(Errno::INVAL));
+    ns.uninline(f, generation, Some(slice_ref(7, 0, 40)))
+        .unwrap();
+    assert_eq!(ns.inline_data(f), Ok(None));
+    assert_eq!(ns.inline_bytes, 0);
+    assert_eq!(ns.attr(f).unwrap().size, 1000);
+    assert_eq!(ns.uninline(f, generation, None), Err(Errno::STALE));
+    assert_eq!(
+        ns.write_inline(f, &[(0, vec![3])], t(7)).map(drop),
+        Err(Errno::NOTSUP)
+    );
+    ns.commit_slice(f, 0, vec![slice_ref(8, 0, 10)], t(8))
+        .unwrap();
+    ns.check_invariants().unwrap();
+}
+
+#[test]
+fn inline_bytes_are_capped_counted_again_when_decoded_and_freed_with_their_file() {
+    use super::inline::MAX_INLINE_TOTAL;
+    let mut ns = Namespace::new(t(0));
+    let (a, b) = (file(&mut ns, ROOT, "a"), file(&mut ns, ROOT, "b"));
+    ns.write_inline(a, &[(0, vec![1; 30])], t(1)).unwrap();
+    ns.inline_bytes = MAX_INLINE_TOTAL - 10;
+    let before = ns.clone();
+    assert_eq!(
+        ns.write_inline(b, &[(0, vec![1; 11])], t(2)).map(drop),
+        Err(Errno::NOTSUP)
+    );
+    assert_eq!(ns, before);
+    // Overwriting bytes already held costs nothing more.
+    ns.write_inline(a, &[(0, vec![2; 30])], t(2)).unwrap();
+    ns.write_inline(b, &[(0, vec![1; 10])], t(2)).unwrap();
+    let bytes = lattice_common::codec::encode_state(&ns).unwrap();
+    let decoded: Namespace = lattice_common::codec::decode_state(&bytes, 1 << 30).unwrap();
+    assert_eq!(decoded.inline_bytes, 40);
+    ns = decoded;
+    ns.unlink(ROOT, b"a", t(3)).unwrap();
+    ns.reap(a).unwrap();
+    assert_eq!(ns.inline_bytes, 10);
+    ns.check_invariants().unwrap();
 }

@@ -407,6 +407,25 @@ impl StateMachine {
             FsOp::AllocateSlice { .. } => Err(Errno::INVAL),
             FsOp::CommitSlice { ino, chunk, slice } => self.commit(ino, chunk, vec![slice], now),
             FsOp::CommitSlices { ino, chunk, slices } => self.commit(ino, chunk, slices, now),
+            FsOp::WriteInline { ino, writes } => {
+                let attr = self.ns.write_inline(ino, &writes, now)?;
+                Ok(FsReply::Committed { attr, slices: 0 })
+            }
+            FsOp::Uninline {
+                ino,
+                generation,
+                slice,
+            } => {
+                if let Some(s) = &slice {
+                    self.check_stored(ino, s)?;
+                }
+                let id = slice.as_ref().map(|s| s.slice);
+                self.ns.uninline(ino, generation, slice)?;
+                if let Some(id) = id {
+                    self.pending.remove(&id);
+                }
+                Ok(FsReply::Done)
+            }
             FsOp::ReplaceSlices {
                 ino,
                 chunk,
@@ -597,6 +616,14 @@ impl StateMachine {
                 Ok(FsReply::Lock(
                     self.locks.conflict(*ino, *client, *owner, lock),
                 ))
+            }
+            FsQuery::Slices { ino, .. } if ns.inline_data(*ino)?.is_some() => {
+                let d = ns.inline_data(*ino)?.ok_or(Errno::STALE)?;
+                Ok(FsReply::Inline {
+                    attr: ns.attr(*ino)?,
+                    generation: d.generation,
+                    data: d.bytes.clone(),
+                })
             }
             FsQuery::Slices { ino, first, last } => {
                 let chunks = ns.slices(*ino, *first, *last)?;
