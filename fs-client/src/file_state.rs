@@ -33,14 +33,8 @@ pub type Slices = (Vec<(u64, Vec<SliceRef>)>, Vec<ServerAddr>);
 pub enum Contents {
     Slices(Slices),
     /// The file's bytes are held inline (a small file): all of them, whatever chunks
-    /// were asked for.
-    Inline(Arc<InlineBytes>),
-}
-
-/// A file's inline bytes `0..data.len()` (zeros past them up to its size).
-pub struct InlineBytes {
-    pub generation: u64,
-    pub data: Vec<u8>,
+    /// were asked for (zeros past them up to its size).
+    Inline(Arc<Vec<u8>>),
 }
 
 /// Where the client's data goes: shared by every file.
@@ -74,14 +68,7 @@ impl Backend {
                 chunks,
                 servers,
             } => Ok((attr, Contents::Slices((chunks, servers)))),
-            FsReply::Inline {
-                attr,
-                generation,
-                data,
-            } => Ok((
-                attr,
-                Contents::Inline(Arc::new(InlineBytes { generation, data })),
-            )),
+            FsReply::Inline { attr, data } => Ok((attr, Contents::Inline(Arc::new(data)))),
             _ => Err(Errno::IO),
         }
     }
@@ -118,7 +105,7 @@ struct WriteErrors {
 struct SliceCache {
     chunks: HashMap<u64, (Instant, Vec<SliceRef>)>,
     /// The file's bytes, when they are inline (then `chunks` is empty).
-    inline: Option<(Instant, Arc<InlineBytes>)>,
+    inline: Option<(Instant, Arc<Vec<u8>>)>,
     servers: HashMap<ChunkserverId, ServerAddr>,
     /// Bumped by every invalidation: a map fetched across one is used by the read that
     /// asked (its overlay predates it) but not kept, as it may miss the commit behind it.
@@ -147,7 +134,7 @@ pub struct SliceMap {
     pub chunks: HashMap<u64, Vec<SliceRef>>,
     pub servers: HashMap<ChunkserverId, ServerAddr>,
     /// The file's bytes are inline: these, and no slices.
-    pub inline: Option<Arc<InlineBytes>>,
+    pub inline: Option<Arc<Vec<u8>>>,
 }
 
 impl FileState {

@@ -129,7 +129,7 @@ async fn committed_once(
         .map_err(Unreadable::Map)?;
     let mut out = vec![0u8; (end - offset) as usize];
     if let Some(inline) = &map.inline {
-        let held = &inline.data;
+        let held = inline.as_slice();
         let upto = (end as usize).min(held.len());
         if (offset as usize) < upto {
             out[..upto - offset as usize].copy_from_slice(&held[offset as usize..upto]);

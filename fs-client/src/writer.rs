@@ -235,16 +235,16 @@ async fn uninline(backend: &Backend, ino: InodeId) -> Result<(), Errno> {
         let (_, Contents::Inline(held)) = backend.slices(ino, 0, 0).await? else {
             return Ok(());
         };
-        let slice = match held.data.is_empty() {
+        let slice = match held.is_empty() {
             true => None,
             false => {
-                let piece = Piece::contiguous(0, 0, Bytes::copy_from_slice(&held.data));
+                let piece = Piece::contiguous(0, 0, Bytes::copy_from_slice(&held));
                 store(backend, ino, piece).await?.refs.pop()
             }
         };
         let op = FsOp::Uninline {
             ino,
-            generation: held.generation,
+            expect: held.to_vec(),
             slice,
         };
         match mutate(&backend.meta, ino, op).await {

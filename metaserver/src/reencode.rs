@@ -41,6 +41,9 @@ pub struct Candidate {
     pub chunk: u64,
     pub slice: SliceRef,
     pub to: Policy,
+    /// The chunk shows the slice through several references (a flush of scattered
+    /// writes): the whole slice is re-encoded once, for all of them.
+    pub whole: bool,
     /// Where its shards can be read (`None`: placed nowhere readable now).
     pub targets: Vec<Option<ShardTarget>>,
 }
@@ -77,6 +80,7 @@ pub fn find(
                 chunk,
                 slice: s.clone(),
                 to,
+                whole: sm.ns.references(ino, chunk, s.slice) > 1,
                 targets,
             });
         }
@@ -107,10 +111,14 @@ pub fn read_targets(
 /// found it), from shards checked against each other.
 pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
     let old = &c.slice;
+    let len = match c.whole {
+        true => old.layout.data_len,
+        false => old.len,
+    };
     let allocated = ask_core(&exec.core, |reply| Input::Reserve {
         ino: c.ino,
         policy: c.to,
-        len: old.len,
+        len,
         reply,
     })
     .await
@@ -130,7 +138,7 @@ pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
             layout,
             placement: placed,
             chunk_offset: old.chunk_offset,
-            skip: 0,
+            skip: if c.whole { old.skip } else { 0 },
             len: old.len,
         },
         Err(e) => {
@@ -146,7 +154,7 @@ pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
         now: Timestamp::now(),
     };
     match ask_core(&exec.core, |reply| Input::Propose { cmd, reply }).await {
-        Ok(Outcome::Fs(Ok(_))) => Ok(old.len),
+        Ok(Outcome::Fs(Ok(_))) => Ok(len),
         other => {
             // Changed meanwhile (truncated, compacted, removed): the next plan sees what is left.
             abandon(exec, slice).await;
@@ -155,7 +163,8 @@ pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
     }
 }
 
-/// Reads what the old slice shows (every shard, checked) and stores it whole as `slice`.
+/// Reads what the old slice shows, or all of it (every shard, checked), and stores it
+/// whole as `slice`.
 async fn store(
     exec: &Executor,
     c: &Candidate,
@@ -184,9 +193,13 @@ async fn store(
     let whole = 0..old.layout.shard_len();
     let ranges = vec![Some(whole); data_shards.len()];
     let bufs: Vec<Option<&Vec<u8>>> = data_shards.iter().map(Some).collect();
+    let (from, len) = match c.whole {
+        true => (0, old.layout.data_len),
+        false => (old.skip, old.len),
+    };
     let data = old
         .layout
-        .assemble(old.skip, old.len, &ranges, &bufs)
+        .assemble(from, len, &ranges, &bufs)
         .map_err(|e| format!("reading: {e}"))?;
     exec.slices
         .write(slice, layout, Bytes::from(data), &targets)

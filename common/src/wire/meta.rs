@@ -149,10 +149,10 @@ pub enum FsOp {
         writes: Vec<(u64, Vec<u8>)>,
     },
     /// Moves a file's inline bytes to the stored slice `slice` (`None` when there are no
-    /// bytes), if they are still at `generation` (else ESTALE: read them again).
+    /// bytes), if they are still `expect` (else ESTALE: read them again).
     Uninline {
         ino: InodeId,
-        generation: u64,
+        expect: Vec<u8>,
         slice: Option<SliceRef>,
     },
 }
@@ -268,10 +268,9 @@ pub enum FsReply {
         entries: Vec<(DirEntry, Attr)>,
     },
     /// The answer to `Slices` for a file whose bytes are inline: bytes `0..data.len()`
-    /// (zeros past them up to the size), at `generation` (bumped by every change).
+    /// (zeros past them up to the size).
     Inline {
         attr: Attr,
-        generation: u64,
         data: Vec<u8>,
     },
 }

@@ -86,10 +86,12 @@ impl Namespace {
         if self.get(ino)?.nlink == 0 && !self.orphans.contains_key(&ino) {
             return Err(Errno::NOENT);
         }
-        let slices = self.chunks_mut(ino)?.entry(chunk).or_default();
-        if slices.len().saturating_add(refs.len()) > MAX_SLICES_PER_CHUNK {
+        let chunks = self.chunks_mut(ino)?;
+        let held = chunks.get(&chunk).map_or(0, Vec::len);
+        if held.saturating_add(refs.len()) > MAX_SLICES_PER_CHUNK {
             return Err(Errno::NOSPC);
         }
+        let slices = chunks.entry(chunk).or_default();
         let before = chunk_map::data_bytes(slices);
         slices.extend(refs);
         let hidden = chunk_map::drop_hidden(slices);
@@ -288,6 +290,37 @@ impl Namespace {
         }
     }
 
+    /// Re-encoding a whole slice: every reference to `old`'s slice in chunk `chunk` shows
+    /// the same bytes of `new`'s, if `old` is still there as it was (else ESTALE). Returns
+    /// the old slice, which nothing shows any more.
+    pub fn swap_slice(
+        &mut self,
+        ino: InodeId,
+        chunk: u64,
+        old: &SliceRef,
+        new: &SliceRef,
+    ) -> Result<Vec<SliceRef>, Errno> {
+        let chunks = self.chunks_mut(ino).map_err(|_| Errno::STALE)?;
+        let slices = chunks.get_mut(&chunk).ok_or(Errno::STALE)?;
+        if !slices.iter().any(|s| s == old) {
+            return Err(Errno::STALE);
+        }
+        for s in slices.iter_mut().filter(|s| s.slice == old.slice) {
+            s.slice = new.slice;
+            s.layout = new.layout;
+            s.placement = new.placement.clone();
+        }
+        Ok(vec![old.clone()])
+    }
+
+    /// How many references chunk `chunk` of `ino` holds to `slice`.
+    pub fn references(&self, ino: InodeId, chunk: u64, slice: SliceId) -> usize {
+        let chunk = self.chunks(ino).ok().and_then(|c| c.get(&chunk));
+        chunk.map_or(0, |slices| {
+            slices.iter().filter(|s| s.slice == slice).count()
+        })
+    }
+
     /// Every stored slice of every file, once (for status and repair): of a slice a hole
     /// was punched through, its first reference.
     pub fn all_slices(&self) -> impl Iterator<Item = (InodeId, u64, &SliceRef)> {
@@ -326,8 +359,13 @@ impl Namespace {
                     Some((_, c, i)) if c == chunk => i + 1,
                     _ => 0,
                 };
-                if let Some(s) = slices.get(from) {
-                    return Some(((ino, chunk, from), s));
+                // A slice several references show counts once, at its first.
+                let mut met: std::collections::HashSet<SliceId> =
+                    slices.iter().take(from).map(|s| s.slice).collect();
+                for (i, s) in slices.iter().enumerate().skip(from) {
+                    if met.insert(s.slice) {
+                        return Some(((ino, chunk, i), s));
+                    }
                 }
             }
         }

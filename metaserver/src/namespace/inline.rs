@@ -22,9 +22,6 @@ pub const MAX_INLINE_TOTAL: u64 = 256 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InlineData {
     pub bytes: Vec<u8>,
-    /// Bumped by every change: a client moving the bytes to a slice names the generation
-    /// it read, so a write that came between is never lost.
-    pub generation: u64,
 }
 
 impl Namespace {
@@ -70,10 +67,7 @@ impl Namespace {
         // Inline already, or a file with no slices that becomes inline.
         let mut d = match std::mem::replace(&mut inode.content, Content::Special) {
             Content::Inline(d) => d,
-            _ => InlineData {
-                bytes: Vec::new(),
-                generation: 0,
-            },
+            _ => InlineData { bytes: Vec::new() },
         };
         if (d.bytes.len() as u64) < end {
             d.bytes.resize(end as usize, 0);
@@ -81,7 +75,6 @@ impl Namespace {
         for (at, b) in writes {
             d.bytes[*at as usize..*at as usize + b.len()].copy_from_slice(b);
         }
-        d.generation += 1;
         inode.stored = d.bytes.len() as u64;
         inode.content = Content::Inline(d);
         inode.size = inode.size.max(end);
@@ -89,19 +82,21 @@ impl Namespace {
         self.attr(ino)
     }
 
-    /// Moves the inline bytes of `ino`, still at `generation`, to the stored slice
+    /// Moves the inline bytes of `ino`, if they are still `expect`, to the stored slice
     /// `slice`, which shows exactly them from the file's start (`None`: there are none).
-    /// Size and times stay: the file's contents do not change.
+    /// Size and times stay: the file's contents do not change. Compared by value, not by
+    /// a version: bytes that changed and changed back are the same bytes, and a version
+    /// would start over each time a file becomes inline again.
     pub fn uninline(
         &mut self,
         ino: InodeId,
-        generation: u64,
+        expect: &[u8],
         slice: Option<SliceRef>,
     ) -> Result<(), Errno> {
         let Some(d) = self.inline_data(ino)? else {
             return Err(Errno::STALE);
         };
-        if d.generation != generation {
+        if d.bytes != expect {
             return Err(Errno::STALE);
         }
         let held = d.bytes.len() as u64;
@@ -127,7 +122,6 @@ impl Namespace {
         };
         let cut = (d.bytes.len() as u64).saturating_sub(size);
         d.bytes.truncate(d.bytes.len() - cut as usize);
-        d.generation += 1;
         inode.stored = d.bytes.len() as u64;
         inode.size = size;
         self.inline_bytes = self.inline_bytes.saturating_sub(cut);
@@ -149,7 +143,6 @@ impl Namespace {
         let held = d.bytes.len() as u64;
         let (a, b) = (offset.min(held) as usize, end.min(held) as usize);
         d.bytes[a..b].fill(0);
-        d.generation += 1;
         inode.touch(now);
         Ok(())
     }

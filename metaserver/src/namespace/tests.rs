@@ -685,29 +685,39 @@ fn inline_bytes_are_written_cut_punched_sought_and_moved_to_a_slice() {
     ns.punch_hole(f, 10, 5, t(6)).unwrap();
     want[10..15].fill(0);
     assert_eq!(inline_bytes(&ns, f), want[..40]);
-    let generation = ns.inline_data(f).unwrap().unwrap().generation;
+    let held = inline_bytes(&ns, f);
+    let mut other = held.clone();
+    other[0] ^= 1;
     // Moved to a slice only if unchanged since read, and only as exactly those bytes.
     assert_eq!(
-        ns.uninline(f, generation - 1, Some(slice_ref(7, 0, 40))),
+        ns.uninline(f, &other, Some(slice_ref(7, 0, 40))),
         Err(Errno::STALE)
     );
     assert_eq!(
-        ns.uninline(f, generation, Some(slice_ref(7, 0, 39))),
+        ns.uninline(f, &held, Some(slice_ref(7, 0, 39))),
         Err(Errno::INVAL)
     );
-    assert_eq!(ns.uninline(f, generation, None), Err(Errno::INVAL));
-    ns.uninline(f, generation, Some(slice_ref(7, 0, 40)))
-        .unwrap();
+    assert_eq!(ns.uninline(f, &held, None), Err(Errno::INVAL));
+    ns.uninline(f, &held, Some(slice_ref(7, 0, 40))).unwrap();
     assert_eq!(ns.inline_data(f), Ok(None));
     assert_eq!(ns.inline_bytes, 0);
     assert_eq!(ns.attr(f).unwrap().size, 1000);
-    assert_eq!(ns.uninline(f, generation, None), Err(Errno::STALE));
+    assert_eq!(ns.uninline(f, &held, None), Err(Errno::STALE));
     assert_eq!(
         ns.write_inline(f, &[(0, vec![3])], t(7)).map(drop),
         Err(Errno::NOTSUP)
     );
     ns.commit_slice(f, 0, vec![slice_ref(8, 0, 10)], t(8))
         .unwrap();
+    // Cut to nothing, the file takes inline bytes again: a move of what it held before
+    // (read before the cut) must not land over them.
+    size_to(&mut ns, f, 0);
+    ns.write_inline(f, &[(0, vec![9; 40])], t(9)).unwrap();
+    assert_eq!(
+        ns.uninline(f, &held, Some(slice_ref(10, 0, 40))),
+        Err(Errno::STALE)
+    );
+    assert_eq!(inline_bytes(&ns, f), vec![9; 40]);
     ns.check_invariants().unwrap();
 }
 

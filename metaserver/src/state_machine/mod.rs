@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 const MAX_REMEMBERED_REPLIES: usize = 100_000;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
-/// per file, punched holes.
-pub const STATE_FORMAT: u32 = 3;
+/// per file, punched holes. 4: several references committed at once, inline small files.
+pub const STATE_FORMAT: u32 = 4;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
@@ -411,16 +411,12 @@ impl StateMachine {
                 let attr = self.ns.write_inline(ino, &writes, now)?;
                 Ok(FsReply::Committed { attr, slices: 0 })
             }
-            FsOp::Uninline {
-                ino,
-                generation,
-                slice,
-            } => {
+            FsOp::Uninline { ino, expect, slice } => {
                 if let Some(s) = &slice {
                     self.check_stored(ino, s)?;
                 }
                 let id = slice.as_ref().map(|s| s.slice);
-                self.ns.uninline(ino, generation, slice)?;
+                self.ns.uninline(ino, &expect, slice)?;
                 if let Some(id) = id {
                     self.pending.remove(&id);
                 }
@@ -621,7 +617,6 @@ impl StateMachine {
                 let d = ns.inline_data(*ino)?.ok_or(Errno::STALE)?;
                 Ok(FsReply::Inline {
                     attr: ns.attr(*ino)?,
-                    generation: d.generation,
                     data: d.bytes.clone(),
                 })
             }

@@ -236,6 +236,8 @@ struct FileModel {
 struct Coverage {
     compactions: AtomicU64,
     reencodes: AtomicU64,
+    /// Re-encodes of a whole slice, for every reference to it.
+    whole_reencodes: AtomicU64,
     commits: AtomicU64,
     hid_several: AtomicU64,
     /// Commits of several references to one slice at once (a flush of scattered writes).
@@ -716,7 +718,13 @@ impl Run<'_> {
                     _ => return Ok(()),
                 };
                 let old = slices[pick % slices.len()].clone();
-                let layout = SliceLayout::new(policy(1), old.len, 65536).unwrap();
+                // The whole slice (for all its references at once), or what `old` shows.
+                let whole = (pick / 7) % 2 == 1;
+                let (from, len) = match whole {
+                    true => (0, old.layout.data_len),
+                    false => (old.skip, old.len),
+                };
+                let layout = SliceLayout::new(policy(1), len, 65536).unwrap();
                 let placement = self.placement(2, pick);
                 let now = self.now();
                 let reserve = Command::Reserve {
@@ -734,7 +742,7 @@ impl Run<'_> {
                     layout,
                     placement,
                     chunk_offset: old.chunk_offset,
-                    skip: 0,
+                    skip: old.skip - from,
                     len: old.len,
                 };
                 let (mut named, mut offered) = (old.clone(), new.clone());
@@ -763,9 +771,12 @@ impl Run<'_> {
                     return Ok(());
                 }
                 prop_assert_eq!(&result, &Outcome::Fs(Ok(FsReply::Done)));
-                let holds = (0..old.len)
-                    .map(|i| self.source(old.slice, old.skip + i))
-                    .collect();
+                let holds = (0..len).map(|i| self.source(old.slice, from + i)).collect();
+                if whole {
+                    self.coverage
+                        .whole_reencodes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 self.contents.insert(slice, holds);
                 let attr = (self.sm.ns.attr(ino), before.ns.attr(ino));
                 prop_assert_eq!(attr.0, attr.1, "a re-encode changed the attributes");
@@ -1175,5 +1186,9 @@ fn state_machine_matches_the_model() {
     assert!(
         coverage.multi_range.load(Ordering::Relaxed) >= cases as u64 / 4,
         "too few commits of several ranges went in"
+    );
+    assert!(
+        coverage.whole_reencodes.load(Ordering::Relaxed) >= cases as u64 / 8,
+        "too few whole slices were re-encoded"
     );
 }

@@ -98,7 +98,9 @@ impl StateMachine {
 
     /// Re-encoding: the stored slice `new` (same bytes, another policy) takes the place of
     /// `old`, if `old` is still in chunk `chunk` showing exactly what it showed. Newer
-    /// slices stay on top, so a write racing the re-encode is never undone.
+    /// slices stay on top, so a write racing the re-encode is never undone. `new` holds
+    /// either what `old` shows (from its start), or all of `old`'s slice (a slice several
+    /// references show: every one of them then moves to `new`, in one go).
     pub(super) fn reencode(
         &mut self,
         ino: InodeId,
@@ -107,11 +109,20 @@ impl StateMachine {
         new: SliceRef,
         now: Timestamp,
     ) -> Result<FsReply, Errno> {
-        let same_bytes = (new.chunk_offset, new.len, new.skip) == (old.chunk_offset, old.len, 0);
-        if !same_bytes {
-            return Err(Errno::INVAL);
+        let view = |s: &SliceRef| (s.chunk_offset, s.skip, s.len);
+        let whole = view(&new) == view(old) && new.layout.data_len == old.layout.data_len;
+        if !whole {
+            if (new.chunk_offset, new.len, new.skip) != (old.chunk_offset, old.len, 0) {
+                return Err(Errno::INVAL);
+            }
+            return self.replace(ino, chunk, std::slice::from_ref(old), vec![new], now);
         }
-        self.replace(ino, chunk, std::slice::from_ref(old), vec![new], now)
+        self.check_stored(ino, &new)?;
+        let id = new.slice;
+        let released = self.ns.swap_slice(ino, chunk, old, &new)?;
+        self.pending.remove(&id);
+        self.discard(released, now);
+        Ok(FsReply::Done)
     }
 }
 
