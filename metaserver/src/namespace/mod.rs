@@ -8,6 +8,7 @@ mod files;
 mod inline;
 #[cfg(test)]
 mod tests;
+mod xattrs;
 
 pub use inline::InlineData;
 use lattice_common::chunk_map::{self, SliceRef};
@@ -20,19 +21,63 @@ use lattice_common::ids::InodeId;
 use lattice_common::policy::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use xattrs::Xattrs;
 
 /// Cookies 1 and 2 are `.` and `..` (listed by the client), entries start after them.
 const FIRST_COOKIE: u64 = 3;
 const S_ISGID: u16 = 0o2000;
 const S_IXGRP: u16 = 0o010;
 
+/// An entry's name, one allocation shared by both indexes of its directory (stored as
+/// plain bytes).
+type Name = Arc<[u8]>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredDirectory")]
 pub struct Directory {
     pub parent: InodeId,
     /// name -> (inode, cookie)
+    entries: BTreeMap<Name, (InodeId, u64)>,
+    by_cookie: BTreeMap<u64, Name>,
+    next_cookie: u64,
+}
+
+/// A directory as stored: each name twice, shared again when read.
+#[derive(Deserialize)]
+struct StoredDirectory {
+    parent: InodeId,
     entries: BTreeMap<Vec<u8>, (InodeId, u64)>,
     by_cookie: BTreeMap<u64, Vec<u8>>,
     next_cookie: u64,
+}
+
+impl From<StoredDirectory> for Directory {
+    fn from(s: StoredDirectory) -> Self {
+        let entries: BTreeMap<Name, (InodeId, u64)> = s
+            .entries
+            .into_iter()
+            .map(|(name, e)| (Name::from(name), e))
+            .collect();
+        // Every cookie names an entry (kept so by insert and remove); one that did not
+        // keeps its own copy rather than be lost.
+        let by_cookie = s
+            .by_cookie
+            .into_iter()
+            .map(|(cookie, name)| {
+                let shared = entries
+                    .get_key_value(name.as_slice())
+                    .map(|(n, _)| n.clone());
+                (cookie, shared.unwrap_or_else(|| Name::from(name)))
+            })
+            .collect();
+        Directory {
+            parent: s.parent,
+            entries,
+            by_cookie,
+            next_cookie: s.next_cookie,
+        }
+    }
 }
 
 impl Directory {
@@ -56,6 +101,7 @@ impl Directory {
     fn insert(&mut self, name: Vec<u8>, ino: InodeId) {
         let cookie = self.next_cookie;
         self.next_cookie += 1;
+        let name = Name::from(name);
         self.by_cookie.insert(cookie, name.clone());
         if let Some((_, old)) = self.entries.insert(name, (ino, cookie)) {
             self.by_cookie.remove(&old);
@@ -80,7 +126,8 @@ impl Directory {
 pub enum Content {
     /// Chunk index -> slices, oldest first.
     File(BTreeMap<u64, Vec<SliceRef>>),
-    Dir(Directory),
+    /// Boxed: a directory is large and most inodes are files.
+    Dir(Box<Directory>),
     Symlink(Vec<u8>),
     Special,
     /// A small file's bytes, held here instead of on chunkservers (see `inline.rs`).
@@ -102,7 +149,7 @@ pub struct Inode {
     pub ctime: Timestamp,
     pub rdev: u32,
     pub policy: Option<Policy>,
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: Xattrs,
     pub content: Content,
 }
 
@@ -140,7 +187,9 @@ struct NewInode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredNamespace")]
 pub struct Namespace {
-    inodes: BTreeMap<InodeId, Inode>,
+    /// Boxed: a map's nodes are often half full, and half-empty slots then cost a pointer
+    /// each instead of a whole inode.
+    inodes: BTreeMap<InodeId, Box<Inode>>,
     next_ino: u64,
     /// Files whose last name is gone but that may still be open somewhere, and since when.
     orphans: BTreeMap<InodeId, Timestamp>,
@@ -152,7 +201,7 @@ pub struct Namespace {
 /// A namespace as stored (everything but what is counted from it).
 #[derive(Deserialize)]
 struct StoredNamespace {
-    inodes: BTreeMap<InodeId, Inode>,
+    inodes: BTreeMap<InodeId, Box<Inode>>,
     next_ino: u64,
     orphans: BTreeMap<InodeId, Timestamp>,
 }
@@ -197,11 +246,11 @@ impl Namespace {
             ctime: now,
             rdev: 0,
             policy: None,
-            xattrs: BTreeMap::new(),
-            content: Content::Dir(Directory::new(InodeId::ROOT)),
+            xattrs: Xattrs::default(),
+            content: Content::Dir(Box::new(Directory::new(InodeId::ROOT))),
         };
         Namespace {
-            inodes: BTreeMap::from([(InodeId::ROOT, root)]),
+            inodes: BTreeMap::from([(InodeId::ROOT, Box::new(root))]),
             next_ino: InodeId::ROOT.0 + 1,
             orphans: BTreeMap::new(),
             inline_bytes: 0,
@@ -217,11 +266,14 @@ impl Namespace {
     }
 
     fn get(&self, ino: InodeId) -> Result<&Inode, Errno> {
-        self.inodes.get(&ino).ok_or(Errno::NOENT)
+        self.inodes.get(&ino).map(|i| &**i).ok_or(Errno::NOENT)
     }
 
     fn get_mut(&mut self, ino: InodeId) -> Result<&mut Inode, Errno> {
-        self.inodes.get_mut(&ino).ok_or(Errno::NOENT)
+        self.inodes
+            .get_mut(&ino)
+            .map(|i| &mut **i)
+            .ok_or(Errno::NOENT)
     }
 
     pub fn attr(&self, ino: InodeId) -> Result<Attr, Errno> {
@@ -268,7 +320,7 @@ impl Namespace {
             .map(|(&cookie, name)| {
                 let child = dir.get(name).ok_or(Errno::IO)?;
                 Ok(DirEntry {
-                    name: name.clone(),
+                    name: name.to_vec(),
                     ino: child,
                     kind: self.get(child)?.kind,
                     cookie,
@@ -353,7 +405,7 @@ impl Namespace {
             }
         }
         // A default ACL of the directory replaces the umask and is inherited.
-        let mut xattrs = BTreeMap::new();
+        let mut xattrs = Xattrs::default();
         let inherited = p
             .xattrs
             .get(acl::DEFAULT)
@@ -399,7 +451,7 @@ impl Namespace {
             xattrs,
             content,
         };
-        self.inodes.insert(ino, inode);
+        self.inodes.insert(ino, Box::new(inode));
         let p = self.get_mut(parent)?;
         p.dir_mut()?.insert(name.to_vec(), ino);
         p.touch(now);
@@ -455,7 +507,7 @@ impl Namespace {
         if self.depth(parent) >= MAX_DEPTH {
             return Err(Errno::NOSPC);
         }
-        let content = Content::Dir(Directory::new(parent));
+        let content = Content::Dir(Box::new(Directory::new(parent)));
         self.create(
             parent,
             name,
