@@ -14,7 +14,7 @@ use rcgen::{
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -105,14 +105,18 @@ fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(io_err(path))
 }
 
-/// Writes a file readable by its owner only when `secret`.
+/// Writes a file readable by its owner only when `secret`: a file that was there keeps
+/// no looser mode (the mode of `open` applies only to a file it creates).
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    let mode = if secret { 0o600 } else { 0o644 };
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(path)
+        .map_err(io_err(path))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(path))?;
     file.write_all(contents.as_bytes())
         .and_then(|_| file.sync_all())
@@ -237,10 +241,11 @@ mod tests {
             }
         );
         assert!(issue(&ca, Role::Client, "../evil", &node).is_err());
-        let mode = fs::metadata(node.join(KEY_FILE)).unwrap();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-            0o600
-        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&node.join(KEY_FILE)), 0o600);
+        // Re-issued over a key file someone had opened up: 0600 again.
+        fs::set_permissions(node.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        issue(&ca, Role::Chunkserver, "cs-1", &node).unwrap();
+        assert_eq!(mode(&node.join(KEY_FILE)), 0o600);
     }
 }
