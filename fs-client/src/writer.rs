@@ -66,30 +66,31 @@ impl Piece {
 /// Cuts extents into one piece per chunk they touch. Extents never overlap, so neither do
 /// a piece's ranges; a chunk's ranges fit one slice (a chunk is a slice's largest size).
 pub fn pieces(extents: &Extents) -> Vec<Piece> {
-    // Pieces being gathered: chunk, ranges, bytes.
-    type Gathering = (u64, Vec<(u64, u64)>, Vec<u8>);
-    let mut out: Vec<Gathering> = Vec::new();
+    // Every run of bytes, cut at chunk boundaries: (chunk, chunk offset, bytes).
+    let mut parts: Vec<(u64, u64, &[u8])> = Vec::new();
     for (start, data) in extents.iter() {
         let mut pos = 0usize;
         while pos < data.len() {
             let at = start + pos as u64;
-            let chunk = at / CHUNK_SIZE;
             let chunk_offset = at % CHUNK_SIZE;
             let take = ((CHUNK_SIZE - chunk_offset) as usize).min(data.len() - pos);
-            if out.last().is_none_or(|(c, _, _)| *c != chunk) {
-                out.push((chunk, Vec::new(), Vec::new()));
-            }
-            let (_, ranges, bytes) = out.last_mut().expect("just pushed");
-            ranges.push((chunk_offset, take as u64));
-            bytes.extend_from_slice(&data[pos..pos + take]);
+            parts.push((at / CHUNK_SIZE, chunk_offset, &data[pos..pos + take]));
             pos += take;
         }
     }
-    out.into_iter()
-        .map(|(chunk, ranges, bytes)| Piece {
-            chunk,
-            ranges,
-            data: Bytes::from(bytes),
+    // Each piece's bytes are copied once, into a buffer of their exact size.
+    parts
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|group| {
+            let mut bytes = Vec::with_capacity(group.iter().map(|p| p.2.len()).sum());
+            for (_, _, data) in group {
+                bytes.extend_from_slice(data);
+            }
+            Piece {
+                chunk: group[0].0,
+                ranges: group.iter().map(|p| (p.1, p.2.len() as u64)).collect(),
+                data: Bytes::from(bytes),
+            }
         })
         .collect()
 }
