@@ -48,6 +48,16 @@ pub struct Candidate {
     pub targets: Vec<Option<ShardTarget>>,
 }
 
+impl Candidate {
+    /// The bytes of the old slice the new one holds: (from, len) in its data.
+    fn span(&self) -> (u64, u64) {
+        match self.whole {
+            true => (0, self.slice.layout.data_len),
+            false => (self.slice.skip, self.slice.len),
+        }
+    }
+}
+
 /// Up to `max` slices to re-encode, leaving out `skip` (being re-encoded, or failed a
 /// moment ago) and slices with a shard not readable now (repair comes first: a re-encode
 /// reads and checks every shard, so it never copies a bad one into the new slice); and how
@@ -111,10 +121,7 @@ pub fn read_targets(
 /// found it), from shards checked against each other.
 pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
     let old = &c.slice;
-    let len = match c.whole {
-        true => old.layout.data_len,
-        false => old.len,
-    };
+    let (from, len) = c.span();
     let allocated = ask_core(&exec.core, |reply| Input::Reserve {
         ino: c.ino,
         policy: c.to,
@@ -138,7 +145,7 @@ pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
             layout,
             placement: placed,
             chunk_offset: old.chunk_offset,
-            skip: if c.whole { old.skip } else { 0 },
+            skip: old.skip - from,
             len: old.len,
         },
         Err(e) => {
@@ -193,10 +200,7 @@ async fn store(
     let whole = 0..old.layout.shard_len();
     let ranges = vec![Some(whole); data_shards.len()];
     let bufs: Vec<Option<&Vec<u8>>> = data_shards.iter().map(Some).collect();
-    let (from, len) = match c.whole {
-        true => (0, old.layout.data_len),
-        false => (old.skip, old.len),
-    };
+    let (from, len) = c.span();
     let data = old
         .layout
         .assemble(from, len, &ranges, &bufs)

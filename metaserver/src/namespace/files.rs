@@ -360,12 +360,10 @@ impl Namespace {
                     _ => 0,
                 };
                 // A slice several references show counts once, at its first.
-                let mut met: std::collections::HashSet<SliceId> =
-                    slices.iter().take(from).map(|s| s.slice).collect();
-                for (i, s) in slices.iter().enumerate().skip(from) {
-                    if met.insert(s.slice) {
-                        return Some(((ino, chunk, i), s));
-                    }
+                let first_of_its_slice =
+                    |i: usize| slices[..i].iter().all(|p| p.slice != slices[i].slice);
+                if let Some(i) = (from..slices.len()).find(|&i| first_of_its_slice(i)) {
+                    return Some(((ino, chunk, i), &slices[i]));
                 }
             }
         }

@@ -206,16 +206,19 @@ struct StoredNamespace {
     orphans: BTreeMap<InodeId, Timestamp>,
 }
 
+/// Bytes held inline in all of `inodes`.
+fn inline_bytes_of(inodes: &BTreeMap<InodeId, Box<Inode>>) -> u64 {
+    (inodes.values())
+        .map(|i| match &i.content {
+            Content::Inline(d) => d.bytes.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 impl From<StoredNamespace> for Namespace {
     fn from(s: StoredNamespace) -> Self {
-        let inline_bytes = s
-            .inodes
-            .values()
-            .map(|i| match &i.content {
-                Content::Inline(d) => d.bytes.len() as u64,
-                _ => 0,
-            })
-            .sum();
+        let inline_bytes = inline_bytes_of(&s.inodes);
         Namespace {
             inodes: s.inodes,
             next_ino: s.next_ino,

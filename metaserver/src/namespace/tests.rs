@@ -77,12 +77,7 @@ impl Namespace {
                 }
             }
         }
-        let inline: u64 = (self.inodes.values())
-            .filter_map(|i| match &i.content {
-                Content::Inline(d) => Some(d.bytes.len() as u64),
-                _ => None,
-            })
-            .sum();
+        let inline = inline_bytes_of(&self.inodes);
         if inline != self.inline_bytes {
             return Err(format!(
                 "{inline} inline bytes counted as {}",

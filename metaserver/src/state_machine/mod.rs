@@ -613,14 +613,13 @@ impl StateMachine {
                     self.locks.conflict(*ino, *client, *owner, lock),
                 ))
             }
-            FsQuery::Slices { ino, .. } if ns.inline_data(*ino)?.is_some() => {
-                let d = ns.inline_data(*ino)?.ok_or(Errno::STALE)?;
-                Ok(FsReply::Inline {
-                    attr: ns.attr(*ino)?,
-                    data: d.bytes.clone(),
-                })
-            }
             FsQuery::Slices { ino, first, last } => {
+                if let Some(d) = ns.inline_data(*ino)? {
+                    return Ok(FsReply::Inline {
+                        attr: ns.attr(*ino)?,
+                        data: d.bytes.clone(),
+                    });
+                }
                 let chunks = ns.slices(*ino, *first, *last)?;
                 let ids: BTreeSet<ChunkserverId> = chunks
                     .iter()
