@@ -236,41 +236,53 @@ impl Service {
         if !self.read_delay.is_zero() {
             tokio::time::sleep(self.read_delay).await;
         }
-        let opened = self.on_disk(move |s| s.open_reader(shard)).await;
-        let reader = match opened {
-            Ok(r)
-                if offset
-                    .checked_add(len)
-                    .is_some_and(|end| end <= r.header.shard_len())
-                    && len <= MAX_GET_BYTES =>
-            {
-                Arc::new(r)
+        if len > MAX_GET_BYTES {
+            let e = invalid(format!("a read of {len} bytes is over {MAX_GET_BYTES}"));
+            return reply(send, &ChunkResponse::Error(e)).await;
+        }
+        let end = offset.saturating_add(len);
+        let piece_end = move |pos: u64| end.min((pos / IO_PIECE as u64 + 1) * IO_PIECE as u64);
+        // The open (usually a kept file) and the first piece go to the disk thread together:
+        // a small read is one hop off the network threads, not two.
+        let store = self.store.clone();
+        let first = blocking(move || {
+            let reader = store.reader(shard)?;
+            if end > reader.header.shard_len() {
+                return Err(StoreError::Invalid(format!(
+                    "range {offset}+{len} outside shard of {} bytes",
+                    reader.header.shard_len()
+                )));
             }
-            Ok(r) => {
-                let e = invalid(format!(
-                    "range {offset}+{len} outside shard of {} bytes (or over {MAX_GET_BYTES})",
-                    r.header.shard_len()
-                ));
-                return reply(send, &ChunkResponse::Error(e)).await;
-            }
-            Err(e) => return reply(send, &ChunkResponse::Error(e)).await,
-        };
-        let end = offset + len;
-        let mut pos = offset;
-        let mut started = false;
-        while pos < end || !started {
-            let next = end.min((pos / IO_PIECE as u64 + 1) * IO_PIECE as u64);
-            let (store, r) = (self.store.clone(), reader.clone());
-            let piece = blocking(move || store.read(&r, pos, next - pos)).await;
-            let piece = match (piece, started) {
-                (Ok(p), _) => p,
-                (Err(e), false) => {
-                    if let StoreError::Corrupt(_) = e {
-                        self.scrub.report(shard);
-                    }
-                    return reply(send, &ChunkResponse::Error(e.into())).await;
+            let piece = store.read(&reader, offset, piece_end(offset) - offset)?;
+            Ok((reader, piece))
+        })
+        .await;
+        let (reader, mut piece) = match first {
+            Ok(first) => first,
+            Err(e) => {
+                if let StoreError::Corrupt(_) = e {
+                    self.scrub.report(shard);
                 }
-                (Err(e), true) => {
+                return reply(send, &ChunkResponse::Error(e.into())).await;
+            }
+        };
+        reply(send, &ChunkResponse::Data { len }).await;
+        let mut pos = offset;
+        loop {
+            let n = piece.len() as u64;
+            if send.write_chunk(piece).await.is_err() {
+                return;
+            }
+            self.stats.get_bytes.add(n);
+            pos += n;
+            if pos >= end {
+                break;
+            }
+            let next = piece_end(pos);
+            let (store, r) = (self.store.clone(), reader.clone());
+            piece = match blocking(move || store.read(&r, pos, next - pos)).await {
+                Ok(p) => p,
+                Err(e) => {
                     if let StoreError::Corrupt(_) = e {
                         self.scrub.report(shard);
                     }
@@ -283,15 +295,6 @@ impl Service {
                     return;
                 }
             };
-            if !started {
-                reply(send, &ChunkResponse::Data { len }).await;
-                started = true;
-            }
-            if send.write_all(&piece).await.is_err() {
-                return;
-            }
-            self.stats.get_bytes.add(piece.len() as u64);
-            pos = next;
         }
         self.stats.gets.add(1);
         let _ = send.finish();

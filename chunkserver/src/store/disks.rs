@@ -165,6 +165,7 @@ impl Store {
             Some(e) if e.disk == from => {
                 e.disk = to;
                 e.file_bytes = header.file_bytes();
+                e.serial = self.next_serial();
             }
             // Deleted or rewritten elsewhere meanwhile: the copy is not needed.
             Some(e) if e.disk == to => return Ok(0),
@@ -175,6 +176,7 @@ impl Store {
             }
         }
         drop(index);
+        self.open.forget(shard);
         if let Err(e) = std::fs::remove_file(&old) {
             warn!(path = %old.display(), "could not remove the old copy: {e}");
         }

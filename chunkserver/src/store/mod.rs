@@ -7,16 +7,19 @@
 
 mod disks;
 mod layout;
+mod open_shards;
 pub mod shard_file;
 
+use bytes::Bytes;
 use lattice_common::ids::{ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
 use lattice_common::wire::{DiskStatus, HealthCounters, ShardInfo};
+use open_shards::OpenShards;
 use shard_file::{ShardHeader, ShardReader, ShardWriter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,9 @@ struct Entry {
     layout: SliceLayout,
     file_bytes: u64,
     stored_secs: u64,
+    /// Unique to this entry (a replaced or moved shard gets a new one): a file kept open
+    /// under another serial is stale.
+    serial: u64,
 }
 
 /// Faults to inject, for testing how the cluster copes with a failing server. Off unless
@@ -126,6 +132,8 @@ pub struct Store {
     /// Held while a shard bucket directory is created, so no write lands in one before it
     /// is durable.
     buckets: Mutex<()>,
+    open: OpenShards,
+    serials: AtomicU64,
 }
 
 fn unix_secs(t: std::time::SystemTime) -> u64 {
@@ -180,6 +188,8 @@ impl Store {
             health: Health::default(),
             faults,
             buckets: Mutex::new(()),
+            open: OpenShards::default(),
+            serials: AtomicU64::new(0),
         };
         for (i, root) in roots.iter().enumerate() {
             store.scan(i as u32, root)?;
@@ -225,6 +235,7 @@ impl Store {
                             layout: r.header.layout,
                             file_bytes: r.header.file_bytes(),
                             stored_secs: modified.map_or(0, unix_secs),
+                            serial: self.next_serial(),
                         };
                         index.insert(id, entry);
                         found += 1;
@@ -310,12 +321,14 @@ impl Store {
             layout: header.layout,
             file_bytes: header.file_bytes(),
             stored_secs: unix_secs(std::time::SystemTime::now()),
+            serial: self.next_serial(),
         };
         let old = self
             .index
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(header.shard, entry);
+        self.open.forget(header.shard);
         if let Some(old) = old.filter(|o| o.disk != disk) {
             let _ = std::fs::remove_file(self.shard_path(old.disk, header.shard));
         }
@@ -331,14 +344,38 @@ impl Store {
             .ok_or(StoreError::NotFound(shard))
     }
 
+    fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens a shard afresh, reading and checking its header from disk (as scrub must).
     pub fn open_reader(&self, shard: ShardId) -> Result<ShardReader, StoreError> {
         let entry = self.entry(shard)?;
         let path = self.shard_path(entry.disk, shard);
         self.note(ShardReader::open(&path))
     }
 
+    /// A reader of a shard, kept open for the next read. Its header was checked when it
+    /// was opened; every read still verifies the bytes and checksums it reads from disk.
+    pub fn reader(&self, shard: ShardId) -> Result<Arc<ShardReader>, StoreError> {
+        let entry = self.entry(shard)?;
+        if let Some(kept) = self.open.get(shard, entry.serial) {
+            return Ok(kept);
+        }
+        let path = self.shard_path(entry.disk, shard);
+        let reader = Arc::new(self.note(ShardReader::open(&path))?);
+        // Kept only if the entry is still the one opened (not deleted or replaced meanwhile).
+        if self
+            .entry(shard)
+            .is_ok_and(|now| now.serial == entry.serial)
+        {
+            self.open.keep(shard, entry.serial, reader.clone());
+        }
+        Ok(reader)
+    }
+
     /// Reads a verified range through an open reader, counting failures.
-    pub fn read(&self, reader: &ShardReader, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    pub fn read(&self, reader: &ShardReader, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         if self.faults.read_error_rate > 0.0 && rand::random::<f64>() < self.faults.read_error_rate
         {
             let injected = std::io::Error::other("injected read error (--inject-read-errors)");
@@ -364,6 +401,7 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&shard);
+        self.open.forget(shard);
         let Some(entry) = removed else {
             return Ok(false);
         };

@@ -1,6 +1,7 @@
 use super::*;
 use lattice_common::policy::Policy;
 use rand::{Rng, SeedableRng};
+use shard_file::BLOCK_SIZE;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -76,10 +77,22 @@ fn flipped_byte_is_reported_as_corruption() {
     f.write_all_at(&[data[70_000] ^ 0x40], header.data_offset() + 70_000)
         .unwrap();
     let r = store.open_reader(shard).unwrap();
-    // Block 0 is intact, block 1 (64 KiB..128 KiB) is not.
+    // Only the block holding byte 70,000 is damaged: its neighbours read fine.
+    let block = BLOCK_SIZE as u64;
+    let damaged = 70_000 / block * block;
     assert_eq!(store.read(&r, 0, 1000).unwrap(), &data[..1000]);
+    let before = (damaged - 100) as usize;
+    assert_eq!(
+        store.read(&r, before as u64, 100).unwrap(),
+        &data[before..before + 100]
+    );
+    let after = (damaged + block) as usize;
+    assert_eq!(
+        store.read(&r, after as u64, 100).unwrap(),
+        &data[after..after + 100]
+    );
     assert!(matches!(
-        store.read(&r, 65_000, 1000),
+        store.read(&r, 70_001, 10),
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(store.health.snapshot().checksum_errors, 1);
@@ -90,6 +103,84 @@ fn flipped_byte_is_reported_as_corruption() {
         store.open_reader(shard),
         Err(StoreError::Corrupt(_))
     ));
+}
+
+#[test]
+fn a_checksum_table_entry_damaged_fails_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
+    let l = layout(4 * 100_000);
+    let shard = ShardId::new(SliceId(10), 1);
+    let data = random(l.shard_len() as usize, 5);
+    put(&store, shard, l, &data);
+    let r = store.reader(shard).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(shard_file(dir.path(), shard))
+        .unwrap();
+    // The checksum of block 3 follows the 128-byte header, 4 bytes per block.
+    f.write_all_at(&[0xff; 4], 128 + 4 * 3).unwrap();
+    let block = BLOCK_SIZE as u64;
+    assert_eq!(store.read(&r, 0, block).unwrap(), &data[..block as usize]);
+    assert!(matches!(
+        store.read(&r, 3 * block + 5, 1),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn kept_readers_never_outlive_their_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let store = Store::open(&[a.clone(), b.clone()], 0, Faults::default()).unwrap();
+    let shard = ShardId::new(SliceId(3), 0);
+    let l = layout(4 * 50_000);
+    let first = random(l.shard_len() as usize, 1);
+    put(&store, shard, l, &first);
+    let r1 = store.reader(shard).unwrap();
+    assert!(Arc::ptr_eq(&r1, &store.reader(shard).unwrap()), "kept open");
+
+    // Replaced (as a rebuild does): the next reader sees the new file, not the kept one.
+    let second = random(l.shard_len() as usize, 2);
+    put(&store, shard, l, &second);
+    let r2 = store.reader(shard).unwrap();
+    assert!(!Arc::ptr_eq(&r1, &r2));
+    assert_eq!(store.read(&r2, 0, 100).unwrap(), &second[..100]);
+
+    // Moved to another directory: the kept file is closed and the copy opened.
+    let on = store.stat(shard).unwrap().disk as usize;
+    store.remove_disk([&a, &b][on]).unwrap();
+    let r3 = store.reader(shard).unwrap();
+    assert!(!Arc::ptr_eq(&r2, &r3));
+    assert_eq!(store.read(&r3, 100, 100).unwrap(), &second[100..200]);
+
+    // Deleted: gone at once, however it was kept.
+    assert!(store.delete(shard).unwrap());
+    assert!(matches!(store.reader(shard), Err(StoreError::NotFound(_))));
+    assert_eq!(store.open.len(), 0);
+}
+
+#[test]
+fn at_most_max_open_files_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&[dir.path().to_path_buf()], 0, Faults::default()).unwrap();
+    let count = open_shards::MAX_OPEN as u64 + 10;
+    for i in 0..count {
+        let shard = ShardId::new(SliceId(100 + i), 0);
+        put(&store, shard, layout(400), &[i as u8; 100]);
+        assert_eq!(
+            store.read(&store.reader(shard).unwrap(), 0, 1).unwrap()[0],
+            i as u8
+        );
+    }
+    assert_eq!(store.open.len(), open_shards::MAX_OPEN);
+    // The most recent stay; the coldest were closed.
+    let newest = ShardId::new(SliceId(100 + count - 1), 0);
+    let serial = store.entry(newest).unwrap().serial;
+    assert!(store.open.get(newest, serial).is_some());
+    let oldest = ShardId::new(SliceId(100), 0);
+    let serial = store.entry(oldest).unwrap().serial;
+    assert!(store.open.get(oldest, serial).is_none());
 }
 
 #[test]
