@@ -62,7 +62,9 @@ impl Membership {
                 scrub: status.scrub,
             };
             match self.meta.call(&MetaRequest::Heartbeat(heartbeat)).await {
-                Ok(MetaResponse::HeartbeatAck) => {}
+                Ok(MetaResponse::HeartbeatAck { revoked }) => {
+                    self.meta.node().set_revocations(&revoked)
+                }
                 Ok(other) => warn!("heartbeat refused: {other:?}"),
                 Err(e) if e.to_string().contains("not registered") => {
                     id = self.register(None).await.unwrap_or(id)

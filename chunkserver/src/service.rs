@@ -95,7 +95,7 @@ impl Service {
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let req: ChunkRequest = match codec::read_frame(&mut recv).await {
+        let req: ChunkRequest = match codec::read_request(&mut recv).await {
             Ok(req) => req,
             Err(e) => {
                 debug!(%peer, "bad request: {e}");

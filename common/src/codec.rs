@@ -14,10 +14,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change to a message (bincode knows no field names: a new
 /// field or a variant anywhere but at the end of an enum is one).
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Largest encoded message (version and body) accepted or produced.
 pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 const HEADER_BYTES: usize = 6;
+/// A request frame must arrive whole within this long: a peer that sends nothing, or
+/// trickles bytes, is cut off instead of holding a task and a buffer without end.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// A frame's buffer grows with the bytes that arrive, from at most this much: a peer
+/// announcing a large frame does not get memory for it before sending it.
+const FIRST_BUFFER: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -31,6 +37,8 @@ pub enum CodecError {
     Malformed(#[from] bincode::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("request not received whole within {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 fn options() -> impl Options {
@@ -106,9 +114,23 @@ where
 {
     let len = r.read_u32_le().await?;
     check_len(len)?;
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await?;
+    let mut payload = Vec::with_capacity((len as usize).min(FIRST_BUFFER));
+    r.take(len as u64).read_to_end(&mut payload).await?;
+    if payload.len() != len as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     decode_payload(&payload)
+}
+
+/// Reads a request frame on a server, within [`REQUEST_DEADLINE`].
+pub async fn read_request<R, T>(r: &mut R) -> Result<T, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    tokio::time::timeout(REQUEST_DEADLINE, read_frame(r))
+        .await
+        .unwrap_or(Err(CodecError::Stalled(REQUEST_DEADLINE)))
 }
 
 /// Encodes durable state (a state machine snapshot, a log command): same encoding as

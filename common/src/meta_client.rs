@@ -5,6 +5,7 @@
 use crate::codec;
 use crate::fs::Errno;
 use crate::ids::ClientId;
+use crate::pki::Role;
 use crate::transport::Node;
 use crate::wire::meta::{
     AdminReply, AdminRequest, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
@@ -104,7 +105,11 @@ impl MetaClient {
         timeout: Duration,
     ) -> Result<MetaResponse, String> {
         let work = async {
-            let (mut send, mut recv) = self.node.open(addr).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = self
+                .node
+                .open(addr, Role::Metaserver)
+                .await
+                .map_err(|e| e.to_string())?;
             let frame = codec::encode(req).map_err(|e| e.to_string())?;
             send.write_all(&frame).await.map_err(|e| e.to_string())?;
             let _ = send.finish();

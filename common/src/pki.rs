@@ -5,12 +5,16 @@
 //! client) holds `ca.pem`, `cert.pem` and `key.pem`. The certificate's common name is
 //! `<role>:<name>`; every certificate also names the cluster's shared DNS identity
 //! [`CLUSTER_SERVER_NAME`], which is what clients verify servers against (servers move
-//! between addresses; the CA signature is what is checked).
+//! between addresses; the CA signature is what is checked). Only metaserver and
+//! chunkserver certificates may authenticate a server. A certificate can be revoked by
+//! name or serial: the list lives in the cluster map and every server refuses those peers.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -67,10 +71,87 @@ impl FromStr for Role {
 }
 
 /// Who a verified peer certificate says it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerName {
     pub role: Role,
     pub name: String,
+    /// The certificate's serial number, in lowercase hex: what tells apart two
+    /// certificates issued under one name.
+    pub serial: String,
+}
+
+/// Certificates the cluster no longer accepts, replicated in the cluster map: by
+/// `role:name` (every certificate issued under it) or by serial (one certificate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    pub names: BTreeSet<String>,
+    pub serials: BTreeSet<String>,
+}
+
+/// Revocations the cluster map holds at most (each a name or serial of at most 128 bytes).
+pub const MAX_REVOCATIONS: usize = 10_000;
+
+impl Revocations {
+    pub fn covers(&self, peer: &PeerName) -> bool {
+        self.serials.contains(&peer.serial) || self.names.contains(&peer.to_string())
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len() + self.serials.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an admin names to revoke: `role:name`, or a serial number (hex, colons allowed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Revoke {
+    Name(String),
+    Serial(String),
+}
+
+impl Revoke {
+    /// Checks and normalises what an admin typed.
+    pub fn parse_name(text: &str) -> Result<Revoke, PkiError> {
+        let (role, name) = text.split_once(':').ok_or_else(|| {
+            PkiError::Invalid(format!("{text:?} is not role:name (e.g. client:laptop-7)"))
+        })?;
+        let role: Role = role.parse()?;
+        check_name(name)?;
+        Ok(Revoke::Name(format!("{role}:{name}")))
+    }
+
+    pub fn parse_serial(text: &str) -> Result<Revoke, PkiError> {
+        let hex: String = text.chars().filter(|c| *c != ':').collect();
+        if hex.is_empty() || hex.len() > 128 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(PkiError::Invalid(format!(
+                "{text:?} is not a serial number in hex"
+            )));
+        }
+        Ok(Revoke::Serial(
+            hex.trim_start_matches('0').to_ascii_lowercase(),
+        ))
+    }
+
+    /// Whether a replicated command names something well formed (a command is never
+    /// trusted: a bad one is refused on every member alike).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Revoke::Name(n) => Revoke::parse_name(n).is_ok_and(|r| &r == self),
+            Revoke::Serial(s) => Revoke::parse_serial(s).is_ok_and(|r| &r == self),
+        }
+    }
+}
+
+impl fmt::Display for Revoke {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Revoke::Name(n) => f.write_str(n),
+            Revoke::Serial(s) => write!(f, "serial {s}"),
+        }
+    }
 }
 
 impl fmt::Display for PeerName {
@@ -168,10 +249,7 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> Result<()
         .distinguished_name
         .push(DnType::CommonName, format!("{role}:{name}"));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = role_usages(role);
     validity(&mut params, 5);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
@@ -180,6 +258,18 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> Result<()
     write(&out_dir.join(KEY_FILE), &key.serialize_pem(), true)?;
     write(&out_dir.join(CERT_FILE), &cert.pem(), false)?;
     write(&out_dir.join(CA_CERT_FILE), &ca_pem, false)
+}
+
+/// Only servers' certificates may authenticate a server: TLS refuses a mount's or an
+/// admin's certificate offered by a peer that was dialled.
+fn role_usages(role: Role) -> Vec<ExtendedKeyUsagePurpose> {
+    match role {
+        Role::Metaserver | Role::Chunkserver => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Client | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
 }
 
 fn check_name(name: &str) -> Result<(), PkiError> {
@@ -213,7 +303,23 @@ pub fn peer_name(cert_der: &[u8]) -> Result<PeerName, PkiError> {
     Ok(PeerName {
         role: role.parse()?,
         name: name.to_string(),
+        serial: serial_hex(cert.tbs_certificate.raw_serial()),
     })
+}
+
+/// A serial number as [`Revoke::parse_serial`] normalises it.
+fn serial_hex(raw: &[u8]) -> String {
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    hex.trim_start_matches('0').to_string()
+}
+
+/// The serial number of the certificate in `dir` (a node directory made by [`issue`]).
+pub fn serial_of(dir: &Path) -> Result<String, PkiError> {
+    let pem = read(&dir.join(CERT_FILE))?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+        .map_err(|e| PkiError::Invalid(format!("{}: {e}", dir.join(CERT_FILE).display())))?;
+    Ok(peer_name(&der)?.serial)
 }
 
 #[cfg(test)]
@@ -233,13 +339,29 @@ mod tests {
             .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
             .unwrap();
         let peer = peer_name(&der).unwrap();
-        assert_eq!(
-            peer,
-            PeerName {
-                role: Role::Chunkserver,
-                name: "cs-1".into()
-            }
-        );
+        assert_eq!((peer.role, peer.name.as_str()), (Role::Chunkserver, "cs-1"));
+        assert_eq!(serial_of(&node).unwrap(), peer.serial);
+        assert!(!peer.serial.is_empty());
+        let mut revoked = Revocations::default();
+        assert!(!revoked.covers(&peer));
+        revoked.names.insert("chunkserver:cs-1".into());
+        assert!(revoked.covers(&peer));
+        let Revoke::Serial(serial) = Revoke::parse_serial(&peer.serial.to_uppercase()).unwrap()
+        else {
+            panic!("not a serial")
+        };
+        let by_serial = Revocations {
+            serials: [serial].into(),
+            ..Default::default()
+        };
+        assert!(by_serial.covers(&peer));
+        assert!(Revoke::parse_name("cs-1").is_err());
+        assert!(Revoke::parse_name("wizard:cs-1").is_err());
+        assert!(Revoke::parse_name("client:../x").is_err());
+        assert!(Revoke::parse_serial("xyz").is_err());
+        assert!(Revoke::Name("client:a".into()).is_valid());
+        assert!(!Revoke::Name("client:a/b".into()).is_valid());
+        assert!(!Revoke::Serial("00AB".into()).is_valid());
         assert!(issue(&ca, Role::Client, "../evil", &node).is_err());
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&node.join(KEY_FILE)), 0o600);

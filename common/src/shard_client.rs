@@ -3,6 +3,7 @@
 use crate::codec::{self, CodecError};
 use crate::ids::ShardId;
 use crate::layout::SliceLayout;
+use crate::pki::Role;
 use crate::transport::Node;
 use crate::wire::{
     reset, ChunkRequest, ChunkResponse, ChunkserverStatus, ErrorKind, ShardInfo, ShardSource,
@@ -119,7 +120,7 @@ impl ShardClient {
     ) -> Result<(ChunkResponse, RecvStream), ShardError> {
         let (mut send, mut recv) = self
             .node
-            .open(addr)
+            .open(addr, Role::Chunkserver)
             .await
             .map_err(|e| ShardError::Unreachable(e.to_string()))?;
         let lost = |e: quinn::WriteError| ShardError::Unreachable(format!("{addr}: {e}"));

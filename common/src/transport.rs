@@ -5,7 +5,9 @@
 //! request. Both sides present a certificate; a peer whose certificate the cluster CA did not
 //! sign never completes the handshake.
 
-use crate::pki::{self, PeerName, CA_CERT_FILE, CERT_FILE, CLUSTER_SERVER_NAME, KEY_FILE};
+use crate::pki::{
+    self, PeerName, Revocations, Role, CA_CERT_FILE, CERT_FILE, CLUSTER_SERVER_NAME, KEY_FILE,
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
 use rustls::pki_types::pem::PemObject;
@@ -16,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -29,6 +31,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(3);
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+/// Connections one certificate may hold open to a server at once: a mount or a server
+/// needs one, so a peer opening more only closes its own older ones.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
+/// Connections a server holds at once, from all peers.
+const MAX_CONNECTIONS: usize = 4096;
 /// Path MTU discovery may grow packets up to this, or up to what the peer accepts (1472:
 /// see `endpoint`).
 const MTU_UPPER_BOUND: u16 = 9000;
@@ -49,6 +56,12 @@ pub enum TransportError {
     },
     #[error("connecting to {addr}: {message}")]
     Connect { addr: SocketAddr, message: String },
+    #[error("{addr} is {found}, not a {expected}: refused")]
+    WrongRole {
+        addr: SocketAddr,
+        found: String,
+        expected: Role,
+    },
     #[error("connection to {addr} lost: {source}")]
     Lost {
         addr: SocketAddr,
@@ -196,13 +209,86 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// A pooled connection and the role its peer proved when it was made.
+type Slot = Arc<tokio::sync::Mutex<Option<(Connection, Role)>>>;
 
 /// One QUIC endpoint with a pool of outgoing connections (one per peer address).
 pub struct Node {
     endpoint: quinn::Endpoint,
     pool: Mutex<HashMap<SocketAddr, Slot>>,
     pub name: PeerName,
+    admissions: Arc<Mutex<Admissions>>,
+    /// Peers refused: checked on every incoming connection.
+    revoked: RwLock<Arc<Revocations>>,
+}
+
+/// Open incoming connections, by peer, oldest first.
+#[derive(Default)]
+struct Admissions {
+    by_peer: HashMap<PeerName, std::collections::VecDeque<(u64, Connection)>>,
+    total: usize,
+    next: u64,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Admitted {
+    admissions: Arc<Mutex<Admissions>>,
+    peer: PeerName,
+    id: u64,
+}
+
+impl Admissions {
+    /// Admits `conn` of `peer`. A peer at its limit loses its oldest connection (a client
+    /// that exited without closing leaves one behind until the idle timeout; the new one
+    /// is the live one). Refused only when the server as a whole is full.
+    fn admit(
+        this: &Arc<Mutex<Admissions>>,
+        peer: &PeerName,
+        conn: &Connection,
+    ) -> Result<Admitted, String> {
+        let mut a = this.lock().unwrap_or_else(|p| p.into_inner());
+        let full = a.by_peer.get(peer).map_or(0, |q| q.len()) >= MAX_CONNECTIONS_PER_PEER;
+        if !full && a.total >= MAX_CONNECTIONS {
+            return Err(format!("{} connections open", a.total));
+        }
+        a.next += 1;
+        let id = a.next;
+        let mine = a.by_peer.entry(peer.clone()).or_default();
+        if full {
+            if let Some((_, oldest)) = mine.pop_front() {
+                oldest.close(VarInt::from_u32(3), b"replaced by a newer connection");
+            }
+        } else {
+            a.total += 1;
+        }
+        a.by_peer
+            .entry(peer.clone())
+            .or_default()
+            .push_back((id, conn.clone()));
+        Ok(Admitted {
+            admissions: this.clone(),
+            peer: peer.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut a = self.admissions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = a.by_peer.get_mut(&self.peer) else {
+            return;
+        };
+        // Absent if it was closed to make room (its place went to the newer one).
+        let Some(at) = mine.iter().position(|(id, _)| *id == self.id) else {
+            return;
+        };
+        mine.remove(at);
+        if mine.is_empty() {
+            a.by_peer.remove(&self.peer);
+        }
+        a.total -= 1;
+    }
 }
 
 impl Node {
@@ -229,6 +315,8 @@ impl Node {
             endpoint,
             pool: Mutex::new(HashMap::new()),
             name: identity.name.clone(),
+            admissions: Arc::default(),
+            revoked: RwLock::default(),
         })
     }
 
@@ -236,7 +324,13 @@ impl Node {
         self.endpoint.local_addr()
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
+    /// A connection to `addr`, whose certificate must prove `expect`: a peer holding another
+    /// role's certificate from the same CA is refused, whatever address it answers on.
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        expect: Role,
+    ) -> Result<Connection, TransportError> {
         let slot = self
             .pool
             .lock()
@@ -245,8 +339,15 @@ impl Node {
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(conn.clone());
+        if let Some((conn, role)) = slot.as_ref().filter(|(c, _)| c.close_reason().is_none()) {
+            return match *role == expect {
+                true => Ok(conn.clone()),
+                false => Err(TransportError::WrongRole {
+                    addr,
+                    found: role.to_string(),
+                    expected: expect,
+                }),
+            };
         }
         let fail = |message: String| TransportError::Connect { addr, message };
         let connecting = self
@@ -257,8 +358,29 @@ impl Node {
             .await
             .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| fail(e.to_string()))?;
-        *slot = Some(conn.clone());
+        let peer = peer_of(&conn).map_err(fail)?;
+        if peer.role != expect {
+            conn.close(VarInt::from_u32(1), b"wrong role");
+            return Err(TransportError::WrongRole {
+                addr,
+                found: peer.to_string(),
+                expected: expect,
+            });
+        }
+        *slot = Some((conn.clone(), peer.role));
         Ok(conn)
+    }
+
+    /// Whether a pooled connection to `addr` is open (not closed by either side).
+    pub fn connected(&self, addr: SocketAddr) -> bool {
+        let slot = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned();
+        slot.and_then(|s| s.try_lock().ok().and_then(|c| c.clone()))
+            .is_some_and(|(conn, _)| conn.close_reason().is_none())
     }
 
     /// Drops the pooled connection to `addr` (call after a request on it timed out: the peer
@@ -269,16 +391,21 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
-        if let Some(conn) = slot.and_then(|s| s.try_lock().ok().and_then(|c| c.clone())) {
+        if let Some((conn, _)) = slot.and_then(|s| s.try_lock().ok().and_then(|c| c.clone())) {
             conn.close(VarInt::from_u32(2), b"unresponsive");
         }
     }
 
-    /// Opens a request stream to `addr`, reconnecting once if the pooled connection died.
-    pub async fn open(&self, addr: SocketAddr) -> Result<(SendStream, RecvStream), TransportError> {
+    /// Opens a request stream to the `expect` server at `addr`, reconnecting once if the
+    /// pooled connection died.
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        expect: Role,
+    ) -> Result<(SendStream, RecvStream), TransportError> {
         let mut attempt = 0;
         loop {
-            let conn = self.connection(addr).await?;
+            let conn = self.connection(addr, expect).await?;
             match conn.open_bi().await {
                 Ok(streams) => return Ok(streams),
                 Err(source) if attempt > 0 => return Err(TransportError::Lost { addr, source }),
@@ -288,7 +415,7 @@ impl Node {
     }
 
     /// Accepts connections until the endpoint closes, handing each request stream of each
-    /// authenticated peer to `handler` on its own task.
+    /// authenticated peer to `handler` on its own task, within the connection limits.
     pub async fn serve<H, F>(self: Arc<Self>, handler: H)
     where
         H: Fn(Arc<PeerName>, SendStream, RecvStream) -> F + Send + Sync + Clone + 'static,
@@ -296,6 +423,7 @@ impl Node {
     {
         while let Some(incoming) = self.endpoint.accept().await {
             let handler = handler.clone();
+            let node = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
@@ -310,11 +438,49 @@ impl Node {
                         return conn.close(VarInt::from_u32(1), b"unidentified peer");
                     }
                 };
+                if node.revocations().covers(&peer) {
+                    warn!(%remote, %peer, serial = %peer.serial, "refused connection: certificate revoked");
+                    return conn.close(VarInt::from_u32(4), b"certificate revoked");
+                }
+                let _admitted = match Admissions::admit(&node.admissions, &peer, &conn) {
+                    Ok(admitted) => admitted,
+                    Err(e) => {
+                        warn!(%remote, "refused connection: {e}");
+                        return conn.close(VarInt::from_u32(3), b"too many connections");
+                    }
+                };
                 debug!(%remote, %peer, "connection accepted");
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(handler(peer.clone(), send, recv));
                 }
             });
+        }
+    }
+
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Refuses the peers `revoked` covers from now on, and closes their open connections.
+    pub fn set_revocations(&self, revoked: &Revocations) {
+        {
+            let mut current = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+            if **current == *revoked {
+                return;
+            }
+            *current = Arc::new(revoked.clone());
+        }
+        let admissions = self.admissions.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, conns) in &admissions.by_peer {
+            if revoked.covers(peer) {
+                warn!(%peer, serial = %peer.serial, connections = conns.len(), "closing the connections of a revoked certificate");
+                for (_, conn) in conns {
+                    conn.close(VarInt::from_u32(4), b"certificate revoked");
+                }
+            }
         }
     }
 

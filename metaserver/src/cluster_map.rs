@@ -3,6 +3,7 @@
 
 use lattice_common::fs::Timestamp;
 use lattice_common::ids::ChunkserverId;
+use lattice_common::pki::{Revocations, Revoke, MAX_REVOCATIONS};
 use lattice_common::wire::meta::{ChunkserverState, Registration, ServerAddr};
 use lattice_common::wire::HealthCounters;
 use serde::{Deserialize, Serialize};
@@ -29,9 +30,27 @@ pub struct ServerRecord {
 pub struct ClusterMap {
     servers: BTreeMap<ChunkserverId, ServerRecord>,
     next_id: u32,
+    /// Certificates no server accepts any more.
+    revoked: Revocations,
 }
 
 impl ClusterMap {
+    pub fn revocations(&self) -> &Revocations {
+        &self.revoked
+    }
+
+    /// Adds a revocation; false (and no change) if it is malformed or the list is full.
+    pub fn revoke(&mut self, what: &Revoke) -> bool {
+        if !what.is_valid() || self.revoked.len() >= MAX_REVOCATIONS {
+            return false;
+        }
+        match what {
+            Revoke::Name(n) => self.revoked.names.insert(n.clone()),
+            Revoke::Serial(s) => self.revoked.serials.insert(s.clone()),
+        };
+        true
+    }
+
     /// Registers a chunkserver by its certificate name; a known name keeps its id and comes
     /// back up (a draining server stays draining).
     pub fn register(&mut self, name: &str, reg: &Registration, now: Timestamp) -> ChunkserverId {

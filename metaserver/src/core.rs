@@ -366,11 +366,21 @@ impl Core {
                 peers.send(msgs)
             })?;
             self.dispatch(out);
+            self.enforce_revocations();
             self.answer_lock_waits();
             if now >= next_duty {
                 self.leader_duties();
                 next_duty = now + Duration::from_secs(1);
             }
+        }
+    }
+
+    /// Hands the cluster map's revocations to this member's endpoint, which refuses and
+    /// disconnects those peers. Revocations only accumulate, so a changed count is a change.
+    fn enforce_revocations(&mut self) {
+        let revoked = self.replica.sm.cluster.revocations();
+        if revoked.len() != self.peers.node().revocations().len() {
+            self.peers.node().set_revocations(revoked);
         }
     }
 
@@ -1245,6 +1255,7 @@ impl Core {
                     .status(&backlog)
             },
             warnings: plan.warnings,
+            revoked: sm.cluster.revocations().clone(),
         }
     }
 }

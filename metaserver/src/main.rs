@@ -234,6 +234,22 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Revoke a certificate: every metaserver and chunkserver refuses it and drops its
+    /// connections within seconds. By name, every certificate issued under it; by serial
+    /// (printed by `issue`), that one only. Permanent: issue a new name to replace it.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "serial"])))]
+    Revoke {
+        /// The cluster CA directory (checked to be the CA of the cluster at --meta).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The certificate's role:name, e.g. client:laptop-7.
+        name: Option<String>,
+        /// The certificate's serial number (hex) instead of its name.
+        #[arg(long)]
+        serial: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -284,8 +300,20 @@ fn main() {
         }) => role
             .parse::<Role>()
             .and_then(|role| pki::issue(&ca, role, &name, &out))
-            .map(|()| println!("issued {role}:{name} into {}", out.display()))
+            .and_then(|()| pki::serial_of(&out))
+            .map(|serial| {
+                println!(
+                    "issued {role}:{name} (serial {serial}) into {}",
+                    out.display()
+                )
+            })
             .map_err(Into::into),
+        Command::Ca(CaCommand::Revoke {
+            ca,
+            admin,
+            name,
+            serial,
+        }) => revoke(&ca, &admin, name, serial),
         Command::Status { admin, json } => {
             admin_call(&admin, AdminRequest::Status).and_then(|r| match r {
                 AdminReply::Status(s) => print_status(&s, json),
@@ -344,6 +372,33 @@ fn admin_call(args: &AdminArgs, req: AdminRequest) -> Result<AdminReply> {
             other => bail!("unexpected reply {other:?}"),
         }
     })
+}
+
+fn revoke(
+    ca: &Path,
+    admin: &AdminArgs,
+    name: Option<String>,
+    serial: Option<String>,
+) -> Result<()> {
+    let what = match (name, serial) {
+        (Some(name), _) => pki::Revoke::parse_name(&name)?,
+        (None, Some(serial)) => pki::Revoke::parse_serial(&serial)?,
+        (None, None) => bail!("name a certificate (role:name) or give --serial"),
+    };
+    let ours = std::fs::read(ca.join(pki::CA_CERT_FILE))
+        .with_context(|| format!("reading the CA in {}", ca.display()))?;
+    let theirs = std::fs::read(admin.certs.join(pki::CA_CERT_FILE))
+        .with_context(|| format!("reading the CA in {}", admin.certs.display()))?;
+    if ours != theirs {
+        bail!(
+            "{} is not the CA that signed {}: wrong cluster?",
+            ca.display(),
+            admin.certs.display()
+        );
+    }
+    admin_call(admin, AdminRequest::Revoke { what: what.clone() })?;
+    println!("revoked {what}: servers refuse it and close its connections within seconds");
+    Ok(())
 }
 
 fn policy_text(p: Option<lattice_common::policy::Policy>) -> String {
@@ -431,6 +486,15 @@ fn print_status(s: &ClusterStatus, json: bool) -> Result<()> {
                 j.running,
                 j.failed
             );
+        }
+    }
+    if !s.revoked.is_empty() {
+        println!("\nREVOKED");
+        for name in &s.revoked.names {
+            println!("  {name}");
+        }
+        for serial in &s.revoked.serials {
+            println!("  serial {serial}");
         }
     }
     for w in &s.warnings {
@@ -547,7 +611,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 std::process::exit(2);
             }
         })?;
-    let service = Arc::new(service::Service::new(inputs.clone()));
+    let service = Arc::new(service::Service::new(inputs.clone(), node.clone()));
     let addr = node.local_addr()?;
     if let Some(path) = &args.addr_file {
         write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;

@@ -5,6 +5,7 @@
 use crate::core::Input;
 use lattice_common::codec;
 use lattice_common::ids::MetaserverId;
+use lattice_common::pki::Role;
 use lattice_common::transport::Node;
 use lattice_common::wire::meta::{MetaRequest, MetaResponse};
 use protobuf::Message as _;
@@ -36,6 +37,10 @@ pub struct Peers {
 }
 
 impl Peers {
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     pub fn new(
         me: MetaserverId,
         addr: SocketAddr,
@@ -168,7 +173,11 @@ impl Sender {
         })
         .map_err(|e| e.to_string())?;
         let work = async {
-            let (mut send, mut recv) = self.node.open(addr).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = self
+                .node
+                .open(addr, Role::Metaserver)
+                .await
+                .map_err(|e| e.to_string())?;
             send.write_all(&frame).await.map_err(|e| e.to_string())?;
             for b in &bodies {
                 send.write_all(b).await.map_err(|e| e.to_string())?;

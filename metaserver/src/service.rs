@@ -6,6 +6,7 @@ use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::Timestamp;
 use lattice_common::pki::{PeerName, Role};
+use lattice_common::transport::Node;
 use lattice_common::wire::meta::{
     AdminReply, AdminRequest, FsOp, MetaRequest, MetaResponse, MAX_RAFT_BATCH_BYTES,
 };
@@ -21,6 +22,9 @@ const MAX_RAFT_BATCH: usize = 1024;
 
 pub struct Service {
     core: Mutex<mpsc::Sender<Input>>,
+    /// This member's endpoint: its revocations (kept current by the core) go to
+    /// chunkservers with every heartbeat answer.
+    node: Arc<Node>,
 }
 
 /// A request that ends early, with the response that says why.
@@ -46,9 +50,10 @@ fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
 }
 
 impl Service {
-    pub fn new(core: mpsc::Sender<Input>) -> Service {
+    pub fn new(core: mpsc::Sender<Input>, node: Arc<Node>) -> Service {
         Service {
             core: Mutex::new(core),
+            node,
         }
     }
 
@@ -79,7 +84,7 @@ impl Service {
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let resp = match codec::read_frame::<_, MetaRequest>(&mut recv).await {
+        let resp = match codec::read_request::<_, MetaRequest>(&mut recv).await {
             Ok(req) => self
                 .serve(&peer, req, &mut recv)
                 .await
@@ -175,7 +180,8 @@ impl Service {
                     reply,
                 })
                 .await?;
-                Ok(MetaResponse::HeartbeatAck)
+                let revoked = (*self.node.revocations()).clone();
+                Ok(MetaResponse::HeartbeatAck { revoked })
             }
             MetaRequest::ReportDamage { shard } => {
                 allow(peer, &[Role::Chunkserver])?;
@@ -266,6 +272,16 @@ impl Service {
                 };
                 self.ask(|reply| Input::Propose { cmd, reply }).await?;
                 return Ok(MetaResponse::Admin(AdminReply::Done));
+            }
+            AdminRequest::Revoke { what } => {
+                let cmd = Command::Revoke { what: what.clone() };
+                return match self.ask(|reply| Input::Propose { cmd, reply }).await? {
+                    Outcome::Done => Ok(MetaResponse::Admin(AdminReply::Done)),
+                    _ => Err(error(
+                        ErrorKind::Invalid,
+                        format!("{what} cannot be revoked: malformed, or the list is full"),
+                    )),
+                };
             }
             AdminRequest::AddMember { id, addr } => MemberChange::Add(id, addr),
             AdminRequest::RemoveMember { id } => MemberChange::Remove(id),

@@ -470,7 +470,12 @@ async fn bad_requests_get_errors() -> Result<()> {
     }
     // Garbage on the wire is an error, and the member keeps serving.
     let node = tc.node(lattice_common::pki::Role::Client, "fuzzer")?;
-    let (mut send, mut recv) = node.open(tc.cluster.meta_addr(1, None)?).await?;
+    let (mut send, mut recv) = node
+        .open(
+            tc.cluster.meta_addr(1, None)?,
+            lattice_common::pki::Role::Metaserver,
+        )
+        .await?;
     send.write_all(&[7, 0, 0, 0, 1, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await?;
     send.finish()?;

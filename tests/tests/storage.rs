@@ -355,7 +355,7 @@ async fn bad_requests_get_errors_and_the_server_lives_on() -> Result<()> {
         [4u32.to_le_bytes().to_vec(), vec![9, 9, 0, 0]].concat(),
     ];
     for g in &garbage {
-        let (mut send, mut recv) = node.open(addr).await?;
+        let (mut send, mut recv) = node.open(addr, Role::Chunkserver).await?;
         send.write_all(g).await?;
         send.finish()?;
         let resp: Result<ChunkResponse, _> = codec::read_frame(&mut recv).await;

@@ -9,6 +9,7 @@ use crate::fs::{
 
 use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use crate::layout::SliceLayout;
+use crate::pki::{Revocations, Revoke};
 use crate::policy::Policy;
 use crate::wire::chunk::{DiskStatus, HealthCounters, ScrubProgress};
 use serde::{Deserialize, Serialize};
@@ -332,6 +333,10 @@ pub enum AdminRequest {
     SetDefaultPolicy {
         policy: Policy,
     },
+    /// No server accepts the certificates this names any more; their connections close.
+    Revoke {
+        what: Revoke,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,6 +383,8 @@ pub struct ClusterStatus {
     pub jobs: Vec<JobStatus>,
     /// Things an admin should know (e.g. a policy that cannot spread over enough domains).
     pub warnings: Vec<String>,
+    /// Certificates no server accepts.
+    pub revoked: Revocations,
 }
 
 impl ClusterStatus {
@@ -508,7 +515,10 @@ pub enum MetaResponse {
     Registered {
         id: ChunkserverId,
     },
-    HeartbeatAck,
+    /// With the certificates revoked, which the chunkserver refuses from then on.
+    HeartbeatAck {
+        revoked: Revocations,
+    },
     DamageNoted,
     KeepAliveAck,
     /// To a keepalive: this client went silent for longer than the session timeout, and its

@@ -9,6 +9,7 @@ use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, Timestamp};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use lattice_common::layout::SliceLayout;
+use lattice_common::pki::Revoke;
 use lattice_common::policy::{Policy, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{
     ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
@@ -24,7 +25,8 @@ const MAX_REMEMBERED_REPLIES: usize = 100_000;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
 /// per file, punched holes. 4: several references committed at once, inline small files.
-pub const STATE_FORMAT: u32 = 4;
+/// 5: certificate revocations.
+pub const STATE_FORMAT: u32 = 5;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
@@ -116,6 +118,8 @@ pub enum Command {
         new: SliceRef,
         now: Timestamp,
     },
+    /// No server accepts the certificates `what` names any more.
+    Revoke { what: Revoke },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +277,10 @@ impl StateMachine {
                 new,
                 now,
             } => Outcome::Fs(self.reencode(ino, chunk, &old, new, now)),
+            Command::Revoke { what } => match self.cluster.revoke(&what) {
+                true => Outcome::Done,
+                false => Outcome::Fs(Err(Errno::INVAL)),
+            },
             Command::ForgetGarbage { slices } => {
                 for s in slices {
                     self.garbage.remove(&s);

@@ -1033,6 +1033,20 @@ impl Run<'_> {
                     registration,
                     now,
                 });
+                // Revocations, well formed or not: only the former are recorded.
+                use lattice_common::pki::Revoke;
+                let what = match name % 3 {
+                    0 => Revoke::Name(format!("client:c{name}")),
+                    1 => Revoke::Serial(format!("{name:x}")),
+                    _ => Revoke::Name(format!("client:bad/{name}")),
+                };
+                let before = self.sm.cluster.revocations().clone();
+                let outcome = self.apply(Command::Revoke { what: what.clone() });
+                let after = self.sm.cluster.revocations();
+                match what.is_valid() {
+                    true => prop_assert_eq!(outcome, Outcome::Done),
+                    false => prop_assert_eq!(after, &before, "{} was recorded", what),
+                }
             }
             Step::WildMove {
                 ino,

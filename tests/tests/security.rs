@@ -1,0 +1,325 @@
+//! What a certificate may do and what a peer may cost a server, with real processes on
+//! loopback.
+
+use anyhow::{ensure, Result};
+use futures::future::join_all;
+use lattice_common::codec;
+use lattice_common::ids::InodeId;
+use lattice_common::meta_client::MetaClient;
+use lattice_common::pki::Role;
+use lattice_common::shard_client::ShardClient;
+use lattice_common::transport::{Identity, Node, MAX_CONNECTIONS_PER_PEER};
+use lattice_common::wire::meta::{FsQuery, MetaResponse};
+use lattice_common::wire::ChunkResponse;
+use lattice_harness::process::wait_for;
+use lattice_tests::{random_bytes, TestCluster};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server on loopback holding `role:name`'s certificate from the cluster's CA, counting
+/// the requests that reach it.
+fn impostor(tc: &TestCluster, role: Role, name: &str) -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let identity = Identity::load(&tc.cluster.certs(role, name)?)?;
+    let node = Node::server("127.0.0.1:0".parse()?, &identity)?;
+    let addr = node.local_addr()?;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let count = reached.clone();
+    tokio::spawn(node.serve(move |_, _, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async {}
+    }));
+    Ok((addr, reached))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_serves_only_as_its_role() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let admin = tc.start_metaservers(1).await?;
+    tc.cluster.start_chunkserver(1).await?;
+    admin.wait_chunkservers_up(1).await?;
+    let chunkserver = tc.cluster.addr(&tc.cluster.chunkserver(1))?;
+
+    // A mount's certificate cannot authenticate a server at all; a chunkserver's cannot pass
+    // for a metaserver, nor a metaserver's for a chunkserver.
+    let mount = tc.node(Role::Client, "mount")?;
+    let meta_via = |addr: SocketAddr| MetaClient::new(mount.clone(), vec![addr], TIMEOUT);
+    let shards = ShardClient::new(mount.clone(), TIMEOUT);
+    for (role, name, as_meta) in [
+        (Role::Client, "stolen", true),
+        (Role::Client, "stolen-too", false),
+        (Role::Chunkserver, "rogue-cs", true),
+        (Role::Metaserver, "rogue-ms", false),
+    ] {
+        let (addr, reached) = impostor(&tc, role, name)?;
+        let refused = if as_meta {
+            let got = meta_via(addr).call_at(addr, &ping()).await;
+            got.err().map(|e| e.to_string())
+        } else {
+            shards.ping(addr).await.err().map(|e| e.to_string())
+        };
+        let why = refused.ok_or_else(|| anyhow::anyhow!("{role}:{name} was taken for a server"))?;
+        let posing = if as_meta { "metaserver" } else { "chunkserver" };
+        eprintln!("{role}:{name} posing as a {posing}: {why}");
+        ensure!(
+            reached.load(Ordering::SeqCst) == 0,
+            "a request reached {role}:{name}"
+        );
+    }
+    // The genuine servers are still reached through the same client.
+    ensure!(shards.ping(chunkserver).await? == "chunkserver-1");
+    let meta = tc.cluster.meta_addr(1, None)?;
+    ensure!(matches!(
+        meta_via(meta).call_at(meta, &ping()).await?,
+        MetaResponse::Fs(_)
+    ));
+    Ok(())
+}
+
+fn ping() -> lattice_common::wire::meta::MetaRequest {
+    lattice_common::wire::meta::MetaRequest::Query(FsQuery::GetAttr { ino: InodeId::ROOT })
+}
+
+/// Lets this process hold more descriptors than the usual 1024 (one UDP socket per node).
+fn allow_descriptors(n: u64) -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_slow_senders_do_not_stop_a_mount() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    let chunkserver = tc.cluster.addr(&tc.cluster.chunkserver(1))?;
+    let metas = tc.cluster.meta_addrs();
+    allow_descriptors(4096)?;
+
+    // 1,000 connections to a chunkserver and to every metaserver, from 50 certificates,
+    // each opened by a request, then left idle. At 20 each, a certificate holds 4 more
+    // than it may: its oldest are closed again, and requests on them may fail.
+    let mut idle = Vec::new();
+    for i in 0..50 {
+        let dir = tc.cluster.certs(Role::Client, &format!("idle-{i}"))?;
+        let identity = Identity::load(&dir)?;
+        for _ in 0..20 {
+            idle.push(Node::client(&identity)?);
+        }
+    }
+    let opened = join_all(idle.iter().map(|node| {
+        let (node, metas) = (node.clone(), metas.clone());
+        async move {
+            let shards = ShardClient::new(node.clone(), TIMEOUT);
+            let meta = MetaClient::new(node, metas.clone(), TIMEOUT);
+            let mut ok = shards.ping(chunkserver).await.is_ok() as usize;
+            for addr in metas {
+                ok += meta.call_at(addr, &ping()).await.is_ok() as usize;
+            }
+            ok
+        }
+    }))
+    .await;
+    let answered: usize = opened.iter().sum();
+    eprintln!(
+        "{answered} of {} requests on fresh connections answered",
+        4 * idle.len()
+    );
+
+    // Slow senders: a request frame started and never finished, on every server.
+    let slow = tc.node(Role::Client, "slow")?;
+    let mut stalled = Vec::new();
+    for (addr, role) in metas
+        .iter()
+        .map(|a| (*a, Role::Metaserver))
+        .chain([(chunkserver, Role::Chunkserver)])
+    {
+        let (mut send, recv) = slow.open(addr, role).await?;
+        send.write_all(&[200, 0, 0, 0, 6]).await?;
+        stalled.push((send, recv, role));
+    }
+
+    // Meanwhile the mount works as ever.
+    let data = random_bytes(3 << 20, 7);
+    std::fs::create_dir(mnt.join("d"))?;
+    std::fs::write(mnt.join("d/f"), &data)?;
+    ensure!(
+        std::fs::read(mnt.join("d/f"))? == data,
+        "the mount read back other bytes"
+    );
+    ensure!(std::fs::read_dir(mnt.join("d"))?.count() == 1);
+
+    // The slow senders are answered with an error and cut off within the deadline.
+    let started = Instant::now();
+    for (_send, mut recv, role) in stalled {
+        let limit = codec::REQUEST_DEADLINE + Duration::from_secs(10);
+        let answer = tokio::time::timeout(limit, async {
+            match role {
+                Role::Chunkserver => codec::read_frame::<_, ChunkResponse>(&mut recv)
+                    .await
+                    .map(|r| format!("{r:?}")),
+                _ => codec::read_frame::<_, MetaResponse>(&mut recv)
+                    .await
+                    .map(|r| format!("{r:?}")),
+            }
+        })
+        .await;
+        let answer = answer.map_err(|_| anyhow::anyhow!("a slow {role} stream was kept"))?;
+        ensure!(
+            answer.as_ref().is_ok_and(|a| a.contains("Error")),
+            "a slow {role} stream got {answer:?}"
+        );
+    }
+    eprintln!("slow streams cut off after {:?}", started.elapsed());
+
+    // A certificate holds at most its share of connections on a server: the old ones of a
+    // peer that keeps connecting are closed, and every server still answers.
+    let burst = Identity::load(&tc.cluster.certs(Role::Client, "burst")?)?;
+    let nodes: Vec<_> = (0..MAX_CONNECTIONS_PER_PEER + 4)
+        .map(|_| Node::client(&burst))
+        .collect::<Result<_, _>>()?;
+    for node in &nodes {
+        ShardClient::new(node.clone(), TIMEOUT)
+            .ping(chunkserver)
+            .await?;
+    }
+    let closed = || async { Ok((!nodes[0].connected(chunkserver)).then_some(())) };
+    wait_for(
+        Duration::from_secs(10),
+        "the oldest connection to close",
+        closed,
+    )
+    .await?;
+    let newest = ShardClient::new(nodes[nodes.len() - 1].clone(), TIMEOUT);
+    ensure!(newest.ping(chunkserver).await? == "chunkserver-1");
+    for p in ["d/f", "d"] {
+        let path = mnt.join(p);
+        if path.is_dir() {
+            std::fs::remove_dir(path)?;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    drop(idle);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_cut_off_within_seconds() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    std::fs::write(mnt.join("before"), b"written before the revocation")?;
+    let chunkserver = tc.cluster.addr(&tc.cluster.chunkserver(1))?;
+    let metas = tc.cluster.meta_addrs();
+
+    // A stolen certificate, connected to every server, and an honest one.
+    let connect = |name: &str| -> Result<(Arc<Node>, std::path::PathBuf)> {
+        let dir = tc.cluster.certs(Role::Client, name)?;
+        Ok((Node::client(&Identity::load(&dir)?)?, dir))
+    };
+    let (stolen, stolen_dir) = connect("stolen")?;
+    let (honest, _) = connect("honest")?;
+    for node in [&stolen, &honest] {
+        ShardClient::new(node.clone(), TIMEOUT)
+            .ping(chunkserver)
+            .await?;
+        let meta = MetaClient::new(node.clone(), metas.clone(), TIMEOUT);
+        for addr in &metas {
+            meta.call_at(*addr, &ping()).await?;
+        }
+    }
+
+    // Revoked from the command line: the mount's certificate by name, the stolen one by
+    // its serial.
+    let serial = lattice_common::pki::serial_of(&stolen_dir)?;
+    let meta_arg: Vec<String> = metas.iter().map(|a| a.to_string()).collect();
+    let admin_certs = tc.cluster.certs(Role::Admin, "admin")?;
+    for what in [
+        vec!["client:fs-client-1".to_string()],
+        vec!["--serial".into(), serial.clone()],
+    ] {
+        let out = std::process::Command::new(tc.cluster.binary("metaserver")?)
+            .args(["ca", "revoke", "--ca"])
+            .arg(tc.cluster.ca_dir())
+            .args(["--meta", &meta_arg.join(","), "--certs"])
+            .arg(&admin_certs)
+            .args(&what)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "revoke {what:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let revoked_at = Instant::now();
+
+    // Its open connections close on every server within 10 s; the honest ones stay.
+    let cut_off = || async {
+        let open = metas
+            .iter()
+            .chain([&chunkserver])
+            .filter(|a| stolen.connected(**a))
+            .count();
+        Ok((open == 0).then_some(()))
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the revoked connections to close",
+        cut_off,
+    )
+    .await?;
+    eprintln!(
+        "revoked connections closed after {:?}",
+        revoked_at.elapsed()
+    );
+    ensure!(ShardClient::new(stolen.clone(), TIMEOUT)
+        .ping(chunkserver)
+        .await
+        .is_err());
+    let stolen_meta = MetaClient::new(stolen.clone(), metas.clone(), TIMEOUT);
+    for addr in &metas {
+        ensure!(
+            stolen_meta.call_at(*addr, &ping()).await.is_err(),
+            "{addr} still serves it"
+        );
+    }
+    ensure!(
+        ShardClient::new(honest.clone(), TIMEOUT)
+            .ping(chunkserver)
+            .await?
+            == "chunkserver-1"
+    );
+
+    // The revoked mount cannot mount again; another mount works and sees the data.
+    let mount = tc.cluster.mount_proc(1);
+    tc.cluster.stop_mount(&mount)?;
+    ensure!(
+        tc.cluster.start_mount(1, &mnt, "").await.is_err(),
+        "a revoked certificate mounted"
+    );
+    let other = tc.state().join("mnt2");
+    tc.cluster.start_mount(2, &other, "").await?;
+    ensure!(std::fs::read(other.join("before"))? == b"written before the revocation");
+
+    // Status lists both.
+    let out = std::process::Command::new(tc.cluster.binary("metaserver")?)
+        .args(["status", "--json", "--meta", &meta_arg.join(","), "--certs"])
+        .arg(&admin_certs)
+        .output()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        status["revoked"]["names"][0] == "client:fs-client-1",
+        "{}",
+        status["revoked"]
+    );
+    ensure!(
+        status["revoked"]["serials"][0] == serial.as_str(),
+        "{}",
+        status["revoked"]
+    );
+    tc.cluster.stop_mount(&tc.cluster.mount_proc(2))?;
+    Ok(())
+}
