@@ -2,6 +2,7 @@
 
 mod disk;
 mod drain;
+mod grants;
 mod membership;
 mod metrics;
 mod rebuild;
@@ -191,6 +192,10 @@ async fn serve(args: ServeArgs, join: Option<Duration>) -> Result<()> {
         scrub: scrub.clone(),
         stats: metrics::Stats::default(),
         read_delay: Duration::from_millis(args.inject_delay),
+        grants: grants::GrantKeys::new(
+            (!args.meta.is_empty())
+                .then(|| MetaClient::new(node.clone(), args.meta.clone(), Duration::from_secs(5))),
+        ),
     });
     if let Some(at) = args.metrics {
         let s = service.clone();

@@ -62,8 +62,9 @@ impl Membership {
                 scrub: status.scrub,
             };
             match self.meta.call(&MetaRequest::Heartbeat(heartbeat)).await {
-                Ok(MetaResponse::HeartbeatAck { revoked }) => {
-                    self.meta.node().set_revocations(&revoked)
+                Ok(MetaResponse::HeartbeatAck { revoked, keys }) => {
+                    self.meta.node().set_revocations(&revoked);
+                    self.service.grants.heard(keys);
                 }
                 Ok(other) => warn!("heartbeat refused: {other:?}"),
                 Err(e) if e.to_string().contains("not registered") => {

@@ -1,10 +1,12 @@
 //! The chunkserver's request handlers: one QUIC stream per request.
 
+use crate::grants::GrantKeys;
 use crate::metrics::Stats;
 use crate::rebuild;
 use crate::scrub::Scrubber;
 use crate::store::{Store, StoreError};
 use lattice_common::codec;
+use lattice_common::grant::{Access, Grant};
 use lattice_common::ids::ShardId;
 use lattice_common::layout::SliceLayout;
 use lattice_common::pki::{PeerName, Role};
@@ -34,6 +36,7 @@ pub struct Service {
     pub stats: Stats,
     /// Injected before every shard read (testing a slow server).
     pub read_delay: std::time::Duration,
+    pub grants: GrantKeys,
 }
 
 impl From<StoreError> for WireError {
@@ -77,6 +80,17 @@ fn require_operator(peer: &PeerName) -> Result<(), WireError> {
     }
 }
 
+/// What shards a server holds is for servers and admins, not mounts.
+fn require_server_or_admin(peer: &PeerName) -> Result<(), WireError> {
+    match peer.role {
+        Role::Client => Err(WireError::new(
+            ErrorKind::Denied,
+            format!("{peer} may not do this; only servers and admins may"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Only admins change a server's disks.
 fn require_admin(peer: &PeerName) -> Result<(), WireError> {
     match peer.role {
@@ -103,13 +117,32 @@ impl Service {
             }
         };
         let resp = match req {
-            ChunkRequest::Get { shard, offset, len } => {
+            ChunkRequest::Get {
+                shard,
+                offset,
+                len,
+                grant,
+            } => {
+                if let Err(e) = self
+                    .grants
+                    .check(&peer, grant.as_ref(), (shard, Access::Read, 0))
+                    .await
+                {
+                    return reply(&mut send, &ChunkResponse::Error(e)).await;
+                }
                 return self.get(&mut send, shard, offset, len).await;
             }
             ChunkRequest::Ping => Ok(ChunkResponse::Pong {
                 name: self.name.clone(),
             }),
-            ChunkRequest::Put { shard, layout } => self.put(&mut recv, shard, layout).await,
+            ChunkRequest::Put {
+                shard,
+                layout,
+                grant,
+            } => match self.may_put(&peer, grant.as_ref(), shard, layout).await {
+                Ok(()) => self.put(&mut recv, shard, layout).await,
+                Err(e) => Err(e),
+            },
             ChunkRequest::Delete { shard } => match require_operator(&peer) {
                 Ok(()) => self
                     .on_disk(move |s| s.delete(shard))
@@ -117,15 +150,21 @@ impl Service {
                     .map(|existed| ChunkResponse::Deleted { existed }),
                 Err(e) => Err(e),
             },
-            ChunkRequest::Stat { shard } => self
-                .on_disk(move |s| s.stat(shard))
-                .await
-                .map(ChunkResponse::Stat),
-            ChunkRequest::List { after, limit } => {
-                let limit = limit.min(MAX_LIST_PAGE) as usize;
-                let (shards, more) = self.store.list(after, limit);
-                Ok(ChunkResponse::List { shards, more })
-            }
+            ChunkRequest::Stat { shard } => match require_server_or_admin(&peer) {
+                Ok(()) => self
+                    .on_disk(move |s| s.stat(shard))
+                    .await
+                    .map(ChunkResponse::Stat),
+                Err(e) => Err(e),
+            },
+            ChunkRequest::List { after, limit } => match require_server_or_admin(&peer) {
+                Ok(()) => {
+                    let limit = limit.min(MAX_LIST_PAGE) as usize;
+                    let (shards, more) = self.store.list(after, limit);
+                    Ok(ChunkResponse::List { shards, more })
+                }
+                Err(e) => Err(e),
+            },
             ChunkRequest::Status => Ok(ChunkResponse::Status(self.status().await)),
             ChunkRequest::AddDisk { path } => match require_admin(&peer) {
                 Ok(()) => self
@@ -193,6 +232,26 @@ impl Service {
             health: self.store.health.snapshot(),
             scrub: self.scrub.progress(),
         }
+    }
+
+    /// A mount writes only with a write grant, and only shards not stored yet: a slice's
+    /// shards are written once, and replaced only by a rebuild the metaserver orders.
+    async fn may_put(
+        &self,
+        peer: &PeerName,
+        grant: Option<&Grant>,
+        shard: ShardId,
+        layout: SliceLayout,
+    ) -> Result<(), WireError> {
+        let what = (shard, Access::Write, layout.shard_len());
+        self.grants.check(peer, grant, what).await?;
+        if peer.role == Role::Client && self.store.stat(shard).is_ok() {
+            return Err(WireError::new(
+                ErrorKind::Denied,
+                format!("{shard} is stored already; a mount may not replace it"),
+            ));
+        }
+        Ok(())
     }
 
     async fn put(

@@ -160,11 +160,29 @@ mod tests {
         let shard = ShardId::new(SliceId(42), 5);
         vec![
             ChunkRequest::Ping,
-            ChunkRequest::Put { shard, layout },
+            ChunkRequest::Put {
+                shard,
+                layout,
+                grant: None,
+            },
             ChunkRequest::Get {
                 shard,
                 offset: 7,
                 len: 99,
+                grant: Some(
+                    crate::grant::GrantKey {
+                        id: 3,
+                        created: 9,
+                        secret: [5; 32],
+                    }
+                    .grant(
+                        shard.slice,
+                        crate::grant::Access::Read,
+                        0,
+                        "client:x",
+                        100,
+                    ),
+                ),
             },
             ChunkRequest::List {
                 after: Some(shard),

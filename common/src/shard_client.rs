@@ -1,7 +1,8 @@
 //! Client side of the chunkserver protocol: one request per QUIC stream.
 
 use crate::codec::{self, CodecError};
-use crate::ids::ShardId;
+use crate::grant::{unix_now, Access, Grant};
+use crate::ids::{ShardId, SliceId};
 use crate::layout::SliceLayout;
 use crate::pki::Role;
 use crate::transport::Node;
@@ -10,9 +11,10 @@ use crate::wire::{
     WireError,
 };
 use quinn::{ReadError, ReadExactError, RecvStream};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Default deadline of one shard request.
@@ -74,11 +76,57 @@ pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct ShardClient {
     node: Arc<Node>,
     timeout: Duration,
+    /// Grants a mount was handed (with allocations and slice maps), sent with every
+    /// put and get of their slices. Servers and admins need none.
+    grants: Arc<Grants>,
+}
+
+/// Grants held at most; past this the expired ones go, then all (they come back with
+/// the next slice map).
+const MAX_GRANTS: usize = 100_000;
+
+#[derive(Default)]
+struct Grants {
+    by_slice: Mutex<HashMap<(SliceId, Access), Grant>>,
+}
+
+impl Grants {
+    fn find(&self, slice: SliceId, want: Access) -> Option<Grant> {
+        let held = self.by_slice.lock().unwrap_or_else(|p| p.into_inner());
+        let write = held.get(&(slice, Access::Write));
+        match want {
+            Access::Write => write.cloned(),
+            Access::Read => held.get(&(slice, Access::Read)).or(write).cloned(),
+        }
+    }
 }
 
 impl ShardClient {
     pub fn new(node: Arc<Node>, timeout: Duration) -> Self {
-        ShardClient { node, timeout }
+        ShardClient {
+            node,
+            timeout,
+            grants: Arc::default(),
+        }
+    }
+
+    /// Keeps grants to present with later puts and gets of their slices.
+    pub fn hold_grants(&self, grants: impl IntoIterator<Item = Grant>) {
+        let mut held = self
+            .grants
+            .by_slice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for g in grants {
+            if held.len() >= MAX_GRANTS {
+                let now = unix_now();
+                held.retain(|_, g| g.expires > now);
+                if held.len() >= MAX_GRANTS {
+                    held.clear();
+                }
+            }
+            held.insert((g.slice, g.access), g);
+        }
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -159,6 +207,15 @@ impl ShardClient {
         }
     }
 
+    fn put_request(&self, shard: ShardId, layout: SliceLayout) -> ChunkRequest {
+        let grant = self.grants.find(shard.slice, Access::Write);
+        ChunkRequest::Put {
+            shard,
+            layout,
+            grant,
+        }
+    }
+
     /// Stores a whole shard; returns once the chunkserver has it on disk (fsynced).
     pub async fn put(
         &self,
@@ -176,7 +233,7 @@ impl ShardClient {
         }
         self.deadline(addr, async {
             match self
-                .exchange(addr, &ChunkRequest::Put { shard, layout }, data)
+                .exchange(addr, &self.put_request(shard, layout), data)
                 .await?
                 .0
             {
@@ -196,7 +253,13 @@ impl ShardClient {
         len: u64,
     ) -> Result<Vec<u8>, ShardError> {
         self.deadline(addr, async {
-            let req = ChunkRequest::Get { shard, offset, len };
+            let grant = self.grants.find(shard.slice, Access::Read);
+            let req = ChunkRequest::Get {
+                shard,
+                offset,
+                len,
+                grant,
+            };
             let (resp, mut recv) = self.exchange(addr, &req, &[]).await?;
             match resp {
                 ChunkResponse::Data { len: got } if got == len => {}

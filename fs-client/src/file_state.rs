@@ -67,7 +67,11 @@ impl Backend {
                 attr,
                 chunks,
                 servers,
-            } => Ok((attr, Contents::Slices((chunks, servers)))),
+                grants,
+            } => {
+                self.io.client().hold_grants(grants);
+                Ok((attr, Contents::Slices((chunks, servers))))
+            }
             FsReply::Inline { attr, data } => Ok((attr, Contents::Inline(Arc::new(data)))),
             _ => Err(Errno::IO),
         }

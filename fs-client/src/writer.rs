@@ -129,7 +129,9 @@ pub async fn store(backend: &Backend, ino: InodeId, piece: Piece) -> Result<Stor
                 slice,
                 layout,
                 placement,
+                grant,
             }) => {
+                io.client().hold_grants(grant);
                 let targets: Vec<Option<ShardTarget>> = placement
                     .iter()
                     .map(|s| s.as_ref().map(ShardTarget::from))

@@ -2,6 +2,7 @@
 //! state. Live figures (free space, health) are soft state on the leader, not here.
 
 use lattice_common::fs::Timestamp;
+use lattice_common::grant::{GrantKey, KEYS_KEPT};
 use lattice_common::ids::ChunkserverId;
 use lattice_common::pki::{Revocations, Revoke, MAX_REVOCATIONS};
 use lattice_common::wire::meta::{ChunkserverState, Registration, ServerAddr};
@@ -32,11 +33,29 @@ pub struct ClusterMap {
     next_id: u32,
     /// Certificates no server accepts any more.
     revoked: Revocations,
+    /// The keys that sign grants, oldest first.
+    grant_keys: Vec<GrantKey>,
 }
 
 impl ClusterMap {
     pub fn revocations(&self) -> &Revocations {
         &self.revoked
+    }
+
+    pub fn grant_keys(&self) -> &[GrantKey] {
+        &self.grant_keys
+    }
+
+    /// Adds a key that signs grants from now on (the oldest beyond [`KEYS_KEPT`] goes);
+    /// false (and no change) unless its id is above every key's so far.
+    pub fn add_grant_key(&mut self, key: GrantKey) -> bool {
+        if self.grant_keys.last().is_some_and(|k| k.id >= key.id) {
+            return false;
+        }
+        self.grant_keys.push(key);
+        let extra = self.grant_keys.len().saturating_sub(KEYS_KEPT);
+        self.grant_keys.drain(..extra);
+        true
     }
 
     /// Adds a revocation; false (and no change) if it is malformed or the list is full.

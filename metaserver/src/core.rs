@@ -6,6 +6,7 @@ use crate::cluster_map::ServerRecord;
 use crate::deep_scrub;
 use crate::fileinfo;
 use crate::gc::{self, Doom, Expected, GarbageSlice, GcWork, ShardCopy};
+use crate::grants::{self, SharedKeys};
 use crate::jobs::{Book, Settings};
 use crate::peers::Peers;
 use crate::placement::{self, Candidate, Domain};
@@ -15,6 +16,7 @@ use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token, TICK}
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
+use lattice_common::grant::{self, GrantKey};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
 use lattice_common::policy::{Policy, LAYOUT_XATTR};
@@ -300,6 +302,8 @@ pub struct Core {
     lock_waits: Vec<LockWait>,
     /// The applied index the held-back lock queries were last checked at.
     lock_waits_checked: u64,
+    /// The grant keys of the applied cluster map, for the request handlers.
+    keys: SharedKeys,
 }
 
 impl Core {
@@ -310,6 +314,7 @@ impl Core {
         liveness: Liveness,
         upkeep: Upkeep,
         book: Arc<Mutex<Book>>,
+        keys: SharedKeys,
     ) -> Core {
         Core {
             replica,
@@ -328,6 +333,7 @@ impl Core {
             placement_warned: None,
             lock_waits: Vec::new(),
             lock_waits_checked: 0,
+            keys,
         }
     }
 
@@ -367,6 +373,7 @@ impl Core {
             })?;
             self.dispatch(out);
             self.enforce_revocations();
+            self.share_grant_keys();
             self.answer_lock_waits();
             if now >= next_duty {
                 self.leader_duties();
@@ -381,6 +388,16 @@ impl Core {
         let revoked = self.replica.sm.cluster.revocations();
         if revoked.len() != self.peers.node().revocations().len() {
             self.peers.node().set_revocations(revoked);
+        }
+    }
+
+    /// Hands the cluster map's grant keys to the request handlers when they changed.
+    fn share_grant_keys(&mut self) {
+        let applied = self.replica.sm.cluster.grant_keys();
+        let newest = |keys: &[GrantKey]| keys.last().map(|k| k.id);
+        let mut shared = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if newest(&shared) != newest(applied) {
+            *shared = applied.to_vec();
         }
     }
 
@@ -914,6 +931,17 @@ impl Core {
                 policy,
                 only_if_unset: true,
                 now,
+            };
+            let (reply, _) = oneshot::channel();
+            self.propose(cmd, reply);
+        }
+        let keys = self.replica.sm.cluster.grant_keys();
+        let secs = grant::unix_now();
+        if grants::key_due(keys, secs) {
+            let id = keys.last().map_or(1, |k| k.id + 1);
+            info!(id, "making a new key for grants");
+            let cmd = Command::GrantKey {
+                key: GrantKey::random(id, secs),
             };
             let (reply, _) = oneshot::channel();
             self.propose(cmd, reply);

@@ -6,6 +6,7 @@ mod core;
 mod deep_scrub;
 mod fileinfo;
 mod gc;
+mod grants;
 mod jobs;
 mod locks;
 mod metrics;
@@ -591,6 +592,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let upkeep = args.upkeep.upkeep();
     let book = Arc::new(Mutex::new(jobs::Book::default()));
+    let keys = grants::SharedKeys::default();
     let executor = Arc::new(jobs::Executor {
         core: inputs.clone(),
         shards: ShardClient::new(node.clone(), DEFAULT_TIMEOUT),
@@ -602,7 +604,15 @@ fn serve(args: ServeArgs) -> Result<()> {
         slices: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
         deep_scrub_rate: Throttle::new(upkeep.jobs.deep_scrub_rate),
     });
-    let core = core::Core::new(replica, receiver, peers, liveness, upkeep, book);
+    let core = core::Core::new(
+        replica,
+        receiver,
+        peers,
+        liveness,
+        upkeep,
+        book,
+        keys.clone(),
+    );
     std::thread::Builder::new()
         .name("raft-core".into())
         .spawn(move || {
@@ -611,7 +621,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 std::process::exit(2);
             }
         })?;
-    let service = Arc::new(service::Service::new(inputs.clone(), node.clone()));
+    let service = Arc::new(service::Service::new(inputs.clone(), node.clone(), keys));
     let addr = node.local_addr()?;
     if let Some(path) = &args.addr_file {
         write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;

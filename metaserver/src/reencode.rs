@@ -134,6 +134,7 @@ pub async fn reencode(exec: &Executor, c: &Candidate) -> Result<u64, String> {
         slice,
         layout,
         placement,
+        ..
     })) = allocated
     else {
         return Err(format!("allocating: {allocated:?}"));

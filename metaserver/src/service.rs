@@ -1,14 +1,15 @@
 //! The metaserver's request handlers: decode, check who may ask, hand to the core, answer.
 
 use crate::core::{ask_core, Answer, Input, Reject};
+use crate::grants::{self, SharedKeys};
 use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
-use lattice_common::fs::Timestamp;
+use lattice_common::fs::{Errno, Timestamp};
 use lattice_common::pki::{PeerName, Role};
 use lattice_common::transport::Node;
 use lattice_common::wire::meta::{
-    AdminReply, AdminRequest, FsOp, MetaRequest, MetaResponse, MAX_RAFT_BATCH_BYTES,
+    AdminReply, AdminRequest, FsOp, FsReply, MetaRequest, MetaResponse, MAX_RAFT_BATCH_BYTES,
 };
 use lattice_common::wire::{ErrorKind, WireError};
 use protobuf::Message as _;
@@ -25,6 +26,8 @@ pub struct Service {
     /// This member's endpoint: its revocations (kept current by the core) go to
     /// chunkservers with every heartbeat answer.
     node: Arc<Node>,
+    /// The keys grants are signed with (kept current by the core).
+    keys: SharedKeys,
 }
 
 /// A request that ends early, with the response that says why.
@@ -50,11 +53,24 @@ fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
 }
 
 impl Service {
-    pub fn new(core: mpsc::Sender<Input>, node: Arc<Node>) -> Service {
+    pub fn new(core: mpsc::Sender<Input>, node: Arc<Node>, keys: SharedKeys) -> Service {
         Service {
             core: Mutex::new(core),
             node,
+            keys,
         }
+    }
+
+    /// A file-system answer with the grants the asking mount needs to use it.
+    fn signed(
+        &self,
+        peer: &PeerName,
+        mut reply: Result<FsReply, Errno>,
+    ) -> Result<MetaResponse, Early> {
+        if !grants::sign(&self.keys, &peer.to_string(), &mut reply) {
+            return Err(unavailable("no key to sign grants with yet; retry"));
+        }
+        Ok(MetaResponse::Fs(reply))
     }
 
     fn input(&self, input: Input) -> Result<(), Early> {
@@ -141,7 +157,7 @@ impl Service {
                     }
                 };
                 match outcome {
-                    Outcome::Fs(r) => Ok(MetaResponse::Fs(r)),
+                    Outcome::Fs(r) => self.signed(peer, r),
                     other => Err(error(
                         ErrorKind::Invalid,
                         format!("unexpected outcome {other:?}"),
@@ -151,7 +167,7 @@ impl Service {
             MetaRequest::Query(query) => {
                 allow(peer, &fs_users)?;
                 let r = self.ask(|reply| Input::Query { query, reply }).await?;
-                Ok(MetaResponse::Fs(r))
+                self.signed(peer, r)
             }
             MetaRequest::Register(registration) => {
                 allow(peer, &[Role::Chunkserver])?;
@@ -171,6 +187,11 @@ impl Service {
                     )),
                 }
             }
+            MetaRequest::GrantKeys => {
+                allow(peer, &[Role::Chunkserver])?;
+                let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+                Ok(MetaResponse::GrantKeys { keys })
+            }
             MetaRequest::Heartbeat(heartbeat) => {
                 allow(peer, &[Role::Chunkserver])?;
                 let name = peer.name.clone();
@@ -181,7 +202,8 @@ impl Service {
                 })
                 .await?;
                 let revoked = (*self.node.revocations()).clone();
-                Ok(MetaResponse::HeartbeatAck { revoked })
+                let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+                Ok(MetaResponse::HeartbeatAck { revoked, keys })
             }
             MetaRequest::ReportDamage { shard } => {
                 allow(peer, &[Role::Chunkserver])?;

@@ -112,7 +112,7 @@ async fn main() -> Result<()> {
     admin.wait_chunkservers_up(1).await?;
     let at = tc.cluster.addr(&tc.cluster.chunkserver(1))?;
     let c = Arc::new(ShardClient::new(
-        tc.node(Role::Client, "bench")?,
+        tc.node(Role::Admin, "bench")?,
         Duration::from_secs(60),
     ));
     println!("shard benchmark: one chunkserver on loopback, every put fsynced");

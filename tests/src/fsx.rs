@@ -27,7 +27,7 @@ impl Run {
         }
     }
 
-    /// Runs fsx to the end; an error carries the tail of its report.
+    /// Runs fsx to the end; an error carries the head and tail of its report.
     pub fn run(&self) -> Result<u64> {
         let config = mix_file(self.mix);
         let artifacts = tempfile::tempdir()?;
@@ -42,8 +42,13 @@ impl Run {
             .context("running fsx")?;
         if !out.status.success() {
             let report = String::from_utf8_lossy(&out.stderr);
+            // Its first lines say what went wrong; the last ones, the operations before.
             let lines: Vec<&str> = report.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            let head = lines.len().min(10);
+            let from = lines.len().saturating_sub(70).max(head);
+            let tail = [&lines[..head], &["..."], &lines[from..]]
+                .concat()
+                .join("\n");
             bail!(
                 "fsx mix {} seed {} ({} ops) on {} failed ({}):\n{tail}",
                 self.mix,

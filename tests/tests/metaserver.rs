@@ -294,6 +294,7 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
             slice,
             layout,
             placement,
+            ..
         } => (slice, layout, placement),
         other => bail!("{other:?}"),
     };

@@ -1,16 +1,18 @@
 //! What a certificate may do and what a peer may cost a server, with real processes on
 //! loopback.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use futures::future::join_all;
 use lattice_common::codec;
-use lattice_common::ids::InodeId;
+use lattice_common::fs::{Caller, FileKind};
+use lattice_common::ids::{InodeId, ShardId, SliceId};
+use lattice_common::layout::SliceLayout;
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::Role;
-use lattice_common::shard_client::ShardClient;
+use lattice_common::shard_client::{ShardClient, ShardError};
 use lattice_common::transport::{Identity, Node, MAX_CONNECTIONS_PER_PEER};
-use lattice_common::wire::meta::{FsQuery, MetaResponse};
-use lattice_common::wire::ChunkResponse;
+use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaResponse};
+use lattice_common::wire::{ChunkResponse, ErrorKind};
 use lattice_harness::process::wait_for;
 use lattice_tests::{random_bytes, TestCluster};
 use std::net::SocketAddr;
@@ -321,5 +323,134 @@ async fn a_revoked_certificate_is_refused_and_cut_off_within_seconds() -> Result
         status["revoked"]
     );
     tc.cluster.stop_mount(&tc.cluster.mount_proc(2))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    let data = random_bytes(1 << 20, 3);
+    std::fs::write(mnt.join("victim"), &data)?;
+    let operator = ShardClient::new(tc.node(Role::Admin, "operator")?, TIMEOUT);
+    let cs = tc.cluster.addr(&tc.cluster.chunkserver(1))?;
+    let (stored, _) = operator.list(cs, None, 10).await?;
+    let victim = stored
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no shard on chunkserver-1"))?;
+    let before = operator
+        .get(cs, victim.shard, 0, victim.layout.shard_len())
+        .await?;
+
+    // A mount's certificate without grants: no reads, no writes, no listing.
+    let thief_node = tc.node(Role::Client, "thief")?;
+    let thief = ShardClient::new(thief_node.clone(), TIMEOUT);
+    let denied = |r: Result<_, ShardError>| matches!(r, Err(ShardError::Remote(e)) if e.kind == ErrorKind::Denied);
+    ensure!(
+        denied(thief.get(cs, victim.shard, 0, 100).await.map(drop)),
+        "read without a grant"
+    );
+    let zeros = vec![0u8; victim.layout.shard_len() as usize];
+    ensure!(
+        denied(thief.put(cs, victim.shard, victim.layout, &zeros).await),
+        "overwrote a shard without a grant"
+    );
+    let fresh = ShardId::new(SliceId(u64::MAX / 2), 0);
+    ensure!(
+        denied(thief.put(cs, fresh, victim.layout, &zeros).await),
+        "stored without a grant"
+    );
+    ensure!(
+        denied(thief.list(cs, None, 10).await.map(drop)),
+        "listed shards"
+    );
+    ensure!(
+        denied(thief.stat(cs, victim.shard).await.map(drop)),
+        "stat of a shard"
+    );
+
+    // With a genuine write grant for a slice of its own, still nothing else.
+    let meta = MetaClient::new(thief_node, tc.cluster.meta_addrs(), Duration::from_secs(20));
+    let made = meta
+        .mutate(FsOp::Mknod {
+            parent: InodeId::ROOT,
+            name: b"thief".to_vec(),
+            kind: FileKind::File,
+            perm: 0o644,
+            umask: 0,
+            rdev: 0,
+            caller: Caller { uid: 0, gid: 0 },
+        })
+        .await??;
+    let FsReply::Attr(attr) = made else {
+        bail!("mknod: {made:?}")
+    };
+    let allocated = meta
+        .mutate(FsOp::AllocateSlice {
+            ino: attr.ino,
+            len: 4 * victim.layout.shard_len(),
+            avoid: vec![],
+        })
+        .await??;
+    let FsReply::Allocated {
+        slice,
+        layout,
+        placement,
+        grant: Some(grant),
+    } = allocated
+    else {
+        bail!("allocate: {allocated:?}")
+    };
+    thief.hold_grants([grant.clone()]);
+    ensure!(
+        denied(thief.put(cs, victim.shard, victim.layout, &zeros).await),
+        "a grant for one slice overwrote another's shard"
+    );
+    let own = placement[0]
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("unplaced"))?;
+    // Nor more disk than the allocation was for.
+    let bigger = SliceLayout::new(layout.policy, 2 * layout.data_len, layout.stripe_unit)?;
+    ensure!(bigger.shard_len() > layout.shard_len());
+    let huge = vec![1u8; bigger.shard_len() as usize];
+    ensure!(
+        denied(
+            thief
+                .put(own.addr, ShardId::new(slice, 1), bigger, &huge)
+                .await
+        ),
+        "a grant stored a shard larger than allocated"
+    );
+    let body = vec![7u8; layout.shard_len() as usize];
+    thief
+        .put(own.addr, ShardId::new(slice, 0), layout, &body)
+        .await?;
+    ensure!(
+        denied(
+            thief
+                .put(own.addr, ShardId::new(slice, 0), layout, &body)
+                .await
+        ),
+        "a stored shard was replaced by a mount"
+    );
+    // A grant is bound to the certificate it was issued to.
+    let other = ShardClient::new(tc.node(Role::Client, "accomplice")?, TIMEOUT);
+    other.hold_grants([grant]);
+    ensure!(
+        denied(
+            other
+                .get(own.addr, ShardId::new(slice, 0), 0, 10)
+                .await
+                .map(drop)
+        ),
+        "a grant worked for another certificate"
+    );
+
+    // The victim's bytes are untouched, and the mount (with its grants) reads them.
+    let after = operator
+        .get(cs, victim.shard, 0, victim.layout.shard_len())
+        .await?;
+    ensure!(after == before, "the victim shard changed");
+    ensure!(std::fs::read(mnt.join("victim"))? == data);
     Ok(())
 }

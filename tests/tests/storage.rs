@@ -1,4 +1,5 @@
-//! The storage core with real chunkserver processes on loopback.
+//! The storage core with real chunkserver processes on loopback. Readers and writers here
+//! hold admin certificates: a mount's need grants from a metaserver (see `security.rs`).
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -58,7 +59,7 @@ fn shard_file(tc: &TestCluster, server: u32, shard: ShardId) -> PathBuf {
 async fn rs_4_2_survives_two_kill9() -> Result<()> {
     let tc = TestCluster::new()?;
     let servers = start(&tc, 6).await?;
-    let io = tc.slice_io(Role::Client, "writer", TIMEOUT)?;
+    let io = tc.slice_io(Role::Admin, "writer", TIMEOUT)?;
     const SLICE: usize = 4 << 20;
     let data = random_bytes(64 << 20, 42);
     for (s, bytes) in data.chunks(SLICE).enumerate() {
@@ -134,7 +135,7 @@ async fn rs_4_2_survives_two_kill9() -> Result<()> {
 async fn flipped_byte_is_read_around_and_reported() -> Result<()> {
     let tc = TestCluster::new()?;
     let servers = start(&tc, 6).await?;
-    let io = tc.slice_io(Role::Client, "reader", TIMEOUT)?;
+    let io = tc.slice_io(Role::Admin, "reader", TIMEOUT)?;
     let data = random_bytes(3 << 20, 7);
     let l = layout("rs:4+2", data.len());
     let targets = placement(&servers, 0, 6);
@@ -209,7 +210,7 @@ async fn certificate_from_another_ca_is_refused() -> Result<()> {
 async fn chunkserver_rebuilds_a_shard_from_its_peers() -> Result<()> {
     let tc = TestCluster::new()?;
     let servers = start(&tc, 6).await?;
-    let io = tc.slice_io(Role::Client, "writer", TIMEOUT)?;
+    let io = tc.slice_io(Role::Admin, "writer", TIMEOUT)?;
     let data = random_bytes((5 << 20) + 12345, 3);
     let l = layout("rs:3+2", data.len());
     let targets = placement(&servers, 0, 5);
@@ -257,7 +258,7 @@ async fn grid_parity_survives_three_kill9_and_rebuilds_from_one_line() -> Result
     let tc = TestCluster::new()?;
     let servers = start(&tc, 10).await?;
     let nine = &servers[..9];
-    let io = tc.slice_io(Role::Client, "writer", TIMEOUT)?;
+    let io = tc.slice_io(Role::Admin, "writer", TIMEOUT)?;
     const SLICE: usize = 3 << 20;
     let data = random_bytes(4 * SLICE - 4321, 8);
     let mut stored = Vec::new();
@@ -365,7 +366,8 @@ async fn bad_requests_get_errors_and_the_server_lives_on() -> Result<()> {
         }
     }
 
-    let client = ShardClient::new(node, TIMEOUT);
+    // Well-formed requests with bad arguments (from an operator: a mount would need grants).
+    let client = ShardClient::new(tc.node(Role::Admin, "operator")?, TIMEOUT);
     let l = layout("mirror:2", 1000);
     let id = ShardId::new(SliceId(5), 0);
     // A shard index outside its policy, a read past the end, an unknown shard.
@@ -393,7 +395,7 @@ async fn full_disk_is_an_error_to_the_writer() -> Result<()> {
     let _mount = TmpfsMount::new(&data, "4m")?;
     let servers = start(&tc, 1).await?;
     let addr = servers[0].addr;
-    let client = ShardClient::new(tc.node(Role::Client, "writer")?, TIMEOUT);
+    let client = ShardClient::new(tc.node(Role::Admin, "writer")?, TIMEOUT);
 
     let small = layout("mirror:1", 1 << 20);
     client

@@ -1,6 +1,7 @@
 //! Messages of the chunkserver protocol. Each request opens its own QUIC stream; a request
 //! frame may be followed by raw bytes (a shard body) and so may the response frame.
 
+use crate::grant::Grant;
 use crate::ids::{ChunkserverId, ShardId, ShardIndex};
 use crate::layout::SliceLayout;
 use serde::{Deserialize, Serialize};
@@ -23,16 +24,20 @@ pub mod reset {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkRequest {
     Ping,
-    /// Store a shard. Followed by exactly `layout.shard_len()` raw bytes.
+    /// Store a shard. Followed by exactly `layout.shard_len()` raw bytes. A mount needs a
+    /// write grant for the slice, and may not replace a stored shard.
     Put {
         shard: ShardId,
         layout: SliceLayout,
+        grant: Option<Grant>,
     },
-    /// Read `len` bytes of a shard from `offset`, verified against the block checksums.
+    /// Read `len` bytes of a shard from `offset`, verified against the block checksums. A
+    /// mount needs a grant for the slice.
     Get {
         shard: ShardId,
         offset: u64,
         len: u64,
+        grant: Option<Grant>,
     },
     Delete {
         shard: ShardId,

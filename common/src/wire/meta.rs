@@ -7,6 +7,7 @@ use crate::fs::{
     Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
 };
 
+use crate::grant::{Grant, GrantKey};
 use crate::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use crate::layout::SliceLayout;
 use crate::pki::{Revocations, Revoke};
@@ -246,12 +247,16 @@ pub enum FsReply {
         slice: SliceId,
         layout: SliceLayout,
         placement: Vec<Option<ServerAddr>>,
+        /// To write its shards (added by the metaserver that answers; never replicated).
+        grant: Option<Grant>,
     },
     /// Per chunk, its slices oldest first; plus every server they name.
     Slices {
         attr: Attr,
         chunks: Vec<(u64, Vec<SliceRef>)>,
         servers: Vec<ServerAddr>,
+        /// To read the slices (added by the metaserver that answers).
+        grants: Vec<Grant>,
     },
     Lock(Option<LockRange>),
     /// A committed slice: the file's attributes now, and how many slices its chunk holds
@@ -503,6 +508,9 @@ pub enum MetaRequest {
 
         sizes: Vec<u32>,
     },
+    /// A chunkserver asks for the keys that sign grants (it met one signed by a key it did
+    /// not know yet).
+    GrantKeys,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -518,6 +526,10 @@ pub enum MetaResponse {
     /// With the certificates revoked, which the chunkserver refuses from then on.
     HeartbeatAck {
         revoked: Revocations,
+        keys: Vec<GrantKey>,
+    },
+    GrantKeys {
+        keys: Vec<GrantKey>,
     },
     DamageNoted,
     KeepAliveAck,

@@ -7,6 +7,7 @@ use crate::locks::LockTable;
 use crate::namespace::Namespace;
 use lattice_common::chunk_map::SliceRef;
 use lattice_common::fs::{Errno, Timestamp};
+use lattice_common::grant::GrantKey;
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use lattice_common::layout::SliceLayout;
 use lattice_common::pki::Revoke;
@@ -25,7 +26,7 @@ const MAX_REMEMBERED_REPLIES: usize = 100_000;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
 /// per file, punched holes. 4: several references committed at once, inline small files.
-/// 5: certificate revocations.
+/// 5: certificate revocations, grant keys.
 pub const STATE_FORMAT: u32 = 5;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
@@ -120,6 +121,8 @@ pub enum Command {
     },
     /// No server accepts the certificates `what` names any more.
     Revoke { what: Revoke },
+    /// A new key signs grants (made by the leader).
+    GrantKey { key: GrantKey },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +280,10 @@ impl StateMachine {
                 new,
                 now,
             } => Outcome::Fs(self.reencode(ino, chunk, &old, new, now)),
+            Command::GrantKey { key } => match self.cluster.add_grant_key(key) {
+                true => Outcome::Done,
+                false => Outcome::Fs(Err(Errno::INVAL)),
+            },
             Command::Revoke { what } => match self.cluster.revoke(&what) {
                 true => Outcome::Done,
                 false => Outcome::Fs(Err(Errno::INVAL)),
@@ -491,6 +498,7 @@ impl StateMachine {
             slice,
             layout,
             placement: servers,
+            grant: None,
         })
     }
 
@@ -645,6 +653,7 @@ impl StateMachine {
                     attr: ns.attr(*ino)?,
                     chunks,
                     servers,
+                    grants: Vec::new(),
                 })
             }
         }
