@@ -220,6 +220,36 @@ pub struct Node {
     admissions: Arc<Mutex<Admissions>>,
     /// Peers refused: checked on every incoming connection.
     revoked: RwLock<Arc<Revocations>>,
+    refusals: RefusalLog,
+}
+
+/// Refused connections logged at most per window: a peer retrying in a tight loop (a
+/// revoked mount, a stranger's certificate) must not fill the disk with log lines.
+const REFUSALS_LOGGED: u32 = 10;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct RefusalLog {
+    /// Start of the current window, lines logged in it, refusals not logged since the last
+    /// line.
+    state: Mutex<(Option<std::time::Instant>, u32, u64)>,
+}
+
+impl RefusalLog {
+    fn note(&self, remote: SocketAddr, why: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, logged, suppressed) = &mut *s;
+        if start.is_none_or(|t| t.elapsed() >= REFUSAL_WINDOW) {
+            (*start, *logged) = (Some(std::time::Instant::now()), 0);
+        }
+        if *logged >= REFUSALS_LOGGED {
+            *suppressed += 1;
+            return;
+        }
+        *logged += 1;
+        let unlogged = std::mem::take(suppressed);
+        warn!(%remote, unlogged, "refused connection: {why}");
+    }
 }
 
 /// Open incoming connections, by peer, oldest first.
@@ -317,6 +347,7 @@ impl Node {
             name: identity.name.clone(),
             admissions: Arc::default(),
             revoked: RwLock::default(),
+            refusals: RefusalLog::default(),
         })
     }
 
@@ -426,26 +457,27 @@ impl Node {
             let node = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
+                let refused = |why: String| node.refusals.note(remote, &why);
                 let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) => return warn!(%remote, "refused connection: {e}"),
-                    Err(_) => return warn!(%remote, "refused connection: handshake timed out"),
+                    Ok(Err(e)) => return refused(e.to_string()),
+                    Err(_) => return refused("handshake timed out".into()),
                 };
                 let peer = match peer_of(&conn) {
                     Ok(peer) => Arc::new(peer),
                     Err(e) => {
-                        warn!(%remote, "refused connection: {e}");
+                        refused(e);
                         return conn.close(VarInt::from_u32(1), b"unidentified peer");
                     }
                 };
                 if node.revocations().covers(&peer) {
-                    warn!(%remote, %peer, serial = %peer.serial, "refused connection: certificate revoked");
+                    refused(format!("{peer} (serial {}) is revoked", peer.serial));
                     return conn.close(VarInt::from_u32(4), b"certificate revoked");
                 }
                 let _admitted = match Admissions::admit(&node.admissions, &peer, &conn) {
                     Ok(admitted) => admitted,
                     Err(e) => {
-                        warn!(%remote, "refused connection: {e}");
+                        refused(e);
                         return conn.close(VarInt::from_u32(3), b"too many connections");
                     }
                 };
@@ -515,4 +547,28 @@ pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, addr.to_string())?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_in_a_burst_are_counted_not_logged() {
+        let log = RefusalLog::default();
+        let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..1000 {
+            log.note(remote, "certificate revoked");
+        }
+        let (_, logged, unlogged) = *log.state.lock().unwrap();
+        assert_eq!(
+            (logged, unlogged),
+            (REFUSALS_LOGGED, 1000 - REFUSALS_LOGGED as u64)
+        );
+        // The next window logs again, saying how many went unlogged.
+        log.state.lock().unwrap().0 = Some(std::time::Instant::now() - REFUSAL_WINDOW);
+        log.note(remote, "certificate revoked");
+        let (_, logged, unlogged) = *log.state.lock().unwrap();
+        assert_eq!((logged, unlogged), (1, 0));
+    }
 }
