@@ -70,36 +70,21 @@ async fn reply(send: &mut SendStream, resp: &ChunkResponse) {
 }
 
 /// Only the metaserver and operators may remove or rebuild shards; a mount may not.
-fn require_operator(peer: &PeerName) -> Result<(), WireError> {
-    match peer.role {
-        Role::Metaserver | Role::Admin => Ok(()),
-        _ => Err(WireError::new(
-            ErrorKind::Denied,
-            format!("{peer} may not do this; only metaservers and admins may"),
-        )),
-    }
-}
-
+const OPERATORS: &[Role] = &[Role::Metaserver, Role::Admin];
 /// What shards a server holds is for servers and admins, not mounts.
-fn require_server_or_admin(peer: &PeerName) -> Result<(), WireError> {
-    match peer.role {
-        Role::Client => Err(WireError::new(
-            ErrorKind::Denied,
-            format!("{peer} may not do this; only servers and admins may"),
-        )),
-        _ => Ok(()),
-    }
-}
-
+const SERVERS_AND_ADMINS: &[Role] = &[Role::Metaserver, Role::Chunkserver, Role::Admin];
 /// Only admins change a server's disks.
-fn require_admin(peer: &PeerName) -> Result<(), WireError> {
-    match peer.role {
-        Role::Admin => Ok(()),
-        _ => Err(WireError::new(
-            ErrorKind::Denied,
-            format!("{peer} may not do this; only admins may"),
-        )),
+const ADMINS: &[Role] = &[Role::Admin];
+
+fn require(peer: &PeerName, roles: &[Role]) -> Result<(), WireError> {
+    if roles.contains(&peer.role) {
+        return Ok(());
     }
+    let allowed: Vec<&str> = roles.iter().map(Role::as_str).collect();
+    Err(WireError::new(
+        ErrorKind::Denied,
+        format!("{peer} may not do this; only {} may", allowed.join(", ")),
+    ))
 }
 
 impl Service {
@@ -143,21 +128,21 @@ impl Service {
                 Ok(()) => self.put(&mut recv, shard, layout).await,
                 Err(e) => Err(e),
             },
-            ChunkRequest::Delete { shard } => match require_operator(&peer) {
+            ChunkRequest::Delete { shard } => match require(&peer, OPERATORS) {
                 Ok(()) => self
                     .on_disk(move |s| s.delete(shard))
                     .await
                     .map(|existed| ChunkResponse::Deleted { existed }),
                 Err(e) => Err(e),
             },
-            ChunkRequest::Stat { shard } => match require_server_or_admin(&peer) {
+            ChunkRequest::Stat { shard } => match require(&peer, SERVERS_AND_ADMINS) {
                 Ok(()) => self
                     .on_disk(move |s| s.stat(shard))
                     .await
                     .map(ChunkResponse::Stat),
                 Err(e) => Err(e),
             },
-            ChunkRequest::List { after, limit } => match require_server_or_admin(&peer) {
+            ChunkRequest::List { after, limit } => match require(&peer, SERVERS_AND_ADMINS) {
                 Ok(()) => {
                     let limit = limit.min(MAX_LIST_PAGE) as usize;
                     let (shards, more) = self.store.list(after, limit);
@@ -166,14 +151,14 @@ impl Service {
                 Err(e) => Err(e),
             },
             ChunkRequest::Status => Ok(ChunkResponse::Status(self.status().await)),
-            ChunkRequest::AddDisk { path } => match require_admin(&peer) {
+            ChunkRequest::AddDisk { path } => match require(&peer, ADMINS) {
                 Ok(()) => self
                     .on_disk(move |s| s.add_disk(std::path::Path::new(&path)))
                     .await
                     .map(|shards| ChunkResponse::DiskAdded { shards }),
                 Err(e) => Err(e),
             },
-            ChunkRequest::RemoveDisk { path } => match require_admin(&peer) {
+            ChunkRequest::RemoveDisk { path } => match require(&peer, ADMINS) {
                 Ok(()) => self
                     .on_disk(move |s| s.remove_disk(std::path::Path::new(&path)))
                     .await
@@ -188,7 +173,7 @@ impl Service {
                 layout,
                 copy_from,
                 sources,
-            } => match require_operator(&peer) {
+            } => match require(&peer, OPERATORS) {
                 Ok(()) => {
                     let sources = rebuild::Sources {
                         copy_from,

@@ -283,18 +283,16 @@ impl Admissions {
         }
         a.next += 1;
         let id = a.next;
+        if !full {
+            a.total += 1;
+        }
         let mine = a.by_peer.entry(peer.clone()).or_default();
         if full {
             if let Some((_, oldest)) = mine.pop_front() {
                 oldest.close(VarInt::from_u32(3), b"replaced by a newer connection");
             }
-        } else {
-            a.total += 1;
         }
-        a.by_peer
-            .entry(peer.clone())
-            .or_default()
-            .push_back((id, conn.clone()));
+        mine.push_back((id, conn.clone()));
         Ok(Admitted {
             admissions: this.clone(),
             peer: peer.clone(),

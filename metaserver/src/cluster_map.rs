@@ -2,7 +2,7 @@
 //! state. Live figures (free space, health) are soft state on the leader, not here.
 
 use lattice_common::fs::Timestamp;
-use lattice_common::grant::{GrantKey, KEYS_KEPT};
+use lattice_common::grant::{self, GrantKey};
 use lattice_common::ids::ChunkserverId;
 use lattice_common::pki::{Revocations, Revoke, MAX_REVOCATIONS};
 use lattice_common::wire::meta::{ChunkserverState, Registration, ServerAddr};
@@ -46,15 +46,13 @@ impl ClusterMap {
         &self.grant_keys
     }
 
-    /// Adds a key that signs grants from now on (the oldest beyond [`KEYS_KEPT`] goes);
+    /// Adds a key that signs grants from now on (the oldest beyond `grant::KEYS_KEPT` go);
     /// false (and no change) unless its id is above every key's so far.
     pub fn add_grant_key(&mut self, key: GrantKey) -> bool {
         if self.grant_keys.last().is_some_and(|k| k.id >= key.id) {
             return false;
         }
-        self.grant_keys.push(key);
-        let extra = self.grant_keys.len().saturating_sub(KEYS_KEPT);
-        self.grant_keys.drain(..extra);
+        grant::merge_keys(&mut self.grant_keys, vec![key]);
         true
     }
 

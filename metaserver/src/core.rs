@@ -395,9 +395,9 @@ impl Core {
     fn share_grant_keys(&mut self) {
         let applied = self.replica.sm.cluster.grant_keys();
         let newest = |keys: &[GrantKey]| keys.last().map(|k| k.id);
-        let mut shared = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        if newest(&shared) != newest(applied) {
-            *shared = applied.to_vec();
+        // Read first: this runs on every turn of the loop, and handlers sign under the lock.
+        if newest(&self.keys.read().unwrap_or_else(|p| p.into_inner())) != newest(applied) {
+            *self.keys.write().unwrap_or_else(|p| p.into_inner()) = applied.to_vec();
         }
     }
 
