@@ -289,22 +289,40 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
     }
 }
 
-/// Counter `name` from the Prometheus metrics at `addr` (0 when nothing answers there).
-pub fn counter(addr: Option<std::net::SocketAddr>, name: &str) -> u64 {
-    let Some(text) = addr.and_then(|a| http_get(a, "/metrics").ok()) else {
-        return 0;
+/// Counter `name` from the Prometheus metrics at `addr`. A busy process gets a few tries; one
+/// that never answers is an error, not a zero that would skew a difference.
+pub fn counter(addr: Option<std::net::SocketAddr>, name: &str) -> Result<u64> {
+    let addr = addr.with_context(|| format!("no metrics address for {name}"))?;
+    let mut tries = 0;
+    let text = loop {
+        match http_get(addr, "/metrics") {
+            Ok(text) => break text,
+            Err(e) if tries >= 5 => return Err(e.context(format!("scraping {addr}"))),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200 << tries));
+            }
+        }
     };
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
+        .with_context(|| format!("{addr} has no counter {name}"))
 }
 
-/// Counter `name` summed over chunkservers `1..=count` of `tc`.
-pub fn chunkservers_counter(tc: &TestCluster, count: u32, name: &str) -> u64 {
-    (1..=count)
-        .map(|n| counter(tc.cluster.metrics_addr(&tc.cluster.chunkserver(n)), name))
-        .sum()
+/// Counter `name` summed over the running chunkservers among `1..=count` of `tc` (a killed
+/// one's counter went with it).
+pub fn chunkservers_counter(tc: &TestCluster, count: u32, name: &str) -> Result<u64> {
+    let mut sum = 0;
+    for n in 1..=count {
+        let server = tc.cluster.chunkserver(n);
+        if server.pid().is_some() {
+            sum += counter(tc.cluster.metrics_addr(&server), name)
+                .with_context(|| format!("chunkserver-{n}"))?;
+        }
+    }
+    Ok(sum)
 }
 
 /// The id the metaservers gave the chunkserver called `name`.

@@ -89,7 +89,7 @@ async fn repair_after_losing(tc: &TestCluster, admin: &Admin, n: u32) -> Result<
     // What the others served so far (the victim's counter goes with it).
     let victim_metrics = tc.cluster.metrics_addr(&tc.cluster.chunkserver(n));
     let (read0, rebuilt0) = (
-        chunkservers_counter(tc, SERVERS, GET_BYTES) - counter(victim_metrics, GET_BYTES),
+        chunkservers_counter(tc, SERVERS, GET_BYTES)? - counter(victim_metrics, GET_BYTES)?,
         before.done_bytes(JobKind::Repair),
     );
     ensure!(tc.cluster.chunkserver(n).kill9());
@@ -100,7 +100,14 @@ async fn repair_after_losing(tc: &TestCluster, admin: &Admin, n: u32) -> Result<
             })
     })
     .await?;
-    let read = chunkservers_counter(tc, SERVERS, GET_BYTES) - read0;
+    let read = chunkservers_counter(tc, SERVERS, GET_BYTES)? - read0;
+    // The job tally lives on the leader: another leader would have counted from zero.
+    ensure!(
+        after.leader == before.leader && after.term == before.term,
+        "leadership moved during the repair (term {} to {})",
+        before.term,
+        after.term
+    );
     let rebuilt = after.done_bytes(JobKind::Repair) - rebuilt0;
     tc.cluster.start_chunkserver(n).await?;
     admin.wait_chunkservers_up(SERVERS as usize).await?;
@@ -328,18 +335,18 @@ async fn grid_parity_per_directory_reencoded_live_and_read_around_a_slow_server(
     admin.wait_chunkservers_up(SERVERS as usize).await?;
     let slow_metrics = tc.cluster.metrics_addr(&tc.cluster.chunkserver(slow_n));
     let (gets0, all0) = (
-        counter(slow_metrics, GETS),
-        chunkservers_counter(&tc, SERVERS, GETS),
+        counter(slow_metrics, GETS)?,
+        chunkservers_counter(&tc, SERVERS, GETS)?,
     );
-    let hedged0 = counter(Some(metrics), "lattice_client_hedged_reads_total")
-        + counter(Some(metrics), "lattice_client_avoided_reads_total");
+    let hedged0 = counter(Some(metrics), "lattice_client_hedged_reads_total")?
+        + counter(Some(metrics), "lattice_client_avoided_reads_total")?;
     let slow: f64 = (0..3)
         .map(|_| timed_read(&e, &e_data))
         .sum::<Result<f64>>()?;
-    let slow_gets = counter(slow_metrics, GETS) - gets0;
-    let all_gets = chunkservers_counter(&tc, SERVERS, GETS) - all0;
-    let hedged = counter(Some(metrics), "lattice_client_hedged_reads_total")
-        + counter(Some(metrics), "lattice_client_avoided_reads_total")
+    let slow_gets = counter(slow_metrics, GETS)? - gets0;
+    let all_gets = chunkservers_counter(&tc, SERVERS, GETS)? - all0;
+    let hedged = counter(Some(metrics), "lattice_client_hedged_reads_total")?
+        + counter(Some(metrics), "lattice_client_avoided_reads_total")?
         - hedged0;
     eprintln!(
         "64 MiB read 3 times: {:.0} MiB/s with every server fast, {:.0} MiB/s with {slow_id} \

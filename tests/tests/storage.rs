@@ -293,11 +293,11 @@ async fn grid_parity_survives_three_kill9_and_rebuilds_from_one_line() -> Result
         // read K shards, or more than one line, would do so every time).
         let mut reads = Vec::new();
         for _ in 0..3 {
-            let before = chunkservers_counter(&tc, 9, GET_BYTES);
+            let before = chunkservers_counter(&tc, 9, GET_BYTES)?;
             admin
                 .rebuild(servers[9].addr, id, *l, None, sources.clone())
                 .await?;
-            reads.push(chunkservers_counter(&tc, 9, GET_BYTES) - before);
+            reads.push(chunkservers_counter(&tc, 9, GET_BYTES)? - before);
             if reads.last() == Some(&(2 * l.shard_len())) {
                 break;
             }
