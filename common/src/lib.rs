@@ -22,6 +22,7 @@ pub mod layout;
 pub mod logging;
 pub mod meta_client;
 pub mod metrics;
+pub mod mount_user;
 pub mod pki;
 pub mod policy;
 pub mod shard_client;

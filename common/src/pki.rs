@@ -8,7 +8,10 @@
 //! between addresses; the CA signature is what is checked). Only metaserver and
 //! chunkserver certificates may authenticate a server. A certificate can be revoked by
 //! name or serial: the list lives in the cluster map and every server refuses those peers.
+//! A client certificate may also carry the one user its mount acts as
+//! ([`crate::mount_user`]), in its organizational unit.
 
+use crate::mount_user::MountUser;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -78,6 +81,8 @@ pub struct PeerName {
     /// The certificate's serial number, in lowercase hex: what tells apart two
     /// certificates issued under one name.
     pub serial: String,
+    /// Who a client may act as (every other role: trusted).
+    pub user: MountUser,
 }
 
 /// Certificates the cluster no longer accepts, replicated in the cluster map: by
@@ -239,7 +244,23 @@ pub fn init_ca(dir: &Path, cluster: &str) -> Result<(), PkiError> {
 /// Issues a certificate for `role:name`, signed by the CA in `ca_dir`, into `out_dir`
 /// (`ca.pem`, `cert.pem`, `key.pem`).
 pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> Result<(), PkiError> {
+    issue_as(ca_dir, role, name, &MountUser::Trusted, out_dir)
+}
+
+/// As [`issue`], for a client whose mount acts as `user` only.
+pub fn issue_as(
+    ca_dir: &Path,
+    role: Role,
+    name: &str,
+    user: &MountUser,
+    out_dir: &Path,
+) -> Result<(), PkiError> {
     check_name(name)?;
+    if role != Role::Client && *user != MountUser::Trusted {
+        return Err(PkiError::Invalid(format!(
+            "only client certificates carry a user, not {role} ones"
+        )));
+    }
     let ca_pem = read(&ca_dir.join(CA_CERT_FILE))?;
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY_FILE))?)?;
     let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
@@ -248,6 +269,11 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> Result<()
     params
         .distinguished_name
         .push(DnType::CommonName, format!("{role}:{name}"));
+    if let MountUser::Limited(_) = user {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, user.to_string());
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = role_usages(role);
     validity(&mut params, 5);
@@ -287,7 +313,8 @@ fn check_name(name: &str) -> Result<(), PkiError> {
     }
 }
 
-/// Reads `role:name` from the common name of a DER certificate.
+/// Reads `role:name` from the common name of a DER certificate, and a client's identity
+/// from its organizational unit.
 pub fn peer_name(cert_der: &[u8]) -> Result<PeerName, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| PkiError::Invalid(format!("unparsable peer certificate: {e}")))?;
@@ -300,10 +327,25 @@ pub fn peer_name(cert_der: &[u8]) -> Result<PeerName, PkiError> {
     let (role, name) = cn
         .split_once(':')
         .ok_or_else(|| PkiError::Invalid(format!("peer common name {cn:?} is not role:name")))?;
+    let role: Role = role.parse()?;
+    let user = match cert.subject().iter_organizational_unit().next() {
+        None => MountUser::Trusted,
+        Some(_) if role != Role::Client => {
+            return Err(PkiError::Invalid(format!(
+                "a {role} certificate carries a user"
+            )))
+        }
+        Some(ou) => ou
+            .as_str()
+            .map_err(|e| PkiError::Invalid(format!("peer user: {e}")))?
+            .parse()
+            .map_err(|e| PkiError::Invalid(format!("peer {e}")))?,
+    };
     Ok(PeerName {
-        role: role.parse()?,
+        role,
         name: name.to_string(),
         serial: serial_hex(cert.tbs_certificate.raw_serial()),
+        user,
     })
 }
 
@@ -369,5 +411,26 @@ mod tests {
         fs::set_permissions(node.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
         issue(&ca, Role::Chunkserver, "cs-1", &node).unwrap();
         assert_eq!(mode(&node.join(KEY_FILE)), 0o600);
+    }
+
+    #[test]
+    fn a_client_certificate_names_the_user_it_acts_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "test").unwrap();
+        let peer_of = |node: &Path| {
+            let pem = fs::read_to_string(node.join(CERT_FILE)).unwrap();
+            let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+                .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+                .unwrap();
+            peer_name(&der).unwrap()
+        };
+        let alice: MountUser = "uid=1000 gid=1000 groups=100".parse().unwrap();
+        let node = dir.path().join("alice");
+        issue_as(&ca, Role::Client, "alice", &alice, &node).unwrap();
+        assert_eq!(peer_of(&node).user, alice);
+        issue(&ca, Role::Client, "host", &node).unwrap();
+        assert_eq!(peer_of(&node).user, MountUser::Trusted);
+        assert!(issue_as(&ca, Role::Chunkserver, "cs", &alice, &node).is_err());
     }
 }

@@ -19,6 +19,7 @@ use lattice_common::fs::{Errno, StatFs, Timestamp};
 use lattice_common::grant::{self, GrantKey};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, ShardId, SliceId};
 use lattice_common::layout::{SliceLayout, DEFAULT_STRIPE_UNIT};
+use lattice_common::mount_user::Credentials;
 use lattice_common::policy::{Policy, LAYOUT_XATTR};
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
@@ -146,6 +147,7 @@ pub enum Input {
         ino: InodeId,
         len: u64,
         avoid: Vec<ChunkserverId>,
+        who: Option<Credentials>,
         reply: oneshot::Sender<Answer<Outcome>>,
     },
     /// A slice allocation for the leader's own re-encoding, under `policy`.
@@ -166,8 +168,10 @@ pub enum Input {
         after: Option<deep_scrub::Cursor>,
         reply: oneshot::Sender<Answer<Option<deep_scrub::Next>>>,
     },
+    /// A read-only request, made as `who` when the mount is limited to that user.
     Query {
         query: FsQuery,
+        who: Option<Credentials>,
         reply: oneshot::Sender<Answer<Result<FsReply, Errno>>>,
     },
     Register {
@@ -250,7 +254,11 @@ pub enum Input {
 enum Waiter {
     Proposal(oneshot::Sender<Answer<Outcome>>),
     Member(oneshot::Sender<Answer<Result<(), String>>>),
-    Read(FsQuery, oneshot::Sender<Answer<Result<FsReply, Errno>>>),
+    Read(
+        FsQuery,
+        Option<Credentials>,
+        oneshot::Sender<Answer<Result<FsReply, Errno>>>,
+    ),
     Status(oneshot::Sender<Answer<ClusterStatus>>),
     Deletable(
         Vec<(ShardCopy, Doom)>,
@@ -446,6 +454,7 @@ impl Core {
                 ino,
                 len,
                 avoid,
+                who,
                 reply,
             } => {
                 let command = |layout, placement, now| Command::Allocate {
@@ -456,6 +465,7 @@ impl Core {
                     ino,
                     layout,
                     placement,
+                    who,
                 };
                 self.allocate(ino, None, len, &avoid, reply, command);
             }
@@ -491,8 +501,8 @@ impl Core {
                 };
                 let _ = reply.send(answer);
             }
-            Input::Query { query, reply } => {
-                let token = self.token(Waiter::Read(query, reply));
+            Input::Query { query, who, reply } => {
+                let token = self.token(Waiter::Read(query, who, reply));
                 self.read(token);
             }
             Input::Register {
@@ -653,7 +663,7 @@ impl Core {
         match self.waiters.remove(&token) {
             Some(Waiter::Proposal(reply)) => drop(reply.send(Err(reject))),
             Some(Waiter::Member(reply)) => drop(reply.send(Err(reject))),
-            Some(Waiter::Read(_, reply)) => drop(reply.send(Err(reject))),
+            Some(Waiter::Read(_, _, reply)) => drop(reply.send(Err(reject))),
             Some(Waiter::Status(reply)) => drop(reply.send(Err(reject))),
             Some(Waiter::Deletable(_, reply)) => drop(reply.send(Err(reject))),
             None => {}
@@ -676,8 +686,8 @@ impl Core {
                     }
                 }
                 Event::ReadReady { token } => match self.waiters.remove(&token) {
-                    Some(Waiter::Read(query, reply)) => {
-                        let answer = self.answer(&query);
+                    Some(Waiter::Read(query, who, reply)) => {
+                        let answer = self.answer(&query, who.as_ref());
                         let held = matches!(answer, Ok(FsReply::Lock(Some(_))));
                         if matches!(query, FsQuery::AwaitLock { .. })
                             && held
@@ -734,7 +744,7 @@ impl Core {
         self.lock_waits_checked = applied;
         let mut kept = Vec::with_capacity(self.lock_waits.len());
         for w in std::mem::take(&mut self.lock_waits) {
-            let answer = self.answer(&w.query);
+            let answer = self.answer(&w.query, None);
             if matches!(answer, Ok(FsReply::Lock(Some(_)))) && !due(&w) {
                 kept.push(w);
             } else {
@@ -744,7 +754,7 @@ impl Core {
         self.lock_waits = kept;
     }
 
-    fn answer(&self, query: &FsQuery) -> Result<FsReply, Errno> {
+    fn answer(&self, query: &FsQuery, who: Option<&Credentials>) -> Result<FsReply, Errno> {
         match query {
             FsQuery::StatFs => {
                 let (mut total, mut free, mut used) = (0u64, 0u64, 0u64);
@@ -765,7 +775,7 @@ impl Core {
             FsQuery::GetXattr { ino, name } if name == LAYOUT_XATTR => {
                 fileinfo::describe(&self.replica.sm, &self.views(), *ino).map(FsReply::Xattr)
             }
-            q => self.replica.sm.query(q),
+            q => self.replica.sm.query(q, who),
         }
     }
 

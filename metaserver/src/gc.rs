@@ -330,6 +330,7 @@ mod tests {
                 acked_below: self.seq,
                 now: Timestamp::default(),
                 op,
+                who: None,
             };
             match self.apply(cmd) {
                 Outcome::Fs(Ok(reply)) => reply,
@@ -366,6 +367,7 @@ mod tests {
                 ino,
                 layout,
                 placement: placement.clone(),
+                who: None,
             };
             let Outcome::Fs(Ok(FsReply::Allocated { slice, .. })) = self.apply(cmd) else {
                 panic!("allocation refused");

@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lattice_common::ids::MetaserverId;
 use lattice_common::meta_client::MetaClient;
+use lattice_common::mount_user::MountUser;
 use lattice_common::pki::{self, Role};
 use lattice_common::shard_client::{ShardClient, DEFAULT_TIMEOUT};
 use lattice_common::slice_io::SliceIo;
@@ -224,6 +225,7 @@ enum CaCommand {
     },
     /// Issue a certificate for a metaserver, chunkserver, client (mount) or admin.
     Issue {
+        /// The CA directory (made by `ca init`; its key signs the certificate).
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         #[arg(long, value_parser = ["metaserver", "chunkserver", "client", "admin"])]
@@ -234,6 +236,18 @@ enum CaCommand {
         /// Directory to write ca.pem, cert.pem and key.pem to.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// For a client: the one user its mount acts as, whatever uid its machine sends
+        /// (root there included); the metaservers check this user's permissions on every
+        /// operation. Without it, a client is trusted: its kernel checks permissions and
+        /// passes each caller, as an NFS server trusts a host.
+        #[arg(long, requires = "gid")]
+        uid: Option<u32>,
+        /// The primary group of `--uid`.
+        #[arg(long, requires = "uid")]
+        gid: Option<u32>,
+        /// Supplementary groups of `--uid`, comma-separated.
+        #[arg(long, requires = "uid", value_delimiter = ',')]
+        groups: Vec<u32>,
     },
     /// Revoke a certificate: every metaserver and chunkserver refuses it and drops its
     /// connections within seconds. By name, every certificate issued under it; by serial
@@ -298,17 +312,10 @@ fn main() {
             role,
             name,
             out,
-        }) => role
-            .parse::<Role>()
-            .and_then(|role| pki::issue(&ca, role, &name, &out))
-            .and_then(|()| pki::serial_of(&out))
-            .map(|serial| {
-                println!(
-                    "issued {role}:{name} (serial {serial}) into {}",
-                    out.display()
-                )
-            })
-            .map_err(Into::into),
+            uid,
+            gid,
+            groups,
+        }) => issue(&ca, &role, &name, &out, uid.zip(gid), groups),
         Command::Ca(CaCommand::Revoke {
             ca,
             admin,
@@ -358,6 +365,34 @@ fn main() {
         eprintln!("metaserver: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `ca issue`: a certificate for `role:name`, for a client acting as `user` if given.
+fn issue(
+    ca: &Path,
+    role: &str,
+    name: &str,
+    out: &Path,
+    user: Option<(u32, u32)>,
+    groups: Vec<u32>,
+) -> Result<()> {
+    let user = match user {
+        Some((uid, gid)) => MountUser::limited(uid, gid, groups).map_err(anyhow::Error::msg)?,
+        None => MountUser::Trusted,
+    };
+    let role: Role = role.parse()?;
+    pki::issue_as(ca, role, name, &user, out)?;
+    let serial = pki::serial_of(out)?;
+    let acts_as = match (&user, role) {
+        (MountUser::Limited(_), _) => format!(", acting as {user}"),
+        (MountUser::Trusted, Role::Client) => ", trusted with its callers".into(),
+        (MountUser::Trusted, _) => String::new(),
+    };
+    println!(
+        "issued {role}:{name} (serial {serial}{acts_as}) into {}",
+        out.display()
+    );
+    Ok(())
 }
 
 fn admin_call(args: &AdminArgs, req: AdminRequest) -> Result<AdminReply> {

@@ -6,6 +6,7 @@ use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, Timestamp};
+use lattice_common::mount_user::Credentials;
 use lattice_common::pki::{PeerName, Role};
 use lattice_common::transport::Node;
 use lattice_common::wire::meta::{
@@ -39,6 +40,28 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Early {
 
 fn unavailable(message: impl Into<String>) -> Early {
     error(ErrorKind::Unavailable, message)
+}
+
+/// The user a client's certificate limits it to (admins and trusted clients: none).
+fn limited_user(peer: &PeerName) -> Option<&Credentials> {
+    match peer.role {
+        Role::Client => peer.user.credentials(),
+        _ => None,
+    }
+}
+
+/// The user `op` is checked as, and `op` with what it creates owned by that user: a
+/// limited mount acts as its certificate's user whatever caller it names.
+fn acting_user(peer: &PeerName, mut op: FsOp) -> (Option<Credentials>, FsOp) {
+    let Some(who) = limited_user(peer) else {
+        return (None, op);
+    };
+    if let FsOp::Mknod { caller, .. } | FsOp::Mkdir { caller, .. } | FsOp::Symlink { caller, .. } =
+        &mut op
+    {
+        *caller = who.caller();
+    }
+    (Some(who.clone()), op)
 }
 
 fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
@@ -131,6 +154,7 @@ impl Service {
                 op,
             } => {
                 allow(peer, &fs_users)?;
+                let (who, op) = acting_user(peer, op);
                 let outcome = match op {
                     FsOp::AllocateSlice { ino, len, avoid } => {
                         self.ask(|reply| Input::Allocate {
@@ -140,6 +164,7 @@ impl Service {
                             ino,
                             len,
                             avoid,
+                            who,
                             reply,
                         })
                         .await?
@@ -149,9 +174,9 @@ impl Service {
                             client,
                             seq,
                             acked_below,
-
                             now: Timestamp::now(),
                             op,
+                            who,
                         };
                         self.ask(|reply| Input::Propose { cmd, reply }).await?
                     }
@@ -166,7 +191,8 @@ impl Service {
             }
             MetaRequest::Query(query) => {
                 allow(peer, &fs_users)?;
-                let r = self.ask(|reply| Input::Query { query, reply }).await?;
+                let who = limited_user(peer).cloned();
+                let r = self.ask(|reply| Input::Query { query, who, reply }).await?;
                 self.signed(peer, r)
             }
             MetaRequest::Register(registration) => {

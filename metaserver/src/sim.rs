@@ -214,7 +214,6 @@ impl Sim {
             client: ClientId(1),
             seq: self.next,
             acked_below: 0,
-
             now: Timestamp {
                 secs: self.next as i64,
                 nanos: 0,
@@ -226,6 +225,7 @@ impl Sim {
                 umask: 0,
                 caller: Caller::ROOT,
             },
+            who: None,
         };
         let token = self.next;
         if self.replica(id).propose(&cmd, token).is_ok() {

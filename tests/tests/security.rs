@@ -4,11 +4,12 @@
 use anyhow::{bail, ensure, Result};
 use futures::future::join_all;
 use lattice_common::codec;
-use lattice_common::fs::{Caller, FileKind};
+use lattice_common::fs::{Caller, Errno, FileKind, SetAttr};
 use lattice_common::ids::{InodeId, ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
 use lattice_common::meta_client::MetaClient;
-use lattice_common::pki::Role;
+use lattice_common::mount_user::MountUser;
+use lattice_common::pki::{self, Role};
 use lattice_common::shard_client::{ShardClient, ShardError};
 use lattice_common::transport::{Identity, Node, MAX_CONNECTIONS_PER_PEER};
 use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaResponse};
@@ -453,4 +454,121 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     ensure!(after == before, "the victim shard changed");
     ensure!(std::fs::read(mnt.join("victim"))? == data);
     Ok(())
+}
+
+/// A mount whose certificate names uid 1000 acts as that user whatever its machine sends,
+/// root included: the metaserver decides, not the mount's kernel (this test runs as root,
+/// which the mount's kernel lets do anything) nor a client that skips checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_limited_to_one_user_has_only_that_users_rights() -> Result<()> {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    // Through a trusted mount, as root: a home for uid 1000 and another user's private file.
+    let home = mnt.join("home");
+    std::fs::create_dir(&home)?;
+    chown(&home, Some(1000), Some(1000))?;
+    let secret = mnt.join("secret");
+    std::fs::write(&secret, b"not for uid 1000")?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    chown(&secret, Some(2000), Some(2000))?;
+
+    let limited = tc.cluster.mount_proc(2).name();
+    let certs = tc.state().join("certs").join(&limited);
+    let user: MountUser = "uid=1000 gid=1000".parse()?;
+    pki::issue_as(&tc.cluster.ca_dir(), Role::Client, &limited, &user, &certs)?;
+    let mnt2 = tc.state().join("mnt2");
+    tc.cluster.start_mount(2, &mnt2, "").await?;
+    let refused = |what: &str, r: std::io::Result<()>, errno: i32| match r {
+        Err(e) if e.raw_os_error() == Some(errno) => Ok(()),
+        other => Err(anyhow::anyhow!("{what}: {other:?}, not errno {errno}")),
+    };
+    let theirs = mnt2.join("secret");
+    refused("read", std::fs::read(&theirs).map(drop), libc::EACCES)?;
+    refused("overwrite", std::fs::write(&theirs, b"x"), libc::EACCES)?;
+    let open_up = std::fs::Permissions::from_mode(0o644);
+    refused(
+        "chmod",
+        std::fs::set_permissions(&theirs, open_up),
+        libc::EPERM,
+    )?;
+    refused("chown", chown(&theirs, Some(1000), None), libc::EPERM)?;
+    refused("unlink", std::fs::remove_file(&theirs), libc::EACCES)?;
+    refused(
+        "mkdir",
+        std::fs::create_dir(mnt2.join("mine")),
+        libc::EACCES,
+    )?;
+    ensure!(std::fs::read(&secret)? == b"not for uid 1000");
+
+    // What uid 1000 may do, it does, and what it makes is its own.
+    std::fs::write(mnt2.join("home/notes"), b"mine")?;
+    std::fs::set_permissions(
+        mnt2.join("home/notes"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    let notes = std::fs::metadata(mnt.join("home/notes"))?;
+    ensure!(
+        (notes.uid(), notes.gid(), notes.mode() & 0o777) == (1000, 1000, 0o600),
+        "notes: {notes:?}"
+    );
+    ensure!(std::fs::read(mnt.join("home/notes"))? == b"mine");
+
+    // A client that claims to be root and checks nothing itself gets no further.
+    let node = Node::client(&Identity::load(&certs)?)?;
+    let meta = MetaClient::new(node, tc.cluster.meta_addrs(), Duration::from_secs(20));
+    let found = meta
+        .query(FsQuery::Lookup {
+            parent: InodeId::ROOT,
+            name: b"secret".to_vec(),
+        })
+        .await??;
+    let FsReply::Attr(attr) = found else {
+        bail!("lookup: {found:?}")
+    };
+    let ino = attr.ino;
+    let give = SetAttr {
+        uid: Some(1000),
+        perm: Some(0o666),
+        ..SetAttr::default()
+    };
+    let r = meta.mutate(FsOp::SetAttr { ino, set: give }).await?;
+    ensure!(r == Err(Errno::PERM), "setattr as a claimed root: {r:?}");
+    let r = meta
+        .query(FsQuery::Slices {
+            ino,
+            first: 0,
+            last: 0,
+        })
+        .await?;
+    ensure!(r.is_err_and(|e| e == Errno::ACCES), "slices read");
+    let made = meta
+        .mutate(FsOp::Mknod {
+            parent: attr_of(&meta, b"home").await?,
+            name: b"claimed".to_vec(),
+            kind: FileKind::File,
+            perm: 0o4755,
+            umask: 0,
+            rdev: 0,
+            caller: Caller::ROOT,
+        })
+        .await??;
+    let FsReply::Attr(made) = made else {
+        bail!("mknod: {made:?}")
+    };
+    ensure!((made.uid, made.gid) == (1000, 1000), "made as {made:?}");
+    Ok(())
+}
+
+async fn attr_of(meta: &MetaClient, name: &[u8]) -> Result<InodeId> {
+    match meta
+        .query(FsQuery::Lookup {
+            parent: InodeId::ROOT,
+            name: name.to_vec(),
+        })
+        .await??
+    {
+        FsReply::Attr(a) => Ok(a.ino),
+        other => bail!("lookup: {other:?}"),
+    }
 }

@@ -6,6 +6,7 @@
 //! `posix_acl_create_masq`, `__posix_acl_chmod` and `posix_acl_equiv_mode`.
 
 use lattice_common::fs::Errno;
+use lattice_common::mount_user::Credentials;
 
 pub const ACCESS: &[u8] = b"system.posix_acl_access";
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
@@ -86,6 +87,32 @@ impl Acl {
             perm(GROUP_OBJ)
         };
         perm(USER_OBJ) << 6 | group << 3 | perm(OTHER)
+    }
+
+    /// Whether the ACL gives `who` every bit of `want` on an inode of `owner` and `group`,
+    /// as Linux's `posix_acl_permission`: the owner entry, else a named user entry, else
+    /// the group entries (any one that matches and grants all of `want`), else other; the
+    /// mask limits all but the owner and other.
+    pub fn permits(&self, owner: u32, group: u32, who: &Credentials, want: u16) -> bool {
+        let mask = self.0.iter().find(|e| e.tag == MASK).map_or(7, |e| e.perm);
+        let perm = |tag| self.0.iter().find(|e| e.tag == tag).map_or(0, |e| e.perm);
+        if who.uid == owner {
+            return perm(USER_OBJ) & want == want;
+        }
+        if let Some(e) = self.0.iter().find(|e| e.tag == USER && e.id == who.uid) {
+            return e.perm & mask & want == want;
+        }
+        let mut groups = self.0.iter().filter(|e| match e.tag {
+            GROUP_OBJ => who.in_group(group),
+            GROUP => who.in_group(e.id),
+            _ => false,
+        });
+        match groups.next() {
+            Some(first) => std::iter::once(first)
+                .chain(groups)
+                .any(|e| e.perm & mask & want == want),
+            None => perm(OTHER) & want == want,
+        }
     }
 
     /// Whether the mode alone says everything this ACL does.

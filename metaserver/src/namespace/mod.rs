@@ -6,6 +6,7 @@
 pub mod acl;
 mod files;
 mod inline;
+mod permissions;
 #[cfg(test)]
 mod tests;
 mod xattrs;

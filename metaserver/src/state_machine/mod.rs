@@ -10,6 +10,7 @@ use lattice_common::fs::{Errno, Timestamp};
 use lattice_common::grant::GrantKey;
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use lattice_common::layout::SliceLayout;
+use lattice_common::mount_user::Credentials;
 use lattice_common::pki::Revoke;
 use lattice_common::policy::{Policy, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{
@@ -26,20 +27,22 @@ const MAX_REMEMBERED_REPLIES: usize = 100_000;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
 /// per file, punched holes. 4: several references committed at once, inline small files.
-/// 5: certificate revocations, grant keys.
-pub const STATE_FORMAT: u32 = 5;
+/// 5: certificate revocations, grant keys. 6: the user a limited mount acts as.
+pub const STATE_FORMAT: u32 = 6;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// A filesystem change from a client, timestamped by the leader.
+    /// A filesystem change from a client, timestamped by the leader; checked against the
+    /// permissions of `who` when its mount is limited to that user.
     Fs {
         client: ClientId,
         seq: u64,
         acked_below: u64,
         now: Timestamp,
         op: FsOp,
+        who: Option<Credentials>,
     },
     /// A slice allocation with the placement the leader chose (`None`: a shard left
     /// unplaced for want of servers, at most as many as the policy's spare shards less one).
@@ -51,6 +54,7 @@ pub enum Command {
         ino: InodeId,
         layout: SliceLayout,
         placement: Vec<Option<ChunkserverId>>,
+        who: Option<Credentials>,
     },
     Register {
         name: String,
@@ -189,7 +193,12 @@ impl StateMachine {
                 acked_below,
                 now,
                 op,
+                who,
             } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+                let op = match &who {
+                    Some(who) => sm.ns.admit(op, who)?,
+                    None => op,
+                };
                 sm.apply_fs(client, op, now)
             })),
             Command::Allocate {
@@ -200,7 +209,12 @@ impl StateMachine {
                 ino,
                 layout,
                 placement,
+                who,
             } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+                if let Some(who) = &who {
+                    let (len, avoid) = (layout.data_len, Vec::new());
+                    sm.ns.admit(FsOp::AllocateSlice { ino, len, avoid }, who)?;
+                }
                 sm.allocate(ino, layout, placement, now)
             })),
 
@@ -581,9 +595,13 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Answers a read-only request (statfs needs live capacity and is answered elsewhere).
-    pub fn query(&self, q: &FsQuery) -> Result<FsReply, Errno> {
+    /// Answers a read-only request (statfs needs live capacity and is answered elsewhere),
+    /// if `who` (a limited mount's user) may make it.
+    pub fn query(&self, q: &FsQuery, who: Option<&Credentials>) -> Result<FsReply, Errno> {
         let ns = &self.ns;
+        if let Some(who) = who {
+            ns.admit_query(q, who)?;
+        }
         match q {
             FsQuery::Lookup { parent, name } => ns.lookup(*parent, name).map(FsReply::Attr),
             FsQuery::GetAttr { ino } => ns.attr(*ino).map(FsReply::Attr),

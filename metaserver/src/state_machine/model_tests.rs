@@ -323,6 +323,7 @@ impl Run<'_> {
             acked_below: seq,
             now: self.now(),
             op,
+            who: None,
         };
         self.remembered(cmd)
     }
@@ -373,6 +374,7 @@ impl Run<'_> {
             ino,
             layout,
             placement: placement.clone(),
+            who: None,
         };
         let Ok(FsReply::Allocated { slice, .. }) = self.remembered(cmd) else {
             return None;
@@ -430,6 +432,7 @@ impl Run<'_> {
                     ino,
                     layout,
                     placement,
+                    who: None,
                 };
                 match self.remembered(cmd) {
                     Ok(FsReply::Allocated { slice, .. }) if enough => {
@@ -985,6 +988,7 @@ impl Run<'_> {
                         .into_iter()
                         .map(|id| (id > 0).then_some(ChunkserverId(id)))
                         .collect(),
+                    who: None,
                 };
                 if let Ok(FsReply::Allocated { slice, .. }) = self.remembered(cmd) {
                     self.allocated.insert(slice);

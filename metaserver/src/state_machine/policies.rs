@@ -179,6 +179,7 @@ mod tests {
                 acked_below: seq,
                 now: Timestamp::default(),
                 op,
+                who: None,
             };
             match self.apply(cmd) {
                 crate::state_machine::Outcome::Fs(r) => r,
@@ -226,7 +227,7 @@ mod tests {
                 ino,
                 name: name.to_vec(),
             };
-            match self.sm.query(&q)? {
+            match self.sm.query(&q, None)? {
                 FsReply::Xattr(v) => Ok(String::from_utf8(v).unwrap()),
                 other => panic!("{other:?}"),
             }
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(c.fs(remove(InodeId::ROOT)), Err(Errno::PERM));
 
         // Never stored, never listed.
-        let listed = c.sm.query(&FsQuery::ListXattr { ino: top }).unwrap();
+        let listed = c.sm.query(&FsQuery::ListXattr { ino: top }, None).unwrap();
         assert_eq!(listed, FsReply::XattrNames(vec![]));
     }
 
