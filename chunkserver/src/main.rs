@@ -1,14 +1,6 @@
 //! `chunkserver`: stores checksummed shards on local directories and serves them over QUIC.
 
-mod disk;
-mod drain;
-mod grants;
-mod membership;
-mod metrics;
-mod rebuild;
-mod scrub;
-mod service;
-mod store;
+use lattice_chunkserver::{disk, drain, grants, membership, metrics, scrub, service, store};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -14,6 +14,7 @@ pub mod chunk_map;
 pub mod codec;
 pub mod erasure;
 pub mod fs;
+pub mod fuzzing;
 pub mod grant;
 pub mod grid;
 pub mod ids;

@@ -357,11 +357,15 @@ fn serial_hex(raw: &[u8]) -> String {
 
 /// The serial number of the certificate in `dir` (a node directory made by [`issue`]).
 pub fn serial_of(dir: &Path) -> Result<String, PkiError> {
+    Ok(peer_name(&certificate_der(dir)?)?.serial)
+}
+
+/// The certificate in `dir` (a node directory made by [`issue`]), DER-encoded.
+pub fn certificate_der(dir: &Path) -> Result<Vec<u8>, PkiError> {
     let pem = read(&dir.join(CERT_FILE))?;
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+    rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
         .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-        .map_err(|e| PkiError::Invalid(format!("{}: {e}", dir.join(CERT_FILE).display())))?;
-    Ok(peer_name(&der)?.serial)
+        .map_err(|e| PkiError::Invalid(format!("{}: {e}", dir.join(CERT_FILE).display())))
 }
 
 #[cfg(test)]
@@ -376,11 +380,7 @@ mod tests {
         assert!(matches!(init_ca(&ca, "test"), Err(PkiError::Exists(_))));
         let node = dir.path().join("cs-1");
         issue(&ca, Role::Chunkserver, "cs-1", &node).unwrap();
-        let pem = fs::read_to_string(node.join(CERT_FILE)).unwrap();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-            .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-            .unwrap();
-        let peer = peer_name(&der).unwrap();
+        let peer = peer_name(&certificate_der(&node).unwrap()).unwrap();
         assert_eq!((peer.role, peer.name.as_str()), (Role::Chunkserver, "cs-1"));
         assert_eq!(serial_of(&node).unwrap(), peer.serial);
         assert!(!peer.serial.is_empty());
@@ -418,13 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
         init_ca(&ca, "test").unwrap();
-        let peer_of = |node: &Path| {
-            let pem = fs::read_to_string(node.join(CERT_FILE)).unwrap();
-            let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-                .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
-                .unwrap();
-            peer_name(&der).unwrap()
-        };
+        let peer_of = |node: &Path| peer_name(&certificate_der(node).unwrap()).unwrap();
         let alice: MountUser = "uid=1000 gid=1000 groups=100".parse().unwrap();
         let node = dir.path().join("alice");
         issue_as(&ca, Role::Client, "alice", &alice, &node).unwrap();

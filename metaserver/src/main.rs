@@ -1,27 +1,9 @@
 //! `metaserver`: one member of the Raft group that holds the LatticeFS namespace, slice maps
 //! and cluster map; also the cluster's certificate authority and admin commands.
 
-mod cluster_map;
-mod core;
-mod deep_scrub;
-mod fileinfo;
-mod gc;
-mod grants;
-mod jobs;
-mod locks;
-mod metrics;
-mod namespace;
-mod peers;
-mod placement;
-mod planner;
-mod raft_log;
-mod raft_tracing;
-mod reencode;
-mod replica;
-mod service;
-#[cfg(test)]
-mod sim;
-mod state_machine;
+use lattice_metaserver::{
+    core, grants, jobs, peers, raft_log, raft_tracing, replica, service, state_machine,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

@@ -396,7 +396,7 @@ fn replace_file(
     reached(Step::DirSynced)
 }
 
-fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 9);
     out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
     let mut crc = crc32c::crc32c(&[kind]);
@@ -450,15 +450,20 @@ fn log_after(snapshot: &Snapshot, hs: &HardState, rest: &[Entry]) -> std::io::Re
 
 fn encode_snapshot(s: &Snapshot) -> std::io::Result<Vec<u8>> {
     let body = s.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    Ok(snapshot_file(&body))
 }
 
-fn decode_snapshot(bytes: &[u8]) -> std::io::Result<Snapshot> {
+/// A snapshot file holding `body` (an encoded `Snapshot`).
+pub(crate) fn snapshot_file(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 20);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> std::io::Result<Snapshot> {
     if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(invalid("snapshot file has no header".into()));
     }
@@ -487,7 +492,7 @@ fn damaged(path: &Path, at: usize, why: &str) -> std::io::Error {
 
 /// A log file read back.
 #[derive(Default)]
-struct Replayed {
+pub(crate) struct Replayed {
     /// The snapshot (index, term) the file continues; none in files written before base
     /// records existed.
     base: Option<(u64, u64)>,
@@ -587,7 +592,7 @@ impl Replayed {
 /// Reads the records of a log file. A bad record with nothing valid after it is a write
 /// cut short by a crash (never acknowledged): it ends the log. One followed by valid records
 /// is damage, and an error.
-fn replay(bytes: &[u8], path: &Path) -> std::io::Result<Replayed> {
+pub(crate) fn replay(bytes: &[u8], path: &Path) -> std::io::Result<Replayed> {
     let mut out = Replayed::default();
     let mut at = 0;
     while at < bytes.len() {
@@ -612,7 +617,11 @@ fn replay(bytes: &[u8], path: &Path) -> std::io::Result<Replayed> {
 
 /// The state a snapshot and the log beside it describe, and whether the log is the one from
 /// before the snapshot.
-fn assemble(snapshot: Snapshot, log: Replayed, path: &Path) -> std::io::Result<(Persisted, bool)> {
+pub(crate) fn assemble(
+    snapshot: Snapshot,
+    log: Replayed,
+    path: &Path,
+) -> std::io::Result<(Persisted, bool)> {
     let meta = snapshot.get_metadata();
     let (index, term) = (meta.index, meta.term);
     let inconsistent = |why: String| invalid(format!("{}: {why}; {RESEED}", path.display()));

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub type Token = u64;
 
 /// Largest state machine snapshot accepted from a peer.
-const MAX_STATE_BYTES: u64 = 8 << 30;
+pub(crate) const MAX_STATE_BYTES: u64 = 8 << 30;
 /// A read index request unanswered for this many ticks is asked again (raft-rs drops read
 /// requests a new leader gets before it has committed in its term, and heartbeats get lost).
 const READ_RETRY_TICKS: u32 = 10;

@@ -64,7 +64,6 @@ impl ShardHeader {
     pub fn encode(&self) -> [u8; HEADER_BYTES as usize] {
         let mut h = [0u8; HEADER_BYTES as usize];
         let policy = self.layout.policy.to_string();
-        h[0..8].copy_from_slice(MAGIC);
         h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         h[10..12].copy_from_slice(&self.shard.index.0.to_le_bytes());
         h[12..16].copy_from_slice(&self.block_size.to_le_bytes());
@@ -74,8 +73,7 @@ impl ShardHeader {
         h[40..44].copy_from_slice(&self.layout.stripe_unit.to_le_bytes());
         h[44] = policy.len() as u8;
         h[45..45 + policy.len()].copy_from_slice(policy.as_bytes());
-        let crc = crc32c::crc32c(&h[..124]);
-        h[124..128].copy_from_slice(&crc.to_le_bytes());
+        seal_header(&mut h);
         h
     }
 
@@ -115,6 +113,13 @@ impl ShardHeader {
         }
         Ok(header)
     }
+}
+
+/// Puts the magic and the checksum into an encoded header (`HEADER_BYTES` long).
+pub fn seal_header(h: &mut [u8]) {
+    h[0..8].copy_from_slice(MAGIC);
+    let crc = crc32c::crc32c(&h[..124]);
+    h[124..128].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Maps an I/O error to a store error, recognising a full disk.
