@@ -488,7 +488,10 @@ impl Run<'_> {
                         last.placement.pop();
                     }
                     5 => last.len = 0,
-                    7 => last.slice = SliceId(id.0 + 1),
+                    // An id never handed out: the next one may be another pending slice
+                    // of this file with the same layout and placement, which would be a
+                    // valid commit.
+                    7 => last.slice = SliceId(id.0 + (1 << 40)),
                     // A shard that could not be stored: fine while enough others were.
                     _ => {
                         for r in &mut refs {
