@@ -132,6 +132,18 @@ impl Namespace {
         }
     }
 
+    /// The attribute names `who` may see in a listing: `trusted.*` ones are root's, as
+    /// Linux lists them only to CAP_SYS_ADMIN.
+    pub fn listable(names: Vec<Vec<u8>>, who: &Credentials) -> Vec<Vec<u8>> {
+        if who.is_root() {
+            return names;
+        }
+        names
+            .into_iter()
+            .filter(|n| !n.starts_with(b"trusted."))
+            .collect()
+    }
+
     /// Whether `who` has every bit of `want` (rwx as 4, 2, 1) on the inode `attr` shows.
     fn permits(&self, attr: &Attr, who: &Credentials, want: u16) -> bool {
         if who.is_root() {
@@ -606,6 +618,13 @@ mod tests {
             t.ns.admit_query(&get(b"trusted.x"), &user(ALICE, ALICE, &[])),
             Err(Errno::PERM)
         );
+        let names = vec![b"trusted.x".to_vec(), b"user.x".to_vec()];
+        let alice = user(ALICE, ALICE, &[]);
+        assert_eq!(
+            Namespace::listable(names.clone(), &alice),
+            vec![b"user.x".to_vec()]
+        );
+        assert_eq!(Namespace::listable(names.clone(), &root()), names);
     }
 
     #[test]

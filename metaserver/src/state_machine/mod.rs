@@ -613,7 +613,13 @@ impl StateMachine {
                 self.get_virtual_xattr(*ino, name).map(FsReply::Xattr)
             }
             FsQuery::GetXattr { ino, name } => ns.getxattr(*ino, name).map(FsReply::Xattr),
-            FsQuery::ListXattr { ino } => ns.listxattr(*ino).map(FsReply::XattrNames),
+            FsQuery::ListXattr { ino } => {
+                let names = ns.listxattr(*ino)?;
+                Ok(FsReply::XattrNames(match who {
+                    Some(who) => Namespace::listable(names, who),
+                    None => names,
+                }))
+            }
             FsQuery::StatFs => Err(Errno::INVAL),
             FsQuery::Seek { ino, offset, data } => {
                 ns.seek(*ino, *offset, *data).map(FsReply::Offset)
