@@ -42,18 +42,11 @@ fn unavailable(message: impl Into<String>) -> Early {
     error(ErrorKind::Unavailable, message)
 }
 
-/// The user a client's certificate limits it to (admins and trusted clients: none).
-fn limited_user(peer: &PeerName) -> Option<&Credentials> {
-    match peer.role {
-        Role::Client => peer.user.credentials(),
-        _ => None,
-    }
-}
-
 /// The user `op` is checked as, and `op` with what it creates owned by that user: a
-/// limited mount acts as its certificate's user whatever caller it names.
+/// limited mount acts as its certificate's user whatever caller it names (only client
+/// certificates carry a user: `pki::peer_name` refuses one on any other).
 fn acting_user(peer: &PeerName, mut op: FsOp) -> (Option<Credentials>, FsOp) {
-    let Some(who) = limited_user(peer) else {
+    let Some(who) = peer.user.credentials() else {
         return (None, op);
     };
     if let FsOp::Mknod { caller, .. } | FsOp::Mkdir { caller, .. } | FsOp::Symlink { caller, .. } =
@@ -191,7 +184,7 @@ impl Service {
             }
             MetaRequest::Query(query) => {
                 allow(peer, &fs_users)?;
-                let who = limited_user(peer).cloned();
+                let who = peer.user.credentials().cloned();
                 let r = self.ask(|reply| Input::Query { query, who, reply }).await?;
                 self.signed(peer, r)
             }

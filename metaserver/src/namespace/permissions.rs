@@ -45,7 +45,7 @@ impl Namespace {
                 // linked by someone who does not own it.
                 let file = self.attr(*ino)?;
                 if !who.is_root() && who.uid != file.uid {
-                    self.require(*ino, who, READ | WRITE)?;
+                    self.check(file, who, READ | WRITE)?;
                 }
                 self.require_dir(*parent, who, WRITE | EXEC)?;
             }
@@ -168,8 +168,8 @@ impl Namespace {
         bits & want == want
     }
 
-    fn require(&self, ino: InodeId, who: &Credentials, want: u16) -> Result<Attr, Errno> {
-        let attr = self.attr(ino)?;
+    /// `attr` back if `who` has `want` on it, else EACCES.
+    fn check(&self, attr: Attr, who: &Credentials, want: u16) -> Result<Attr, Errno> {
         if self.permits(&attr, who, want) {
             Ok(attr)
         } else {
@@ -177,12 +177,17 @@ impl Namespace {
         }
     }
 
+    fn require(&self, ino: InodeId, who: &Credentials, want: u16) -> Result<Attr, Errno> {
+        self.check(self.attr(ino)?, who, want)
+    }
+
     /// As [`Self::require`] on a directory (ENOTDIR for anything else, as a path walk).
     fn require_dir(&self, dir: InodeId, who: &Credentials, want: u16) -> Result<Attr, Errno> {
-        if self.attr(dir)?.kind != FileKind::Dir {
+        let attr = self.attr(dir)?;
+        if attr.kind != FileKind::Dir {
             return Err(Errno::NOTDIR);
         }
-        self.require(dir, who, want)
+        self.check(attr, who, want)
     }
 
     fn owner(&self, attr: &Attr, who: &Credentials) -> Result<(), Errno> {
@@ -195,11 +200,10 @@ impl Namespace {
 
     fn may_use_data(&self, ino: InodeId, who: &Credentials, want: u16) -> Result<(), Errno> {
         let attr = self.attr(ino)?;
-        if who.uid == attr.uid || self.permits(&attr, who, want) {
-            Ok(())
-        } else {
-            Err(Errno::ACCES)
+        if who.uid == attr.uid {
+            return Ok(());
         }
+        self.check(attr, who, want).map(drop)
     }
 
     /// Taking `name` out of `dir`: write and search on `dir`, and in a sticky directory,
