@@ -84,7 +84,15 @@ fn servers_of(path: &Path, status: &ClusterStatus) -> Result<Vec<u32>> {
 /// again; returns (bytes the chunkservers served, bytes rebuilt) meanwhile.
 async fn repair_after_losing(tc: &TestCluster, admin: &Admin, n: u32) -> Result<(u64, u64)> {
     let name = format!("chunkserver-{n}");
-    let before = admin.status().await?;
+    // Work already under way (a slice written around a busy server and being repaired, a
+    // rebalance) would count its reads before the measurement and its bytes in it.
+    let before = wait_status(
+        admin,
+        Duration::from_secs(120),
+        "no shard job under way",
+        |s| s.fully_redundant() && s.jobs.iter().all(|j| j.running == 0),
+    )
+    .await?;
     let victim = id_of(&before, &name)?;
     // What the others served so far (the victim's counter goes with it).
     let victim_metrics = tc.cluster.metrics_addr(&tc.cluster.chunkserver(n));
@@ -109,6 +117,10 @@ async fn repair_after_losing(tc: &TestCluster, admin: &Admin, n: u32) -> Result<
         after.term
     );
     let rebuilt = after.done_bytes(JobKind::Repair) - rebuilt0;
+    eprintln!(
+        "{name} lost: {read} bytes read, {rebuilt} rebuilt; jobs before {:?}, after {:?}",
+        before.jobs, after.jobs
+    );
     tc.cluster.start_chunkserver(n).await?;
     admin.wait_chunkservers_up(SERVERS as usize).await?;
     Ok((read, rebuilt))
