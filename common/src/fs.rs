@@ -205,6 +205,8 @@ impl Errno {
     pub const INTR: Errno = Errno(libc::EINTR);
     pub const NXIO: Errno = Errno(libc::ENXIO);
     pub const BUSY: Errno = Errno(libc::EBUSY);
+    /// Too many sessions for one client certificate.
+    pub const USERS: Errno = Errno(libc::EUSERS);
     /// Between client and metaserver only: the file's bytes are held inline in the
     /// namespace, and a slice can land only once they have moved to one.
     pub const MEDIUMTYPE: Errno = Errno(libc::EMEDIUMTYPE);

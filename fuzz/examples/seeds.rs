@@ -12,7 +12,7 @@ use lattice_common::pki::{self, Role};
 use lattice_common::wire::meta::{FsOp, FsQuery, MetaRequest, Registration};
 use lattice_common::wire::ChunkRequest;
 use lattice_metaserver::fuzzing::frame;
-use lattice_metaserver::state_machine::{Command, StateMachine};
+use lattice_metaserver::state_machine::{Command, SessionRequest, StateMachine};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use std::path::Path;
@@ -25,9 +25,12 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 
 fn fs(seq: u64, op: FsOp) -> Command {
     Command::Fs {
-        client: ClientId(1),
-        seq,
-        acked_below: seq,
+        request: SessionRequest {
+            client: ClientId(1),
+            certificate: "client".into(),
+            seq,
+            acked_below: seq,
+        },
         now: Timestamp {
             secs: seq as i64,
             nanos: 0,
@@ -123,9 +126,12 @@ fn commands() -> Vec<Command> {
     ];
     cmds.extend((1..).zip(ops).map(|(seq, op)| fs(seq, op)));
     cmds.push(Command::Allocate {
-        client: ClientId(1),
-        seq: 100,
-        acked_below: 100,
+        request: SessionRequest {
+            client: ClientId(1),
+            certificate: "client".into(),
+            seq: 100,
+            acked_below: 100,
+        },
         now: Timestamp::default(),
         ino: file,
         layout,

@@ -13,7 +13,7 @@ use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
 use crate::reencode;
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token, TICK};
-use crate::state_machine::{Command, Outcome};
+use crate::state_machine::{Command, Outcome, SessionRequest};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
 use lattice_common::grant::{self, GrantKey};
@@ -23,7 +23,7 @@ use lattice_common::mount_user::Credentials;
 use lattice_common::policy::{Policy, LAYOUT_XATTR};
 use lattice_common::wire::meta::{
     AdminReply, ChunkserverState, ChunkserverStatusRow, ClusterStatus, FsQuery, FsReply, Heartbeat,
-    JobKind, MemberStatus, Registration, LOCK_WAIT_MAX,
+    JobKind, MemberStatus, Registration, LOCK_WAIT_MAX, MAX_SESSIONS_PER_CERTIFICATE,
 };
 use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
@@ -141,9 +141,7 @@ pub enum Input {
         reply: oneshot::Sender<Answer<Outcome>>,
     },
     Allocate {
-        client: ClientId,
-        seq: u64,
-        acked_below: u64,
+        request: SessionRequest,
         ino: InodeId,
         len: u64,
         avoid: Vec<ChunkserverId>,
@@ -185,10 +183,13 @@ pub enum Input {
         reply: oneshot::Sender<Answer<()>>,
     },
     /// Answered with whether the client's locks were released while it was silent.
+    /// A mount lives, with these files open; answers whether its locks were lost, or why
+    /// its certificate may not keep that session.
     KeepAlive {
         client: ClientId,
+        certificate: String,
         open: Vec<InodeId>,
-        reply: oneshot::Sender<Answer<bool>>,
+        reply: oneshot::Sender<Answer<Result<bool, &'static str>>>,
     },
     Member {
         change: MemberChange,
@@ -280,7 +281,9 @@ struct LockWait {
 /// What the leader knows of a client from its keepalives.
 struct ClientSession {
     seen: Instant,
+    /// The unlinked files it has open.
     open: HashSet<InodeId>,
+    certificate: String,
 }
 
 /// What the leader knows of a chunkserver from its heartbeats.
@@ -448,9 +451,7 @@ impl Core {
             Input::SnapshotReport { to, delivered } => self.replica.report_snapshot(to, delivered),
             Input::Propose { cmd, reply } => self.propose(cmd, reply),
             Input::Allocate {
-                client,
-                seq,
-                acked_below,
+                request,
                 ino,
                 len,
                 avoid,
@@ -458,9 +459,7 @@ impl Core {
                 reply,
             } => {
                 let command = |layout, placement, now| Command::Allocate {
-                    client,
-                    seq,
-                    acked_below,
+                    request,
                     now,
                     ino,
                     layout,
@@ -526,21 +525,13 @@ impl Core {
             }
             Input::KeepAlive {
                 client,
+                certificate,
                 open,
                 reply,
             } => {
-                let answer = if self.replica.is_leader() {
-                    let open = open.into_iter().collect();
-                    self.sessions.insert(
-                        client,
-                        ClientSession {
-                            seen: Instant::now(),
-                            open,
-                        },
-                    );
-                    Ok(self.replica.sm.locks_lost(client))
-                } else {
-                    Err(self.not_leader())
+                let answer = match self.replica.is_leader() {
+                    true => Ok(self.keep_alive(client, certificate, open)),
+                    false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);
             }
@@ -1185,6 +1176,48 @@ impl Core {
         out
     }
 
+    /// Notes that `client` lives with `open` files. Only unlinked ones are kept (no other
+    /// can be reaped), so a session costs what its orphans cost, however many files it has
+    /// open.
+    fn keep_alive(
+        &mut self,
+        client: ClientId,
+        certificate: String,
+        open: Vec<InodeId>,
+    ) -> Result<bool, &'static str> {
+        let sm = &self.replica.sm;
+        let known = self.sessions.get(&client).map(|s| s.certificate.as_str());
+        if known
+            .or(sm.session_certificate(client))
+            .is_some_and(|c| c != certificate)
+        {
+            return Err("that session belongs to another certificate");
+        }
+        if known.is_none()
+            && self
+                .sessions
+                .values()
+                .filter(|s| s.certificate == certificate)
+                .count()
+                >= MAX_SESSIONS_PER_CERTIFICATE
+        {
+            return Err("this certificate has as many sessions as one may have");
+        }
+        let orphans = sm.ns.orphans();
+        let open = open
+            .into_iter()
+            .filter(|ino| orphans.contains_key(ino))
+            .collect();
+        let seen = Instant::now();
+        let session = ClientSession {
+            seen,
+            open,
+            certificate,
+        };
+        self.sessions.insert(client, session);
+        Ok(sm.locks_lost(client))
+    }
+
     fn live_session(&self, client: &ClientId) -> bool {
         self.sessions
             .get(client)
@@ -1220,12 +1253,18 @@ impl Core {
             );
             self.sessions.remove(&client);
             let (reply, _) = oneshot::channel();
-            self.propose(Command::EndSession { client }, reply);
+            let ended = Command::EndSession {
+                client,
+                certificate: None,
+            };
+            self.propose(ended, reply);
         }
         for ino in reap {
             let (reply, _) = oneshot::channel();
             self.propose(Command::Reap { ino, now }, reply);
         }
+        let timeout = self.liveness.session_timeout;
+        self.sessions.retain(|_, s| s.seen.elapsed() < timeout);
     }
 
     fn status(&self) -> ClusterStatus {

@@ -277,7 +277,7 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::Outcome;
+    use crate::state_machine::{Outcome, SessionRequest};
     use lattice_common::chunk_map::SliceRef;
     use lattice_common::fs::{Caller, FileKind, Timestamp};
     use lattice_common::ids::{ClientId, InodeId};
@@ -325,9 +325,12 @@ mod tests {
         fn fs(&mut self, op: FsOp) -> FsReply {
             self.seq += 1;
             let cmd = Command::Fs {
-                client: ClientId(1),
-                seq: self.seq,
-                acked_below: self.seq,
+                request: SessionRequest {
+                    client: ClientId(1),
+                    certificate: "client".into(),
+                    seq: self.seq,
+                    acked_below: self.seq,
+                },
                 now: Timestamp::default(),
                 op,
                 who: None,
@@ -360,9 +363,12 @@ mod tests {
             let placement: Vec<_> = on.iter().map(|&s| Some(ChunkserverId(s))).collect();
             self.seq += 1;
             let cmd = Command::Allocate {
-                client: ClientId(1),
-                seq: self.seq,
-                acked_below: self.seq,
+                request: SessionRequest {
+                    client: ClientId(1),
+                    certificate: "client".into(),
+                    seq: self.seq,
+                    acked_below: self.seq,
+                },
                 now: Timestamp::default(),
                 ino,
                 layout,

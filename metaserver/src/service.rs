@@ -3,7 +3,7 @@
 use crate::core::{ask_core, Answer, Input, Reject};
 use crate::grants::{self, SharedKeys};
 use crate::replica::MemberChange;
-use crate::state_machine::{Command, Outcome};
+use crate::state_machine::{Command, Outcome, SessionRequest};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, Timestamp};
 use lattice_common::mount_user::Credentials;
@@ -148,12 +148,16 @@ impl Service {
             } => {
                 allow(peer, &fs_users)?;
                 let (who, op) = acting_user(peer, op);
+                let request = SessionRequest {
+                    client,
+                    certificate: peer.name.clone(),
+                    seq,
+                    acked_below,
+                };
                 let outcome = match op {
                     FsOp::AllocateSlice { ino, len, avoid } => {
                         self.ask(|reply| Input::Allocate {
-                            client,
-                            seq,
-                            acked_below,
+                            request,
                             ino,
                             len,
                             avoid,
@@ -164,9 +168,7 @@ impl Service {
                     }
                     op => {
                         let cmd = Command::Fs {
-                            client,
-                            seq,
-                            acked_below,
+                            request,
                             now: Timestamp::now(),
                             op,
                             who,
@@ -233,29 +235,38 @@ impl Service {
             }
             MetaRequest::KeepAlive { client, open } => {
                 allow(peer, &fs_users)?;
+                let certificate = peer.name.clone();
                 let lost = self
                     .ask(|reply| Input::KeepAlive {
                         client,
+                        certificate,
                         open,
                         reply,
                     })
                     .await?;
                 Ok(match lost {
-                    true => MetaResponse::LocksLost,
-                    false => MetaResponse::KeepAliveAck,
+                    Ok(true) => MetaResponse::LocksLost,
+                    Ok(false) => MetaResponse::KeepAliveAck,
+                    Err(why) => return Err(error(ErrorKind::Denied, why)),
                 })
             }
             MetaRequest::ResumeSession { client } => {
                 allow(peer, &fs_users)?;
-                let cmd = Command::ResumeSession { client };
-                self.ask(|reply| Input::Propose { cmd, reply }).await?;
-                Ok(MetaResponse::KeepAliveAck)
+                let certificate = peer.name.clone();
+                self.session_change(Command::ResumeSession {
+                    client,
+                    certificate,
+                })
+                .await
             }
             MetaRequest::Goodbye { client } => {
                 allow(peer, &fs_users)?;
-                let cmd = Command::EndSession { client };
-                self.ask(|reply| Input::Propose { cmd, reply }).await?;
-                Ok(MetaResponse::KeepAliveAck)
+                let certificate = Some(peer.name.clone());
+                self.session_change(Command::EndSession {
+                    client,
+                    certificate,
+                })
+                .await
             }
             MetaRequest::Admin(req) => {
                 allow(peer, &[Role::Admin])?;
@@ -266,6 +277,17 @@ impl Service {
                 self.input(Input::PeerAddr(from, addr))?;
                 self.raft(from, sizes, recv).await
             }
+        }
+    }
+
+    /// Ends or resumes a session: only one of the caller's certificate.
+    async fn session_change(&self, cmd: Command) -> Result<MetaResponse, Early> {
+        match self.ask(|reply| Input::Propose { cmd, reply }).await? {
+            Outcome::Fs(Err(_)) => Err(error(
+                ErrorKind::Denied,
+                "that session belongs to another certificate",
+            )),
+            _ => Ok(MetaResponse::KeepAliveAck),
         }
     }
 

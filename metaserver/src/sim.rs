@@ -6,7 +6,7 @@
 
 use crate::raft_log::{MemDisk, RaftLog};
 use crate::replica::{Event, MemberChange, Replica, Token, Tuning};
-use crate::state_machine::{Command, Outcome};
+use crate::state_machine::{Command, Outcome, SessionRequest};
 use lattice_common::fs::{Caller, Timestamp};
 use lattice_common::ids::{ClientId, InodeId, MetaserverId};
 use lattice_common::wire::meta::{FsOp, FsReply};
@@ -211,9 +211,12 @@ impl Sim {
         self.next += 1;
         let name = format!("d{}", self.next);
         let cmd = Command::Fs {
-            client: ClientId(1),
-            seq: self.next,
-            acked_below: 0,
+            request: SessionRequest {
+                client: ClientId(1),
+                certificate: "client".into(),
+                seq: self.next,
+                acked_below: 0,
+            },
             now: Timestamp {
                 secs: self.next as i64,
                 nanos: 0,

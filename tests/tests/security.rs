@@ -5,14 +5,16 @@ use anyhow::{bail, ensure, Result};
 use futures::future::join_all;
 use lattice_common::codec;
 use lattice_common::fs::{Caller, Errno, FileKind, SetAttr};
-use lattice_common::ids::{InodeId, ShardId, SliceId};
+use lattice_common::ids::{ClientId, InodeId, ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
-use lattice_common::meta_client::MetaClient;
+use lattice_common::meta_client::{MetaClient, MetaError};
 use lattice_common::mount_user::MountUser;
 use lattice_common::pki::{self, Role};
 use lattice_common::shard_client::{ShardClient, ShardError};
 use lattice_common::transport::{Identity, Node, MAX_CONNECTIONS_PER_PEER};
-use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaResponse};
+use lattice_common::wire::meta::{
+    FsOp, FsQuery, FsReply, MetaRequest, MetaResponse, MAX_SESSIONS_PER_CERTIFICATE,
+};
 use lattice_common::wire::{ChunkResponse, ErrorKind};
 use lattice_harness::process::wait_for;
 use lattice_tests::{random_bytes, TestCluster};
@@ -571,4 +573,108 @@ async fn attr_of(meta: &MetaClient, name: &[u8]) -> Result<InodeId> {
         FsReply::Attr(a) => Ok(a.ino),
         other => bail!("lookup: {other:?}"),
     }
+}
+
+fn mkdir(name: &str) -> FsOp {
+    FsOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: name.as_bytes().to_vec(),
+        perm: 0o755,
+        umask: 0,
+        caller: Caller::ROOT,
+    }
+}
+
+/// A mkdir sent as request `seq` of session `client`, whatever session the sender owns.
+fn as_session(client: ClientId, seq: u64, name: &str) -> MetaRequest {
+    MetaRequest::Mutate {
+        client,
+        seq,
+        acked_below: seq,
+        op: mkdir(name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_belong_to_their_certificate_and_are_capped() -> Result<()> {
+    let tc = TestCluster::new()?;
+    tc.start_metaservers(3).await?;
+    let meta_as = |name: &str| -> Result<MetaClient> {
+        let identity = Identity::load(&tc.cluster.certs(Role::Client, name)?)?;
+        Ok(MetaClient::new(
+            Node::client(&identity)?,
+            tc.cluster.meta_addrs(),
+            Duration::from_secs(20),
+        ))
+    };
+    let honest = meta_as("honest")?;
+    honest.mutate(mkdir("mine")).await??;
+    let theirs = honest.client_id();
+
+    // Another certificate naming that session: its requests, keepalives and goodbyes are
+    // refused, and the session goes on.
+    let rogue = meta_as("rogue")?;
+    let r = rogue.call(&as_session(theirs, 99, "forged")).await?;
+    ensure!(
+        r == MetaResponse::Fs(Err(Errno::PERM)),
+        "a request in another's session: {r:?}"
+    );
+    for req in [
+        MetaRequest::KeepAlive {
+            client: theirs,
+            open: Vec::new(),
+        },
+        MetaRequest::Goodbye { client: theirs },
+        MetaRequest::ResumeSession { client: theirs },
+    ] {
+        let r = rogue.call(&req).await;
+        ensure!(
+            matches!(&r, Err(MetaError::Refused(why)) if why.contains("another certificate")),
+            "{req:?}: {r:?}"
+        );
+    }
+    honest.mutate(mkdir("still-mine")).await??;
+    let r = honest.mutate(mkdir("forged")).await?;
+    ensure!(r.is_ok(), "the forged request was applied: {r:?}");
+
+    // One certificate opens at most MAX_SESSIONS_PER_CERTIFICATE sessions, as many live
+    // keepalives; others are not held back.
+    let fleet = meta_as("fleet")?;
+    let max = MAX_SESSIONS_PER_CERTIFICATE as u64;
+    for n in 1..=max {
+        let r = fleet
+            .call(&as_session(ClientId(n), 1, &format!("f{n}")))
+            .await?;
+        ensure!(matches!(r, MetaResponse::Fs(Ok(_))), "session {n}: {r:?}");
+        let alive = MetaRequest::KeepAlive {
+            client: ClientId(n),
+            open: Vec::new(),
+        };
+        ensure!(fleet.call(&alive).await? == MetaResponse::KeepAliveAck);
+    }
+    let r = fleet
+        .call(&as_session(ClientId(max + 1), 1, "over"))
+        .await?;
+    ensure!(
+        r == MetaResponse::Fs(Err(Errno::USERS)),
+        "session {}: {r:?}",
+        max + 1
+    );
+    let alive = MetaRequest::KeepAlive {
+        client: ClientId(max + 1),
+        open: Vec::new(),
+    };
+    let r = fleet.call(&alive).await;
+    ensure!(
+        matches!(&r, Err(MetaError::Refused(why)) if why.contains("many sessions")),
+        "keepalive {}: {r:?}",
+        max + 1
+    );
+    let r = fleet.call(&as_session(ClientId(1), 2, "f1-again")).await?;
+    ensure!(
+        matches!(r, MetaResponse::Fs(Ok(_))),
+        "an open session: {r:?}"
+    );
+    honest.mutate(mkdir("after")).await??;
+    Ok(())
 }

@@ -18,6 +18,10 @@ use std::net::SocketAddr;
 
 /// Largest body of Raft messages (snapshots included) one request may carry.
 pub const MAX_RAFT_BATCH_BYTES: u64 = 1 << 30;
+/// Most sessions (mounts, each with its client id) one client certificate has at once, so
+/// that no certificate fills the replicated state with them; a new one over this gets
+/// EUSERS. A fleet of more hosts needs more certificates.
+pub const MAX_SESSIONS_PER_CERTIFICATE: usize = 256;
 /// Longest an `AwaitLock` is held back: well inside one metaserver call attempt (1 s), so a
 /// waiting lock never looks like a dead metaserver.
 pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(700);

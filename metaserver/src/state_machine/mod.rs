@@ -15,20 +15,23 @@ use lattice_common::pki::Revoke;
 use lattice_common::policy::{Policy, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{
     ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
+    MAX_SESSIONS_PER_CERTIFICATE,
 };
 use lattice_common::wire::HealthCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-/// Most replies remembered per client session; a client that keeps more requests than
-/// this unanswered loses the protection against double application of its oldest ones.
-const MAX_REMEMBERED_REPLIES: usize = 100_000;
+/// Most replies remembered per client session. A client keeps a request's reply wanted
+/// only while the request is in flight, a few hundred at most; a request older than the
+/// replies forgotten is refused (EIO) when it comes again, never applied twice.
+const MAX_REMEMBERED_REPLIES: usize = 4096;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
 /// per file, punched holes. 4: several references committed at once, inline small files.
-/// 5: certificate revocations, grant keys. 6: the user a limited mount acts as.
-pub const STATE_FORMAT: u32 = 6;
+/// 5: certificate revocations, grant keys. 6: the user a limited mount acts as. 7: sessions
+/// belong to a certificate.
+pub const STATE_FORMAT: u32 = 7;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
@@ -37,9 +40,7 @@ pub enum Command {
     /// A filesystem change from a client, timestamped by the leader; checked against the
     /// permissions of `who` when its mount is limited to that user.
     Fs {
-        client: ClientId,
-        seq: u64,
-        acked_below: u64,
+        request: SessionRequest,
         now: Timestamp,
         op: FsOp,
         who: Option<Credentials>,
@@ -47,9 +48,7 @@ pub enum Command {
     /// A slice allocation with the placement the leader chose (`None`: a shard left
     /// unplaced for want of servers, at most as many as the policy's spare shards less one).
     Allocate {
-        client: ClientId,
-        seq: u64,
-        acked_below: u64,
+        request: SessionRequest,
         now: Timestamp,
         ino: InodeId,
         layout: SliceLayout,
@@ -96,10 +95,17 @@ pub enum Command {
     },
     /// A client unmounted or went silent: its locks go, and its lock requests fail until it
     /// says it knows ([`Command::ResumeSession`]). Its retry memory stays (a client cut off
-    /// for a while still gets the first reply to a request it sends again).
-    EndSession { client: ClientId },
+    /// for a while still gets the first reply to a request it sends again). Sent by a
+    /// client, it names the client's `certificate`, and ends only a session of that one.
+    EndSession {
+        client: ClientId,
+        certificate: Option<String>,
+    },
     /// A client whose locks were released has heard so: it may take locks again.
-    ResumeSession { client: ClientId },
+    ResumeSession {
+        client: ClientId,
+        certificate: String,
+    },
     /// Sets the cluster's default redundancy policy (the root directory's); with
     /// `only_if_unset`, only if none is recorded yet (a new cluster's first leader).
     DefaultPolicy {
@@ -129,6 +135,18 @@ pub enum Command {
     GrantKey { key: GrantKey },
 }
 
+/// Which request of which client session a command carries: a session answers each request
+/// once, and belongs to the client certificate that opened it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub client: ClientId,
+    /// The name of the certificate the request came with.
+    pub certificate: String,
+    pub seq: u64,
+    /// The client has every reply below this sequence number.
+    pub acked_below: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Fs(Result<FsReply, Errno>),
@@ -136,9 +154,12 @@ pub enum Outcome {
     Done,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
+    certificate: String,
     replies: BTreeMap<u64, Result<FsReply, Errno>>,
+    /// Replies below this sequence number were dropped unacknowledged (over the limit).
+    forgotten_below: u64,
     last_active: Timestamp,
     /// Its locks were released while it was silent and it has not heard so yet.
     locks_lost: bool,
@@ -188,29 +209,25 @@ impl StateMachine {
         self.applied = index;
         match cmd {
             Command::Fs {
-                client,
-                seq,
-                acked_below,
+                request,
                 now,
                 op,
                 who,
-            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+            } => Outcome::Fs(self.once(&request, now, |sm| {
                 let op = match &who {
                     Some(who) => sm.ns.admit(op, who)?,
                     None => op,
                 };
-                sm.apply_fs(client, op, now)
+                sm.apply_fs(request.client, op, now)
             })),
             Command::Allocate {
-                client,
-                seq,
-                acked_below,
+                request,
                 now,
                 ino,
                 layout,
                 placement,
                 who,
-            } => Outcome::Fs(self.once((client, seq, acked_below), now, |sm| {
+            } => Outcome::Fs(self.once(&request, now, |sm| {
                 if let Some(who) = &who {
                     let (len, avoid) = (layout.data_len, Vec::new());
                     sm.ns.admit(FsOp::AllocateSlice { ino, len, avoid }, who)?;
@@ -234,17 +251,32 @@ impl StateMachine {
                 }
                 Outcome::Done
             }
-            Command::EndSession { client } => {
+            Command::EndSession {
+                client,
+                certificate,
+            } => {
+                let session = self.sessions.get_mut(&client);
+                if certificate.is_some_and(|c| session.as_ref().is_some_and(|s| s.certificate != c))
+                {
+                    return Outcome::Fs(Err(Errno::PERM));
+                }
                 self.locks.release_client(client);
-                self.sessions.entry(client).or_default().locks_lost = true;
-                Outcome::Done
-            }
-            Command::ResumeSession { client } => {
-                if let Some(s) = self.sessions.get_mut(&client) {
-                    s.locks_lost = false;
+                if let Some(s) = session {
+                    s.locks_lost = true;
                 }
                 Outcome::Done
             }
+            Command::ResumeSession {
+                client,
+                certificate,
+            } => match self.sessions.get_mut(&client) {
+                Some(s) if s.certificate != certificate => Outcome::Fs(Err(Errno::PERM)),
+                Some(s) => {
+                    s.locks_lost = false;
+                    Outcome::Done
+                }
+                None => Outcome::Done,
+            },
             Command::MoveShard {
                 ino,
                 chunk,
@@ -325,28 +357,59 @@ impl StateMachine {
     }
 
     /// Applies a client's request once: a retry gets the reply of the first attempt.
-    /// Replies are kept until the client says it has them (`acked_below`).
+    /// Replies are kept until the client says it has them (`acked_below`). A session belongs
+    /// to the certificate that opened it: EPERM for another's, EUSERS for a certificate
+    /// over [`MAX_SESSIONS_PER_CERTIFICATE`].
     fn once(
         &mut self,
-        (client, seq, acked_below): (ClientId, u64, u64),
+        request: &SessionRequest,
         now: Timestamp,
         f: impl FnOnce(&mut Self) -> Result<FsReply, Errno>,
     ) -> Result<FsReply, Errno> {
-        let session = self.sessions.entry(client).or_default();
-        session.last_active = now;
-        session.replies = session.replies.split_off(&acked_below);
-        if let Some(reply) = session.replies.get(&seq) {
-            return reply.clone();
-        }
-        let reply = f(self);
-        let session = self.sessions.entry(client).or_default();
-        session.replies.insert(seq, reply.clone());
-        while session.replies.len() > MAX_REMEMBERED_REPLIES {
-            session.replies.pop_first();
-        }
         if self.applied % 1024 == 0 {
             self.sessions
                 .retain(|_, s| now.secs - s.last_active.secs < SESSION_IDLE_SECS);
+        }
+        let cert = &request.certificate;
+        match self.sessions.get(&request.client) {
+            Some(s) if s.certificate != *cert => return Err(Errno::PERM),
+            Some(_) => {}
+            None => {
+                let live = |s: &&Session| {
+                    s.certificate == *cert && now.secs - s.last_active.secs < SESSION_IDLE_SECS
+                };
+                if self.sessions.values().filter(live).count() >= MAX_SESSIONS_PER_CERTIFICATE {
+                    return Err(Errno::USERS);
+                }
+            }
+        }
+        let session = self
+            .sessions
+            .entry(request.client)
+            .or_insert_with(|| Session {
+                certificate: cert.clone(),
+                replies: BTreeMap::new(),
+                forgotten_below: 0,
+                last_active: now,
+                locks_lost: false,
+            });
+        session.last_active = now;
+        session.replies = session.replies.split_off(&request.acked_below);
+        if let Some(reply) = session.replies.get(&request.seq) {
+            return reply.clone();
+        }
+        if request.seq < session.forgotten_below {
+            return Err(Errno::IO);
+        }
+        let reply = f(self);
+        if let Some(session) = self.sessions.get_mut(&request.client) {
+            session.replies.insert(request.seq, reply.clone());
+            while session.replies.len() > MAX_REMEMBERED_REPLIES {
+                if let Some((seq, _)) = session.replies.pop_first() {
+                    let below = seq.saturating_add(1);
+                    session.forgotten_below = session.forgotten_below.max(below);
+                }
+            }
         }
         reply
     }
@@ -683,6 +746,11 @@ impl StateMachine {
         }
     }
 
+    /// The name of the certificate whose session `client` is.
+    pub fn session_certificate(&self, client: ClientId) -> Option<&str> {
+        self.sessions.get(&client).map(|s| s.certificate.as_str())
+    }
+
     /// Whether `client`'s locks were released (it went silent) without its hearing so.
     pub fn locks_lost(&self, client: ClientId) -> bool {
         self.sessions.get(&client).is_some_and(|s| s.locks_lost)
@@ -714,6 +782,8 @@ mod policies;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod session_tests;
 
 /// A chunkserver's registration for tests: `127.0.0.1:(9000 + n)`, one roomy disk.
 #[cfg(test)]

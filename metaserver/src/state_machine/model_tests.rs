@@ -318,9 +318,12 @@ impl Run<'_> {
     fn client_op(&mut self, client: u64, op: FsOp) -> Result<FsReply, Errno> {
         let seq = self.next_seq(client);
         let cmd = Command::Fs {
-            client: ClientId(client),
-            seq,
-            acked_below: seq,
+            request: SessionRequest {
+                client: ClientId(client),
+                certificate: "client".into(),
+                seq,
+                acked_below: seq,
+            },
             now: self.now(),
             op,
             who: None,
@@ -367,9 +370,12 @@ impl Run<'_> {
         let seq = self.next_seq(0);
         let placement = self.placement(1, 0);
         let cmd = Command::Allocate {
-            client: ClientId(0),
-            seq,
-            acked_below: seq,
+            request: SessionRequest {
+                client: ClientId(0),
+                certificate: "client".into(),
+                seq,
+                acked_below: seq,
+            },
             now: self.now(),
             ino,
             layout,
@@ -425,9 +431,12 @@ impl Run<'_> {
                 placement[total.saturating_sub(missing)..].fill(None);
                 let enough = total.saturating_sub(missing) >= policy.min_shards();
                 let cmd = Command::Allocate {
-                    client: ClientId(client),
-                    seq,
-                    acked_below: seq,
+                    request: SessionRequest {
+                        client: ClientId(client),
+                        certificate: "client".into(),
+                        seq,
+                        acked_below: seq,
+                    },
                     now: self.now(),
                     ino,
                     layout,
@@ -892,11 +901,13 @@ impl Run<'_> {
                 // Its locks go; its replies stay, so a retry still gets the first one.
                 self.apply(Command::EndSession {
                     client: ClientId(client),
+                    certificate: None,
                 });
             }
             Step::ResumeSession(client) => {
                 self.apply(Command::ResumeSession {
                     client: ClientId(client),
+                    certificate: "client".into(),
                 });
             }
             Step::ForgetGarbage(i) => {
@@ -977,9 +988,12 @@ impl Run<'_> {
                 self.coverage.wild.fetch_add(1, Ordering::Relaxed);
                 let seq = self.next_seq(1);
                 let cmd = Command::Allocate {
-                    client: ClientId(1),
-                    seq,
-                    acked_below: seq,
+                    request: SessionRequest {
+                        client: ClientId(1),
+                        certificate: "client".into(),
+                        seq,
+                        acked_below: seq,
+                    },
                     now: self.now(),
                     ino: InodeId(ino),
                     layout: SliceLayout {

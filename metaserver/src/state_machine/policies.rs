@@ -129,7 +129,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::Command;
+    use crate::state_machine::{Command, SessionRequest};
     use lattice_common::fs::{Caller, XattrMode};
     use lattice_common::ids::ClientId;
     use lattice_common::wire::meta::{FsOp, FsQuery};
@@ -174,9 +174,12 @@ mod tests {
         fn fs(&mut self, op: FsOp) -> Result<FsReply, Errno> {
             let seq = self.index + 1;
             let cmd = Command::Fs {
-                client: ClientId(1),
-                seq,
-                acked_below: seq,
+                request: SessionRequest {
+                    client: ClientId(1),
+                    certificate: "client".into(),
+                    seq,
+                    acked_below: seq,
+                },
                 now: Timestamp::default(),
                 op,
                 who: None,
