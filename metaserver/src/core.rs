@@ -29,7 +29,7 @@ use lattice_common::wire::HealthCounters;
 use raft::prelude::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -67,14 +67,46 @@ impl std::fmt::Display for Reject {
     }
 }
 
+/// Most inputs waiting for the core: past this, a request is answered "busy, retry" rather
+/// than held in memory (a client retries after a pause; Raft resends what it lost).
+pub const INPUT_QUEUE: usize = 4096;
+
+/// Where inputs for the core go; never blocks a sender.
+pub type Inputs = mpsc::SyncSender<Input>;
+
+/// The core's input queue.
+pub fn input_queue() -> (Inputs, Receiver<Input>) {
+    mpsc::sync_channel(INPUT_QUEUE)
+}
+
+/// Queues `input` for the core if there is room.
+pub fn offer(core: &Inputs, input: Input) -> Answer<()> {
+    core.try_send(input).map_err(|e| match e {
+        TrySendError::Full(_) => Reject::Retry(format!(
+            "metaserver busy: {INPUT_QUEUE} requests are waiting, retry"
+        )),
+        TrySendError::Disconnected(_) => Reject::Retry("metaserver is shutting down".into()),
+    })
+}
+
+/// Queues `input` for the core, waiting for room: for the few inputs Raft must not lose.
+pub async fn deliver(core: &Inputs, mut input: Input) {
+    loop {
+        match core.try_send(input) {
+            Err(TrySendError::Full(back)) => input = back,
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Hands an input to the core and waits (up to [`CORE_TIMEOUT`]) for its answer.
 pub async fn ask_core<T>(
-    core: &mpsc::Sender<Input>,
+    core: &Inputs,
     make: impl FnOnce(oneshot::Sender<Answer<T>>) -> Input,
 ) -> Answer<T> {
     let (tx, rx) = oneshot::channel();
-    core.send(make(tx))
-        .map_err(|_| Reject::Retry("metaserver is shutting down".into()))?;
+    offer(core, make(tx))?;
     match tokio::time::timeout(CORE_TIMEOUT, rx).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Err(Reject::Retry("metaserver core stopped".into())),
@@ -383,6 +415,9 @@ impl Core {
                 peers.send(msgs)
             })?;
             self.dispatch(out);
+            for report in self.peers.take_reports() {
+                self.handle(report);
+            }
             self.enforce_revocations();
             self.share_grant_keys();
             self.answer_lock_waits();
@@ -1377,4 +1412,21 @@ pub fn parse_members(pairs: &[String]) -> Result<BTreeMap<MetaserverId, SocketAd
             Ok((MetaserverId(id), addr))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_input_queue_answers_retry_at_once() {
+        let (core, _inputs) = mpsc::sync_channel(1);
+        offer(&core, Input::Unreachable(1)).unwrap();
+        // Unbounded, the request would wait for the core and time out with another answer.
+        let answer = ask_core(&core, |reply| Input::Status { reply }).await;
+        let Err(Reject::Retry(why)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(why.contains("busy"), "{why}");
+    }
 }

@@ -168,7 +168,7 @@ pub async fn read_checked(
             Ok((Ok(Consistency::Consistent), pieces)) => pieces,
             Ok((Ok(Consistency::Corrupt(j)), _)) => {
                 let (shard, server) = (ShardId::new(slice.slice, j as u16), targets[j].server);
-                let _ = exec.core.send(Input::Damaged { shard, server });
+                let _ = exec.core.try_send(Input::Damaged { shard, server });
                 return Checked::Mismatch(format!(
                     "shard {shard} on {server} disagrees with the parity of the others at bytes \
                      {at}..{}: rebuilding it in place",

@@ -256,7 +256,7 @@ impl Collector {
         }
         for shard in expected.committed.difference(&listed) {
             warn!(%shard, %server, "a shard the metadata places here is missing: rebuilding it");
-            let _ = self.exec.core.send(Input::Damaged {
+            let _ = self.exec.core.try_send(Input::Damaged {
                 shard: *shard,
                 server,
             });

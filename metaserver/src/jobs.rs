@@ -4,7 +4,7 @@
 //! Everything it knows is soft state: a new leader plans afresh from the replicated state,
 //! so work resumes after a failover, and each step can be repeated without harm.
 
-use crate::core::{ask_core, Answer, Input};
+use crate::core::{ask_core, Answer, Input, Inputs};
 use crate::deep_scrub;
 use crate::gc::{self, Doom, ShardCopy};
 use crate::planner::{Busy, Job};
@@ -17,7 +17,6 @@ use lattice_common::slice_io::SliceIo;
 use lattice_common::throttle::Throttle;
 use lattice_common::wire::meta::{JobKind, JobStatus};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -195,7 +194,7 @@ impl DeleteQueue {
 }
 
 pub struct Executor {
-    pub core: mpsc::Sender<Input>,
+    pub core: Inputs,
     pub shards: ShardClient,
     pub settings: Settings,
     pub book: Arc<Mutex<Book>>,
@@ -359,7 +358,7 @@ impl Executor {
             .map_err(|e| format!("rebuild on {}: {e}", job.to))?;
         if job.from == Some(job.to) {
             // Rewritten in place (it was damaged): the placement stands.
-            let _ = self.core.send(Input::Repaired {
+            let _ = self.core.try_send(Input::Repaired {
                 shard,
                 server: job.to,
             });

@@ -594,7 +594,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let _guard = runtime.enter();
     let node = Node::server(args.listen, &identity)?;
-    let (inputs, receiver) = std::sync::mpsc::channel();
+    let (inputs, receiver) = core::input_queue();
     let peers = peers::Peers::new(
         MetaserverId(args.id),
         args.listen,
@@ -645,13 +645,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     info!(id = args.id, %addr, "metaserver serving");
     if let Some(at) = args.metrics {
-        let core = Mutex::new(inputs.clone());
+        let core = inputs.clone();
         let render: lattice_common::metrics::Render = Arc::new(move || {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = core
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(core::Input::Metrics { reply: tx });
+            let sent = core.try_send(core::Input::Metrics { reply: tx });
             Box::pin(async move {
                 match sent {
                     Ok(()) => rx.await.unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! batching whatever is queued into one request. Raft tolerates loss, so a full queue or a
 //! failed send drops messages (and tells Raft the peer is unreachable).
 
-use crate::core::Input;
+use crate::core::{deliver, Input, Inputs};
 use lattice_common::codec;
 use lattice_common::ids::MetaserverId;
 use lattice_common::pki::Role;
@@ -31,9 +31,12 @@ pub struct Peers {
     addr: SocketAddr,
     node: Arc<Node>,
     runtime: tokio::runtime::Handle,
-    core: std::sync::mpsc::Sender<Input>,
+    core: Inputs,
     queues: HashMap<u64, mpsc::Sender<Message>>,
     addrs: Addrs,
+    /// What Raft must hear of messages not even queued (the core handles these itself:
+    /// sending them to its own queue could wait on itself).
+    reports: Vec<Input>,
 }
 
 impl Peers {
@@ -46,7 +49,7 @@ impl Peers {
         addr: SocketAddr,
         node: Arc<Node>,
         runtime: tokio::runtime::Handle,
-        core: std::sync::mpsc::Sender<Input>,
+        core: Inputs,
     ) -> Peers {
         Peers {
             me,
@@ -56,7 +59,13 @@ impl Peers {
             core,
             queues: HashMap::new(),
             addrs: Arc::default(),
+            reports: Vec::new(),
         }
+    }
+
+    /// Reports on messages dropped since the last call, for the core to hand to Raft.
+    pub fn take_reports(&mut self) -> Vec<Input> {
+        std::mem::take(&mut self.reports)
     }
 
     /// Keeps member addresses in step with the replicated member list.
@@ -95,9 +104,9 @@ impl Peers {
                 tx
             });
             if queue.try_send(msg).is_err() {
-                let _ = self.core.send(Input::Unreachable(to));
+                self.reports.push(Input::Unreachable(to));
                 if snapshot {
-                    let _ = self.core.send(Input::SnapshotReport {
+                    self.reports.push(Input::SnapshotReport {
                         to,
                         delivered: false,
                     });
@@ -113,7 +122,7 @@ struct Sender {
     my_addr: SocketAddr,
     node: Arc<Node>,
     addrs: Addrs,
-    core: std::sync::mpsc::Sender<Input>,
+    core: Inputs,
 }
 
 impl Sender {
@@ -141,16 +150,18 @@ impl Sender {
             };
             if let Err(e) = &result {
                 debug!(to = self.to, "raft messages not delivered: {e}");
-                let _ = self.core.send(Input::Unreachable(self.to));
+                let _ = self.core.try_send(Input::Unreachable(self.to));
                 if let Some(addr) = addr {
                     self.node.forget(addr);
                 }
             }
             if snapshot {
-                let _ = self.core.send(Input::SnapshotReport {
+                // Lost, it would leave the member waiting for a snapshot it never gets.
+                let report = Input::SnapshotReport {
                     to: self.to,
                     delivered: result.is_ok(),
-                });
+                };
+                deliver(&self.core, report).await;
             }
         }
     }

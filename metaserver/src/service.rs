@@ -1,6 +1,6 @@
 //! The metaserver's request handlers: decode, check who may ask, hand to the core, answer.
 
-use crate::core::{ask_core, Answer, Input, Reject};
+use crate::core::{ask_core, offer, Answer, Input, Inputs, Reject};
 use crate::grants::{self, SharedKeys};
 use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome, SessionRequest};
@@ -15,7 +15,7 @@ use lattice_common::wire::meta::{
 use lattice_common::wire::{ErrorKind, WireError};
 use protobuf::Message as _;
 use quinn::{RecvStream, SendStream};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -23,7 +23,7 @@ use tracing::debug;
 const MAX_RAFT_BATCH: usize = 1024;
 
 pub struct Service {
-    core: Mutex<mpsc::Sender<Input>>,
+    core: Inputs,
     /// This member's endpoint: its revocations (kept current by the core) go to
     /// chunkservers with every heartbeat answer.
     node: Arc<Node>,
@@ -69,12 +69,8 @@ fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
 }
 
 impl Service {
-    pub fn new(core: mpsc::Sender<Input>, node: Arc<Node>, keys: SharedKeys) -> Service {
-        Service {
-            core: Mutex::new(core),
-            node,
-            keys,
-        }
+    pub fn new(core: Inputs, node: Arc<Node>, keys: SharedKeys) -> Service {
+        Service { core, node, keys }
     }
 
     /// A file-system answer with the grants the asking mount needs to use it.
@@ -90,11 +86,7 @@ impl Service {
     }
 
     fn input(&self, input: Input) -> Result<(), Early> {
-        self.core
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(input)
-            .map_err(|_| unavailable("metaserver is shutting down"))
+        offer(&self.core, input).map_err(|e| unavailable(e.to_string()))
     }
 
     /// Hands a request to the core and waits for its answer.
@@ -102,8 +94,7 @@ impl Service {
         &self,
         make: impl FnOnce(oneshot::Sender<Answer<T>>) -> Input,
     ) -> Result<T, Early> {
-        let core = self.core.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match ask_core(&core, make).await {
+        match ask_core(&self.core, make).await {
             Ok(v) => Ok(v),
             Err(Reject::NotLeader(leader)) => Err(Box::new(MetaResponse::NotLeader { leader })),
             Err(Reject::Retry(why)) => Err(unavailable(why)),
