@@ -79,6 +79,21 @@ pub struct Attr {
     /// The redundancy policy new data of this file gets (for a directory: what new files
     /// inside inherit). `None`: the cluster default.
     pub policy: Option<Policy>,
+    /// Which POSIX ACLs it has: a client answers the kernel's ACL reads for the others
+    /// itself (the kernel reads them for each inode it checks a caller other than root on).
+    pub acls: AclPresence,
+}
+
+/// The extended attributes that hold a file's POSIX ACLs (in the kernel's format).
+pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclPresence {
+    /// `system.posix_acl_access`
+    pub access: bool,
+    /// `system.posix_acl_default`
+    pub default: bool,
 }
 
 /// The process a request acts for (from the kernel's request header).

@@ -5,7 +5,7 @@ use crate::file_state::{Backend, FileState};
 use crate::reader;
 use lattice_common::fs::{
     Attr, Caller, DirEntry, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, StatFs,
-    XattrMode,
+    XattrMode, ACL_ACCESS, ACL_DEFAULT,
 };
 use lattice_common::ids::InodeId;
 use lattice_common::policy::{Policy, POLICY_XATTR, VIRTUAL_XATTR_PREFIX};
@@ -112,10 +112,7 @@ impl Client {
         if let Some(f) = self.file(ino) {
             f.invalidate_slices();
         }
-        self.attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ino);
+        self.forget_attr(ino);
         if let Some(k) = self.kernel.get().cloned() {
             // The kernel waits for page locks here, which reads in flight hold until they
             // are answered: on a runtime worker this call could stall the very task that
@@ -452,6 +449,10 @@ impl Client {
     /// written), so the value a size query got is what the read right after it gets: the
     /// two must agree, or the caller (`getfattr`) fails with ERANGE.
     pub async fn getxattr(&self, ino: InodeId, name: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
+        if self.acl_absent(ino, name) {
+            self.backend.stats.acl_reads_answered.add(1);
+            return Err(Errno::NODATA);
+        }
         let key = (ino, name.to_vec());
         let is_virtual = name.starts_with(VIRTUAL_XATTR_PREFIX);
         let kept = || self.sized_virtual.lock().unwrap_or_else(|p| p.into_inner());
@@ -478,6 +479,31 @@ impl Client {
             kept.insert(key, (value.clone(), Instant::now()));
         }
         Ok(value)
+    }
+
+    /// Whether fresh attributes say `ino` has no ACL called `name`: the kernel reads a
+    /// file's ACLs before it checks any caller but root, so a lookup plus a permission
+    /// check would otherwise cost two metaserver round trips. The answer is as fresh as
+    /// the attributes (the kernel holds them as long).
+    fn acl_absent(&self, ino: InodeId, name: &[u8]) -> bool {
+        let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((a, at)) = attrs.get(&ino) else {
+            return false;
+        };
+        at.elapsed() < self.tuning.attr_ttl
+            && match name {
+                ACL_ACCESS => !a.acls.access,
+                ACL_DEFAULT => !a.acls.default,
+                _ => false,
+            }
+    }
+
+    /// Forgets `ino`'s attributes (an extended attribute changed: its ACLs may have).
+    fn forget_attr(&self, ino: InodeId) {
+        self.attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
     }
 
     pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, Errno> {
@@ -513,6 +539,7 @@ impl Client {
                 mode,
             })
             .await;
+        self.forget_attr(ino);
         if let (Some(p), Err(Errno::NOSPC)) = (policy, result) {
             warn!(%ino, "setting lattice.policy {p}: the cluster has fewer chunkservers in service than its {} shards", p.total_shards());
         }
@@ -520,11 +547,14 @@ impl Client {
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.done_reply(FsOp::RemoveXattr {
-            ino,
-            name: name.to_vec(),
-        })
-        .await
+        let result = self
+            .done_reply(FsOp::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await;
+        self.forget_attr(ino);
+        result
     }
 
     /// Opens an existing file by its inode (close-to-open: attributes are fetched fresh and

@@ -11,6 +11,7 @@ pub struct Stats {
     pub write_bytes: Counter,
     pub slices_committed: Counter,
     pub write_errors: Counter,
+    pub acl_reads_answered: Counter,
 }
 
 impl Stats {
@@ -54,6 +55,12 @@ impl Stats {
                 "Slices that failed to be written or committed.",
                 c,
                 self.write_errors.get(),
+            ),
+            (
+                "lattice_client_acl_reads_answered_total",
+                "ACL reads answered from cached attributes (no ACL set) without a metaserver.",
+                c,
+                self.acl_reads_answered.get(),
             ),
             (
                 "lattice_client_hedged_reads_total",

@@ -620,3 +620,68 @@ async fn small_files_are_held_inline_until_they_grow() -> Result<()> {
     ensure!(std::fs::read(other.join("small"))? == b"again", "rewritten");
     Ok(())
 }
+
+/// Runs `cmd` with `sh` as uid and gid 1000, no supplementary groups.
+fn as_user_1000(cmd: &str) -> Result<String> {
+    let quoted = cmd.replace('\'', r"'\''");
+    sh(&format!(
+        "setpriv --reuid=1000 --regid=1000 --clear-groups sh -c '{quoted}'"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acls_decide_for_other_users_and_absent_ones_cost_no_round_trip() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tc = TestCluster::new()?;
+    let admin = tc.start_metaservers(3).await?;
+    for n in 1..=3 {
+        tc.cluster.start_chunkserver(n).await?;
+    }
+    admin.wait_chunkservers_up(3).await?;
+    // uid 1000 must reach the mount point.
+    std::fs::set_permissions(tc.state(), std::fs::Permissions::from_mode(0o755))?;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mnt = tc.state().join("mnt");
+    tc.cluster
+        .start_mount(1, &mnt, &format!("metrics={metrics}"))
+        .await?;
+    let m = mnt.display();
+
+    // A root-owned 0600 file: an ACL entry lets uid 1000 read it, and removing the entry
+    // takes that back at once.
+    sh(&format!("echo secret > {m}/f && chmod 600 {m}/f"))?;
+    let read = || as_user_1000(&format!("cat {m}/f"));
+    ensure!(read().is_err(), "uid 1000 read a 0600 root file");
+    sh(&format!("setfacl -m u:1000:r {m}/f"))?;
+    ensure!(read()? == "secret\n");
+    sh(&format!("setfacl -x u:1000 {m}/f"))?;
+    ensure!(
+        read().is_err(),
+        "uid 1000 still reads after its ACL entry went"
+    );
+
+    // A directory's default ACL is inherited by what uid 1000 creates in it.
+    sh(&format!(
+        "mkdir {m}/shared && chmod 700 {m}/shared && setfacl -m u:1000:rwx {m}/shared && \
+         setfacl -d -m u:1000:rwx,u:2000:r {m}/shared"
+    ))?;
+    as_user_1000(&format!("echo mine > {m}/shared/new"))?;
+    let acl = sh(&format!("getfacl -c {m}/shared/new"))?;
+    ensure!(acl.contains("user:2000:r--"), "inherited ACL: {acl}");
+
+    // Files without ACLs: the kernel reads each one's ACL before letting uid 1000 at it,
+    // and the mount answers from the attributes the lookup brought.
+    sh(&format!(
+        "mkdir {m}/many && for i in $(seq 100); do echo $i > {m}/many/$i; done"
+    ))?;
+    let answered = "lattice_client_acl_reads_answered_total";
+    let before = lattice_tests::counter(Some(metrics), answered)?;
+    as_user_1000(&format!("cat {m}/many/* > /dev/null"))?;
+    let after = lattice_tests::counter(Some(metrics), answered)?;
+    ensure!(
+        after - before >= 100,
+        "{} ACL reads answered for 100 files",
+        after - before
+    );
+    Ok(())
+}

@@ -8,8 +8,7 @@
 use lattice_common::fs::Errno;
 use lattice_common::mount_user::Credentials;
 
-pub const ACCESS: &[u8] = b"system.posix_acl_access";
-pub const DEFAULT: &[u8] = b"system.posix_acl_default";
+pub use lattice_common::fs::{ACL_ACCESS as ACCESS, ACL_DEFAULT as DEFAULT};
 
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;

@@ -14,8 +14,8 @@ mod xattrs;
 pub use inline::InlineData;
 use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::{
-    check_name, Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, TimeSet, Timestamp,
-    XattrMode, MAX_DEPTH, MAX_LINKS, MAX_READDIR, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
+    check_name, AclPresence, Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, TimeSet,
+    Timestamp, XattrMode, MAX_DEPTH, MAX_LINKS, MAX_READDIR, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
     MAX_XATTR_TOTAL, MAX_XATTR_VALUE_LEN,
 };
 use lattice_common::ids::InodeId;
@@ -299,6 +299,10 @@ impl Namespace {
             ctime: i.ctime,
             rdev: i.rdev,
             policy: i.policy,
+            acls: AclPresence {
+                access: i.xattrs.contains_key(acl::ACCESS),
+                default: i.xattrs.contains_key(acl::DEFAULT),
+            },
         })
     }
 
