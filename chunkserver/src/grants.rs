@@ -3,7 +3,7 @@
 //! last heartbeat) makes this server ask the metaservers for the keys at once.
 
 use lattice_common::grant::{self, Access, Grant, GrantKey, Refused};
-use lattice_common::ids::ShardId;
+use lattice_common::ids::{ChunkserverId, ShardId};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::pki::{PeerName, Role};
 use lattice_common::wire::meta::{MetaRequest, MetaResponse};
@@ -22,6 +22,9 @@ pub struct GrantKeys {
     /// cannot use it at all.
     meta: Option<MetaClient>,
     fetched: Mutex<Option<Instant>>,
+    /// The id the metaservers gave this server (write grants name the server of each
+    /// shard); `None` until it registers.
+    me: Mutex<Option<ChunkserverId>>,
 }
 
 impl GrantKeys {
@@ -30,7 +33,13 @@ impl GrantKeys {
             keys: RwLock::default(),
             meta,
             fetched: Mutex::default(),
+            me: Mutex::default(),
         }
+    }
+
+    /// Notes the id this server registered as.
+    pub fn registered(&self, id: ChunkserverId) {
+        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
 
     /// Adds the keys a metaserver sent (one lagging behind never takes a key back).
@@ -47,9 +56,10 @@ impl GrantKeys {
         what: (ShardId, Access, u64),
         peer: &PeerName,
     ) -> Result<(), Refused> {
+        let here = *self.me.lock().unwrap_or_else(|p| p.into_inner());
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let now = grant::unix_now();
-        grant::verify(&keys, grant, what, &peer.to_string(), now)
+        grant::verify(&keys, grant, what, (&peer.to_string(), here), now)
     }
 
     /// Whether `peer` may `want` `shard` (`bytes` of it, for a write): servers and admins

@@ -34,6 +34,7 @@ impl Membership {
             let why = match self.meta.call(&MetaRequest::Register(registration)).await {
                 Ok(MetaResponse::Registered { id }) => {
                     info!(%id, addr = %self.advertise, "registered with the metaservers");
+                    self.service.grants.registered(id);
                     return Ok(id);
                 }
                 Ok(other) => format!("registration refused: {other:?}"),

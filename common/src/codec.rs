@@ -177,8 +177,8 @@ mod tests {
                     }
                     .grant(
                         shard.slice,
-                        crate::grant::Access::Read,
-                        0,
+                        crate::grant::Access::Write,
+                        (4096, vec![Some(crate::ids::ChunkserverId(4)), None]),
                         "client:x",
                         100,
                     ),

@@ -1,12 +1,13 @@
 //! Shard access grants: what lets a mount read or write the shards of one slice.
 //!
 //! A metaserver hands a grant with each allocation (write) and each slice map (read). It
-//! names the slice, the access, the certificate it was issued to and when it expires, and
+//! names the slice, the access, the certificate it was issued to and when it expires (a
+//! write grant also which server takes each shard, and how large a shard may be), and
 //! carries an HMAC-SHA256 under a key the metaservers keep in the cluster map and share
 //! with chunkservers. A chunkserver checks it without asking anyone. Servers and admins
 //! need no grant: their certificates say what they are.
 
-use crate::ids::{ShardId, SliceId};
+use crate::ids::{ChunkserverId, ShardId, SliceId};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -31,6 +32,9 @@ pub struct Grant {
     /// For a write: the most bytes a shard may have (what the allocation was for), so a
     /// grant cannot reserve more disk than the metaserver allotted.
     pub shard_bytes: u64,
+    /// For a write: the server each shard goes to (the allocation's placement), so a grant
+    /// cannot spread a slice over servers and shard numbers of its holder's choosing.
+    pub servers: Vec<Option<ChunkserverId>>,
     /// Unix seconds.
     pub expires: u64,
     /// Which key signed it.
@@ -68,6 +72,8 @@ pub enum Refused {
     ReadOnly,
     #[error("shard of {0} bytes is larger than granted")]
     TooLarge(u64),
+    #[error("grant places shard {0} on another server")]
+    OtherServer(u16),
     #[error("grant expired")]
     Expired,
     #[error("grant signed with unknown key {0}")]
@@ -89,13 +95,13 @@ impl GrantKey {
         hmac::Key::new(hmac::HMAC_SHA256, &self.secret)
     }
 
-    /// A grant of `access` to `slice` (shards of at most `shard_bytes`, for a write) for
-    /// the certificate named `holder` (`role:name`).
+    /// A grant of `access` to `slice` for the certificate named `holder` (`role:name`); for
+    /// a write, of shards of at most `shard_bytes` on `servers` (shard i on `servers[i]`).
     pub fn grant(
         &self,
         slice: SliceId,
         access: Access,
-        shard_bytes: u64,
+        (shard_bytes, servers): (u64, Vec<Option<ChunkserverId>>),
         holder: &str,
         now: u64,
     ) -> Grant {
@@ -103,6 +109,7 @@ impl GrantKey {
             slice,
             access,
             shard_bytes,
+            servers,
             expires: now + GRANT_LIFETIME_SECS,
             key: self.id,
             mac: Vec::new(),
@@ -133,13 +140,13 @@ pub fn merge_keys(known: &mut Vec<GrantKey>, heard: Vec<GrantKey>) {
     known.drain(..extra);
 }
 
-/// Checks that `grant` lets `holder` do `want` to `shard` (of `bytes`, for a write) at
-/// `now`.
+/// Checks that `grant` lets `holder` do `want` to `shard` (of `bytes`, for a write) on
+/// server `here` (`None`: not registered yet) at `now`.
 pub fn verify(
     keys: &[GrantKey],
     grant: Option<&Grant>,
     (shard, want, bytes): (ShardId, Access, u64),
-    holder: &str,
+    (holder, here): (&str, Option<ChunkserverId>),
     now: u64,
 ) -> Result<(), Refused> {
     let g = grant.ok_or(Refused::Missing)?;
@@ -151,6 +158,10 @@ pub fn verify(
     }
     if want == Access::Write && bytes > g.shard_bytes {
         return Err(Refused::TooLarge(bytes));
+    }
+    let placed = g.servers.get(shard.index.0 as usize).copied().flatten();
+    if want == Access::Write && placed.is_none_or(|p| Some(p) != here) {
+        return Err(Refused::OtherServer(shard.index.0));
     }
     if g.expires + CLOCK_SKEW_SECS < now || g.expires > now + GRANT_LIFETIME_SECS + CLOCK_SKEW_SECS
     {
@@ -166,10 +177,15 @@ pub fn verify(
 /// The bytes a grant's MAC covers: every field but the key id (a wrong id finds the wrong
 /// key, which fails the MAC) and the MAC itself.
 fn signed(g: &Grant, holder: &str) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(25 + holder.len());
+    let mut msg = Vec::with_capacity(33 + 5 * g.servers.len() + holder.len());
     msg.extend_from_slice(&g.slice.0.to_le_bytes());
     msg.push(g.access as u8);
     msg.extend_from_slice(&g.shard_bytes.to_le_bytes());
+    msg.extend_from_slice(&(g.servers.len() as u64).to_le_bytes());
+    for s in &g.servers {
+        msg.push(s.is_some() as u8);
+        msg.extend_from_slice(&s.map_or(0, |id| id.0).to_le_bytes());
+    }
     msg.extend_from_slice(&g.expires.to_le_bytes());
     msg.extend_from_slice(holder.as_bytes());
     msg
@@ -192,16 +208,19 @@ mod tests {
         let keys = vec![k1.clone(), k2.clone()];
         let shard = ShardId::new(SliceId(7), 3);
         let now = 10_000;
+        let here = Some(ChunkserverId(13));
+        let servers: Vec<_> = (10..16).map(|n| Some(ChunkserverId(n))).collect();
         let g = signing_key(&keys, now, 10).unwrap().grant(
             SliceId(7),
             Access::Write,
-            4096,
+            (4096, servers),
             "client:a",
             now,
         );
         assert_eq!(g.key, 2);
-        let ok =
-            |g: &Grant, want, holder, at| verify(&keys, Some(g), (shard, want, 4096), holder, at);
+        let ok = |g: &Grant, want, holder, at| {
+            verify(&keys, Some(g), (shard, want, 4096), (holder, here), at)
+        };
         assert_eq!(ok(&g, Access::Write, "client:a", now), Ok(()));
         assert_eq!(ok(&g, Access::Read, "client:a", now + 599), Ok(()));
         assert_eq!(ok(&g, Access::Write, "client:b", now), Err(Refused::BadMac));
@@ -210,15 +229,49 @@ mod tests {
             Err(Refused::Expired)
         );
         let other = ShardId::new(SliceId(8), 3);
+        let holder = ("client:a", here);
         assert_eq!(
-            verify(&keys, Some(&g), (other, Access::Read, 0), "client:a", now),
+            verify(&keys, Some(&g), (other, Access::Read, 0), holder, now),
             Err(Refused::OtherSlice(SliceId(7)))
         );
         assert_eq!(
-            verify(&keys, None, (shard, Access::Read, 0), "client:a", now),
+            verify(&keys, None, (shard, Access::Read, 0), holder, now),
             Err(Refused::Missing)
         );
-        let read = k1.grant(SliceId(7), Access::Read, 0, "client:a", now);
+        // A write grant stores each shard only where the allocation placed it.
+        for (index, server) in [
+            (3, Some(ChunkserverId(14))),
+            (4, here),
+            (3, None),
+            (9, here),
+        ] {
+            let shard = ShardId::new(SliceId(7), index);
+            assert_eq!(
+                verify(
+                    &keys,
+                    Some(&g),
+                    (shard, Access::Write, 1),
+                    ("client:a", server),
+                    now
+                ),
+                Err(Refused::OtherServer(index)),
+                "shard {index} on {server:?}"
+            );
+        }
+        let mut moved = g.clone();
+        moved.servers[4] = here;
+        let shard_4 = ShardId::new(SliceId(7), 4);
+        assert_eq!(
+            verify(
+                &keys,
+                Some(&moved),
+                (shard_4, Access::Write, 1),
+                holder,
+                now
+            ),
+            Err(Refused::BadMac)
+        );
+        let read = k1.grant(SliceId(7), Access::Read, (0, Vec::new()), "client:a", now);
         assert_eq!(ok(&read, Access::Read, "client:a", now), Ok(()));
         assert_eq!(
             ok(&read, Access::Write, "client:a", now),
@@ -228,6 +281,7 @@ mod tests {
         let mut forged = read.clone();
         forged.access = Access::Write;
         forged.shard_bytes = 1 << 20;
+        forged.servers = g.servers.clone();
         assert_eq!(
             ok(&forged, Access::Write, "client:a", now),
             Err(Refused::BadMac)
@@ -243,7 +297,7 @@ mod tests {
                 std::slice::from_ref(&k2),
                 Some(&read),
                 (shard, Access::Read, 0),
-                "client:a",
+                holder,
                 now
             ),
             Err(Refused::UnknownKey(1))

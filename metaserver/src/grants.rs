@@ -36,13 +36,14 @@ pub fn sign(keys: &SharedKeys, holder: &str, reply: &mut Result<FsReply, Errno>)
             Ok(FsReply::Allocated {
                 slice,
                 layout,
+                placement,
                 grant,
-                ..
             }),
             Some(key),
         ) => {
-            let bytes = layout.shard_len();
-            *grant = Some(key.grant(*slice, Access::Write, bytes, holder, now));
+            let servers = placement.iter().map(|p| p.as_ref().map(|s| s.id)).collect();
+            let shards = (layout.shard_len(), servers);
+            *grant = Some(key.grant(*slice, Access::Write, shards, holder, now));
         }
         (Ok(FsReply::Slices { chunks, grants, .. }), Some(key)) => {
             let slices: BTreeSet<SliceId> = chunks
@@ -51,7 +52,7 @@ pub fn sign(keys: &SharedKeys, holder: &str, reply: &mut Result<FsReply, Errno>)
                 .collect();
             *grants = slices
                 .into_iter()
-                .map(|s| key.grant(s, Access::Read, 0, holder, now))
+                .map(|s| key.grant(s, Access::Read, (0, Vec::new()), holder, now))
                 .collect();
         }
         (Ok(FsReply::Allocated { .. } | FsReply::Slices { .. }), None) => return false,

@@ -412,6 +412,37 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     let own = placement[0]
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("unplaced"))?;
+    let body = vec![7u8; layout.shard_len() as usize];
+    // Only where the allocation placed each shard: not shard 0 on another server, nor
+    // another shard on shard 0's server.
+    let elsewhere = placement
+        .iter()
+        .flatten()
+        .find(|s| s.id != own.id)
+        .ok_or_else(|| anyhow::anyhow!("one server placed everything"))?;
+    ensure!(
+        denied(
+            thief
+                .put(elsewhere.addr, ShardId::new(slice, 0), layout, &body)
+                .await
+        ),
+        "a grant stored shard 0 off its placement"
+    );
+    let unplaced_here = (0..layout.policy.total_shards() as u16 + 2)
+        .find(|&i| {
+            placement
+                .get(i as usize)
+                .is_none_or(|p| p.as_ref() != Some(own))
+        })
+        .ok_or_else(|| anyhow::anyhow!("every shard on one server"))?;
+    ensure!(
+        denied(
+            thief
+                .put(own.addr, ShardId::new(slice, unplaced_here), layout, &body)
+                .await
+        ),
+        "a grant stored shard {unplaced_here} on a server not placed for it"
+    );
     // Nor more disk than the allocation was for.
     let bigger = SliceLayout::new(layout.policy, 2 * layout.data_len, layout.stripe_unit)?;
     ensure!(bigger.shard_len() > layout.shard_len());
@@ -419,12 +450,11 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     ensure!(
         denied(
             thief
-                .put(own.addr, ShardId::new(slice, 1), bigger, &huge)
+                .put(own.addr, ShardId::new(slice, 0), bigger, &huge)
                 .await
         ),
         "a grant stored a shard larger than allocated"
     );
-    let body = vec![7u8; layout.shard_len() as usize];
     thief
         .put(own.addr, ShardId::new(slice, 0), layout, &body)
         .await?;
