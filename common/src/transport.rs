@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 const ALPN: &[u8] = b"latticefs/1";
@@ -36,6 +37,10 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 512;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
 /// Connections a server holds at once, from all peers.
 const MAX_CONNECTIONS: usize = 4096;
+/// Requests one certificate has a server work on at once, over all its connections (each
+/// may hold a frame of up to 4 MiB). More wait, unread, in QUIC's flow control: a peer
+/// slows itself down, not the server.
+pub const MAX_STREAMS_PER_PEER: usize = 256;
 /// Path MTU discovery may grow packets up to this, or up to what the peer accepts (1472:
 /// see `endpoint`).
 const MTU_UPPER_BOUND: u16 = 9000;
@@ -256,6 +261,8 @@ impl RefusalLog {
 #[derive(Default)]
 struct Admissions {
     by_peer: HashMap<PeerName, std::collections::VecDeque<(u64, Connection)>>,
+    /// Each connected peer's permits for requests at work.
+    streams: HashMap<PeerName, Arc<Semaphore>>,
     total: usize,
     next: u64,
 }
@@ -265,6 +272,7 @@ struct Admitted {
     admissions: Arc<Mutex<Admissions>>,
     peer: PeerName,
     id: u64,
+    streams: Arc<Semaphore>,
 }
 
 impl Admissions {
@@ -293,10 +301,16 @@ impl Admissions {
             }
         }
         mine.push_back((id, conn.clone()));
+        let streams = a
+            .streams
+            .entry(peer.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_STREAMS_PER_PEER)))
+            .clone();
         Ok(Admitted {
             admissions: this.clone(),
             peer: peer.clone(),
             id,
+            streams,
         })
     }
 }
@@ -314,6 +328,7 @@ impl Drop for Admitted {
         mine.remove(at);
         if mine.is_empty() {
             a.by_peer.remove(&self.peer);
+            a.streams.remove(&self.peer);
         }
         a.total -= 1;
     }
@@ -472,7 +487,7 @@ impl Node {
                     refused(format!("{peer} (serial {}) is revoked", peer.serial));
                     return conn.close(VarInt::from_u32(4), b"certificate revoked");
                 }
-                let _admitted = match Admissions::admit(&node.admissions, &peer, &conn) {
+                let admitted = match Admissions::admit(&node.admissions, &peer, &conn) {
                     Ok(admitted) => admitted,
                     Err(e) => {
                         refused(e);
@@ -481,7 +496,14 @@ impl Node {
                 };
                 debug!(%remote, %peer, "connection accepted");
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(handler(peer.clone(), send, recv));
+                    let Ok(permit) = admitted.streams.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let work = handler(peer.clone(), send, recv);
+                    tokio::spawn(async move {
+                        work.await;
+                        drop(permit);
+                    });
                 }
             });
         }
@@ -568,5 +590,70 @@ mod tests {
         log.note(remote, "certificate revoked");
         let (_, logged, unlogged) = *log.state.lock().unwrap();
         assert_eq!((logged, unlogged), (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_peer_has_at_most_its_share_of_requests_at_work() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "test").unwrap();
+        let identity = |role, name: &str| {
+            let certs = dir.path().join(name);
+            pki::issue(&ca, role, name, &certs).unwrap();
+            Identity::load(&certs).unwrap()
+        };
+        let server = Node::server(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity(Role::Metaserver, "m"),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        // The greedy peer's requests wait at the gate until the end; others answer at once.
+        let gate = Arc::new(Semaphore::new(0));
+        let (at_work, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (g, w, d) = (gate.clone(), at_work.clone(), done.clone());
+        tokio::spawn(server.serve(move |peer, mut send, _recv| {
+            let (gate, at_work, done) = (g.clone(), w.clone(), d.clone());
+            async move {
+                if peer.name == "greedy" {
+                    at_work.fetch_add(1, Ordering::SeqCst);
+                    drop(gate.acquire().await);
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = send.write_all(b"ok").await;
+                let _ = send.finish();
+            }
+        }));
+        let greedy = Node::client(&identity(Role::Client, "greedy")).unwrap();
+        let extra = 50;
+        let mut streams = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_PEER + extra {
+            let (mut send, recv) = greedy.open(addr, Role::Metaserver).await.unwrap();
+            send.write_all(b"?").await.unwrap();
+            streams.push((send, recv));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while at_work.load(Ordering::SeqCst) < MAX_STREAMS_PER_PEER {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "requests never started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another certificate is served meanwhile, and the greedy one still has only its
+        // share at work.
+        let honest = Node::client(&identity(Role::Client, "honest")).unwrap();
+        let (mut send, mut recv) = honest.open(addr, Role::Metaserver).await.unwrap();
+        send.write_all(b"?").await.unwrap();
+        let _ = send.finish();
+        assert_eq!(recv.read_to_end(16).await.unwrap(), b"ok");
+        assert_eq!(at_work.load(Ordering::SeqCst), MAX_STREAMS_PER_PEER);
+        // Its others waited, not refused: all are answered once the first ones end.
+        gate.add_permits(MAX_STREAMS_PER_PEER + extra);
+        for (_send, mut recv) in streams {
+            assert_eq!(recv.read_to_end(16).await.unwrap(), b"ok");
+        }
+        assert_eq!(done.load(Ordering::SeqCst), MAX_STREAMS_PER_PEER + extra);
     }
 }
