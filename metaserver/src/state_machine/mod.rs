@@ -96,7 +96,8 @@ pub enum Command {
     /// A client unmounted or went silent: its locks go, and its lock requests fail until it
     /// says it knows ([`Command::ResumeSession`]). Its retry memory stays (a client cut off
     /// for a while still gets the first reply to a request it sends again). Sent by a
-    /// client, it names the client's `certificate`, and ends only a session of that one.
+    /// client that unmounts, it names the client's `certificate`, ends only a session of
+    /// that one, and forgets the session (it no longer counts against the certificate).
     EndSession {
         client: ClientId,
         certificate: Option<String>,
@@ -256,13 +257,17 @@ impl StateMachine {
                 certificate,
             } => {
                 let session = self.sessions.get_mut(&client);
+                let goodbye = certificate.is_some();
                 if certificate.is_some_and(|c| session.as_ref().is_some_and(|s| s.certificate != c))
                 {
                     return Outcome::Fs(Err(Errno::PERM));
                 }
                 self.locks.release_client(client);
-                if let Some(s) = session {
-                    s.locks_lost = true;
+                match session {
+                    // An unmount: nothing of it is wanted any more.
+                    Some(_) if goodbye => drop(self.sessions.remove(&client)),
+                    Some(s) => s.locks_lost = true,
+                    None => {}
                 }
                 Outcome::Done
             }

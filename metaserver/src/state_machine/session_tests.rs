@@ -118,14 +118,17 @@ fn another_certificate_cannot_use_end_or_resume_a_session() {
     };
     assert_eq!(c.apply(resume("mallory")), Outcome::Fs(Err(Errno::PERM)));
 
-    // Alice's own goodbye ends it; the leader's (no certificate) does too.
-    assert_eq!(c.apply(end(Some("alice"))), Outcome::Done);
+    // The leader ends a silent session (no certificate): its locks go, the session stays
+    // and hears so; it resumes.
+    assert_eq!(c.apply(end(None)), Outcome::Done);
+    assert_eq!(c.sm.locks, LockTable::default());
     assert!(c.sm.locks_lost(ClientId(1)));
     assert_eq!(c.apply(resume("alice")), Outcome::Done);
     assert!(!c.sm.locks_lost(ClientId(1)));
-    assert_eq!(c.apply(end(None)), Outcome::Done);
-    assert!(c.sm.locks_lost(ClientId(1)));
     assert_eq!(c.sm.session_certificate(ClientId(1)), Some("alice"));
+    // Alice's goodbye (an unmount) forgets the session.
+    assert_eq!(c.apply(end(Some("alice"))), Outcome::Done);
+    assert_eq!(c.sm.session_certificate(ClientId(1)), None);
 }
 
 #[test]
@@ -141,6 +144,13 @@ fn a_certificate_has_a_bounded_number_of_sessions() {
     // The sessions there are go on; another certificate is not held back.
     assert!(c.mkdir((0, "alice"), 2, "again").is_ok());
     assert!(c.mkdir((max, "bob"), 1, "bob").is_ok());
+    // A mount that unmounts frees its place.
+    let goodbye = Command::EndSession {
+        client: ClientId(0),
+        certificate: Some("alice".into()),
+    };
+    assert_eq!(c.apply(goodbye), Outcome::Done);
+    assert!(c.mkdir((max + 2, "alice"), 1, "freed").is_ok());
     // Sessions idle for an hour no longer count.
     let later = SESSION_IDLE_SECS;
     assert!(c
