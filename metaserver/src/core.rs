@@ -71,6 +71,9 @@ impl std::fmt::Display for Reject {
 /// than held in memory (a client retries after a pause; Raft resends what it lost).
 pub const INPUT_QUEUE: usize = 4096;
 
+/// Why a request naming another certificate's session is refused.
+pub const FOREIGN_SESSION: &str = "that session belongs to another certificate";
+
 /// Where inputs for the core go; never blocks a sender.
 pub type Inputs = mpsc::SyncSender<Input>;
 
@@ -214,7 +217,6 @@ pub enum Input {
         heartbeat: Heartbeat,
         reply: oneshot::Sender<Answer<()>>,
     },
-    /// Answered with whether the client's locks were released while it was silent.
     /// A mount lives, with these files open; answers whether its locks were lost, or why
     /// its certificate may not keep that session.
     KeepAlive {
@@ -1226,7 +1228,7 @@ impl Core {
             .or(sm.session_certificate(client))
             .is_some_and(|c| c != certificate)
         {
-            return Err("that session belongs to another certificate");
+            return Err(FOREIGN_SESSION);
         }
         if known.is_none()
             && self

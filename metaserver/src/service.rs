@@ -1,6 +1,6 @@
 //! The metaserver's request handlers: decode, check who may ask, hand to the core, answer.
 
-use crate::core::{ask_core, offer, Answer, Input, Inputs, Reject};
+use crate::core::{ask_core, offer, Answer, Input, Inputs, Reject, FOREIGN_SESSION};
 use crate::grants::{self, SharedKeys};
 use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome, SessionRequest};
@@ -274,10 +274,7 @@ impl Service {
     /// Ends or resumes a session: only one of the caller's certificate.
     async fn session_change(&self, cmd: Command) -> Result<MetaResponse, Early> {
         match self.ask(|reply| Input::Propose { cmd, reply }).await? {
-            Outcome::Fs(Err(_)) => Err(error(
-                ErrorKind::Denied,
-                "that session belongs to another certificate",
-            )),
+            Outcome::Fs(Err(_)) => Err(error(ErrorKind::Denied, FOREIGN_SESSION)),
             _ => Ok(MetaResponse::KeepAliveAck),
         }
     }

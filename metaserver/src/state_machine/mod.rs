@@ -166,6 +166,13 @@ struct Session {
     locks_lost: bool,
 }
 
+impl Session {
+    /// Unheard of for [`SESSION_IDLE_SECS`] at `now` (a leader's clock, so any value).
+    fn idle(&self, now: Timestamp) -> bool {
+        now.secs.saturating_sub(self.last_active.secs) >= SESSION_IDLE_SECS
+    }
+}
+
 /// A slice id handed out but not yet committed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSlice {
@@ -372,17 +379,14 @@ impl StateMachine {
         f: impl FnOnce(&mut Self) -> Result<FsReply, Errno>,
     ) -> Result<FsReply, Errno> {
         if self.applied % 1024 == 0 {
-            self.sessions
-                .retain(|_, s| now.secs - s.last_active.secs < SESSION_IDLE_SECS);
+            self.sessions.retain(|_, s| !s.idle(now));
         }
         let cert = &request.certificate;
         match self.sessions.get(&request.client) {
             Some(s) if s.certificate != *cert => return Err(Errno::PERM),
             Some(_) => {}
             None => {
-                let live = |s: &&Session| {
-                    s.certificate == *cert && now.secs - s.last_active.secs < SESSION_IDLE_SECS
-                };
+                let live = |s: &&Session| s.certificate == *cert && !s.idle(now);
                 if self.sessions.values().filter(live).count() >= MAX_SESSIONS_PER_CERTIFICATE {
                     return Err(Errno::USERS);
                 }
