@@ -3,7 +3,7 @@
 //! is a finding.
 
 use crate::codec;
-use crate::wire::meta::{MetaRequest, MetaResponse};
+use crate::wire::meta::{MetaRequest, MetaResponse, RaftBatch};
 use crate::wire::{ChunkRequest, ChunkResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,6 +25,7 @@ pub fn wire(bytes: &[u8]) {
     }
     each::<MetaRequest>(bytes);
     each::<MetaResponse>(bytes);
+    each::<RaftBatch>(bytes);
     each::<ChunkRequest>(bytes);
     each::<ChunkResponse>(bytes);
 }

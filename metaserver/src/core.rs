@@ -166,6 +166,12 @@ pub enum Input {
     Step(Message),
     /// A member serves at this address (learned from its messages).
     PeerAddr(MetaserverId, SocketAddr),
+    /// A member opened its stream of Raft messages to this one.
+    PeerStream {
+        id: MetaserverId,
+        addr: SocketAddr,
+        incarnation: u64,
+    },
     Unreachable(u64),
     SnapshotReport {
         to: u64,
@@ -484,6 +490,11 @@ impl Core {
         match input {
             Input::Step(msg) => self.replica.step(msg),
             Input::PeerAddr(id, addr) => self.peers.learn(id, addr),
+            Input::PeerStream {
+                id,
+                addr,
+                incarnation,
+            } => self.peers.opened(id, addr, incarnation),
             Input::Unreachable(id) => self.replica.report_unreachable(id),
             Input::SnapshotReport { to, delivered } => self.replica.report_snapshot(to, delivered),
             Input::Propose { cmd, reply } => self.propose(cmd, reply),

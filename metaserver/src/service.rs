@@ -10,7 +10,8 @@ use lattice_common::mount_user::Credentials;
 use lattice_common::pki::{PeerName, Role};
 use lattice_common::transport::Node;
 use lattice_common::wire::meta::{
-    AdminReply, AdminRequest, FsOp, FsReply, MetaRequest, MetaResponse, MAX_RAFT_BATCH_BYTES,
+    AdminReply, AdminRequest, FsOp, FsReply, MetaRequest, MetaResponse, RaftBatch,
+    MAX_RAFT_BATCH_BYTES,
 };
 use lattice_common::wire::{ErrorKind, WireError};
 use protobuf::Message as _;
@@ -29,6 +30,15 @@ pub struct Service {
     node: Arc<Node>,
     /// The keys grants are signed with (kept current by the core).
     keys: SharedKeys,
+}
+
+/// What becomes of a Raft message the core has no room for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// The request fails, so its sender hears of it (a snapshot's sender must).
+    Refused,
+    /// It is dropped, as Raft allows: the stream goes on.
+    Tolerated,
 }
 
 /// A request that ends early, with the response that says why.
@@ -266,7 +276,26 @@ impl Service {
             MetaRequest::Raft { from, addr, sizes } => {
                 allow(peer, &[Role::Metaserver])?;
                 self.input(Input::PeerAddr(from, addr))?;
-                self.raft(from, sizes, recv).await
+                self.raft(from, sizes, recv, Loss::Refused).await?;
+                Ok(MetaResponse::RaftAck)
+            }
+            MetaRequest::RaftStream {
+                from,
+                addr,
+                incarnation,
+            } => {
+                allow(peer, &[Role::Metaserver])?;
+                self.input(Input::PeerStream {
+                    id: from,
+                    addr,
+                    incarnation,
+                })?;
+                loop {
+                    let batch = codec::read_frame::<_, RaftBatch>(recv)
+                        .await
+                        .map_err(|e| error(ErrorKind::Invalid, format!("raft stream: {e}")))?;
+                    self.raft(from, batch.sizes, recv, Loss::Tolerated).await?;
+                }
             }
         }
     }
@@ -343,12 +372,14 @@ impl Service {
         }
     }
 
+    /// Hands the `sizes.len()` Raft messages that follow on `recv` to the core.
     async fn raft(
         &self,
         from: lattice_common::ids::MetaserverId,
         sizes: Vec<u32>,
         recv: &mut RecvStream,
-    ) -> Result<MetaResponse, Early> {
+        loss: Loss,
+    ) -> Result<(), Early> {
         let total: u64 = sizes.iter().map(|&s| s as u64).sum();
         if sizes.len() > MAX_RAFT_BATCH || total > MAX_RAFT_BATCH_BYTES {
             return Err(error(ErrorKind::Invalid, "raft batch too large"));
@@ -366,8 +397,11 @@ impl Service {
                     "raft message from another member",
                 ));
             }
-            self.input(Input::Step(msg))?;
+            match self.input(Input::Step(msg)) {
+                Err(e) if loss == Loss::Refused => return Err(e),
+                _ => {}
+            }
         }
-        Ok(MetaResponse::RaftAck)
+        Ok(())
     }
 }

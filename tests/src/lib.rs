@@ -93,6 +93,12 @@ impl TestCluster {
     /// Waits until every running metaserver has applied the same log and holds the same
     /// state; returns that applied index.
     pub async fn wait_members_agree(&self, admin: &Admin) -> Result<u64> {
+        self.wait_members_agree_within(admin, Duration::from_secs(60))
+            .await
+    }
+
+    /// [`TestCluster::wait_members_agree`], within `limit`.
+    pub async fn wait_members_agree_within(&self, admin: &Admin, limit: Duration) -> Result<u64> {
         let addrs: Vec<_> = self
             .cluster
             .procs(lattice_harness::METASERVER)
@@ -103,7 +109,7 @@ impl TestCluster {
         if addrs.is_empty() {
             bail!("no metaserver runs");
         }
-        wait_for(Duration::from_secs(60), "every member to agree", || async {
+        wait_for(limit, "every member to agree", || async {
             let mut views = Vec::new();
             for &a in &addrs {
                 match admin.digest(a).await {

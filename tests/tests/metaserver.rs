@@ -209,6 +209,33 @@ async fn members_restarted_from_disk_agree() -> Result<()> {
     Ok(())
 }
 
+/// Members keep one stream of Raft messages open to each other. A member killed and
+/// restarted no longer knows the connection its peers' streams were on: they must notice
+/// its restart and open new ones, not go on writing into the old connection until it times
+/// out (15 s without an answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_is_reached_again_without_waiting_out_its_old_connection() -> Result<()>
+{
+    let tc = TestCluster::new()?;
+    let admin = tc.start_metaservers(3).await?;
+    let meta = tc.meta_client("writer")?;
+    for round in 0..2 {
+        meta.mutate(mkdir(&format!("before{round}"))).await??;
+        tc.wait_members_agree(&admin).await?;
+        let current = leader(&tc, &admin).await?;
+        let follower = (1..=3).find(|&n| n != current).unwrap();
+        assert!(tc.cluster.metaserver(follower).kill9());
+        tc.cluster.start_metaserver(follower, 3, None).await?;
+        meta.mutate(mkdir(&format!("after{round}"))).await??;
+        // A new admin: the old one's connection to the member is dead too.
+        let fresh = tc.cluster.admin()?;
+        tc.wait_members_agree_within(&fresh, Duration::from_secs(8))
+            .await
+            .with_context(|| format!("round {round}: member {follower} restarted"))?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_and_new_members_catch_up_from_snapshots() -> Result<()> {
     let tc = TestCluster::with_metaserver_args(&["--snapshot-every", "50"])?;
@@ -465,9 +492,16 @@ async fn bad_requests_get_errors() -> Result<()> {
         addr: "127.0.0.1:1".parse()?,
         sizes: vec![],
     };
-    match meta.call_at(tc.cluster.meta_addr(1, None)?, &raft).await? {
-        MetaResponse::Error(e) => assert_eq!(e.kind, lattice_common::wire::ErrorKind::Denied),
-        other => bail!("{other:?}"),
+    let stream = MetaRequest::RaftStream {
+        from: lattice_common::ids::MetaserverId(9),
+        addr: "127.0.0.1:1".parse()?,
+        incarnation: 1,
+    };
+    for req in [raft, stream] {
+        match meta.call_at(tc.cluster.meta_addr(1, None)?, &req).await? {
+            MetaResponse::Error(e) => assert_eq!(e.kind, lattice_common::wire::ErrorKind::Denied),
+            other => bail!("{other:?}"),
+        }
     }
     // Garbage on the wire is an error, and the member keeps serving.
     let node = tc.node(lattice_common::pki::Role::Client, "fuzzer")?;

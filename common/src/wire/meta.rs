@@ -515,6 +515,23 @@ pub enum MetaRequest {
     /// A chunkserver asks for the keys that sign grants (it met one signed by a key it did
     /// not know yet).
     GrantKeys,
+    /// Opens a member's lasting stream of Raft messages (everything but snapshots): until the
+    /// stream ends, [`RaftBatch`] frames, each followed by its messages' raw bytes as in
+    /// [`MetaRequest::Raft`]. Nothing is answered: Raft tolerates lost messages, and a stream
+    /// per batch with an answer cost several packets and wake-ups per message. `incarnation`
+    /// changes when the sender restarts: its peers then drop their own streams to it, which
+    /// would otherwise lead into its old connection until that times out.
+    RaftStream {
+        from: MetaserverId,
+        addr: SocketAddr,
+        incarnation: u64,
+    },
+}
+
+/// One batch on a [`MetaRequest::RaftStream`]: the sizes of the Raft messages that follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftBatch {
+    pub sizes: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
