@@ -631,7 +631,7 @@ impl Client {
         Ok(file)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+    pub async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<bytes::Bytes, Errno> {
         let file = self.handle(fh)?;
         let attr = self.cached_attr(file.ino).await?;
         let size = attr.size.max(file.local_end());

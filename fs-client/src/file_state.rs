@@ -5,6 +5,7 @@
 use crate::extents::Extents;
 use crate::readahead::{Fetch, ReadAhead};
 use crate::writer;
+use bytes::Bytes;
 use futures::future::join_all;
 use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::{Attr, Errno};
@@ -474,7 +475,7 @@ impl FileState {
         offset: u64,
         end: u64,
         size: u64,
-        start: impl FnMut(u64, u64) -> futures::future::BoxFuture<'static, Result<Arc<Vec<u8>>, Errno>>,
+        start: impl FnMut(u64, u64) -> futures::future::BoxFuture<'static, Result<Bytes, Errno>>,
     ) -> Option<Vec<(u64, Fetch)>> {
         let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
         let window = ra.observe(offset, end)?;

@@ -5,10 +5,10 @@
 //! Every cached block is dropped when the file's cached contents are (a commit here, an
 //! open, a lock, a truncation), so nothing fetched before a change is served after it.
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lattice_common::fs::Errno;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Bytes fetched per read-ahead block.
 pub const BLOCK: u64 = 4 << 20;
@@ -17,7 +17,7 @@ pub const MAX_WINDOW: u64 = 32 << 20;
 /// How far from the stream's position a read may land and still continue it.
 const NEAR: u64 = 2 << 20;
 
-pub type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, Errno>>>;
+pub type Fetch = Shared<BoxFuture<'static, Result<Bytes, Errno>>>;
 
 #[derive(Default)]
 pub struct ReadAhead {
@@ -61,7 +61,7 @@ impl ReadAhead {
         end: u64,
         window: u64,
         size: u64,
-        mut start: impl FnMut(u64, u64) -> BoxFuture<'static, Result<Arc<Vec<u8>>, Errno>>,
+        mut start: impl FnMut(u64, u64) -> BoxFuture<'static, Result<Bytes, Errno>>,
     ) -> Vec<(u64, Fetch)> {
         let first = offset / BLOCK * BLOCK;
         // Blocks well behind the reader go (not just behind: reads arrive out of order).
@@ -109,7 +109,7 @@ mod tests {
         let started = std::sync::Mutex::new(Vec::new());
         let start = |b: u64, len: u64| {
             started.lock().unwrap().push((b, len));
-            async move { Ok(Arc::new(vec![0u8; len as usize])) }.boxed()
+            async move { Ok(Bytes::from(vec![0u8; len as usize])) }.boxed()
         };
         let size = 5 * BLOCK + 10;
         assert_eq!(ra.blocks(0, 100, BLOCK, size, start).len(), 1);

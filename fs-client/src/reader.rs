@@ -4,6 +4,7 @@
 
 use crate::file_state::{Backend, FileState};
 use crate::readahead::{Fetch, BLOCK};
+use bytes::Bytes;
 use futures::future::{join_all, FutureExt};
 use lattice_common::chunk_map::{self, SliceRef, CHUNK_SIZE};
 use lattice_common::fs::Errno;
@@ -25,17 +26,19 @@ pub struct Span<'a> {
 }
 
 /// Reads `offset..offset+len` of a file whose size is `size`: committed bytes (through
-/// the read-ahead for a sequential reader), with bytes not yet committed laid on top.
+/// the read-ahead for a sequential reader), with bytes not yet committed laid on top. A
+/// read within one read-ahead block, with nothing to lay on top, is a view of that block:
+/// the bytes are not copied on their way to the kernel.
 pub async fn read(
     backend: &Arc<Backend>,
     file: &Arc<FileState>,
     offset: u64,
     len: u64,
     size: u64,
-) -> Result<Vec<u8>, Errno> {
+) -> Result<Bytes, Errno> {
     let end = (offset + len).min(size);
     if offset >= end {
-        return Ok(Vec::new());
+        return Ok(Bytes::new());
     }
     // Taken before any slice map: a batch committed meanwhile is then in one or the other.
     let overlay = file.overlay(offset, end);
@@ -45,28 +48,41 @@ pub async fn read(
             let (b, f) = (b.clone(), f.clone());
             // Spawned: read-ahead runs on while the reader is elsewhere.
             let task =
-                tokio::spawn(async move { committed(&b, &f, at, at + n).await.map(Arc::new) });
+                tokio::spawn(async move { committed(&b, &f, at, at + n).await.map(Bytes::from) });
             async move { task.await.unwrap_or(Err(Errno::IO)) }.boxed()
         })
     };
-    let mut out = match ahead {
-        Some(blocks) => match from_blocks(blocks, offset, end).await? {
-            Some(bytes) => bytes,
-            None => committed(backend, file, offset, end).await?,
-        },
-        None => committed(backend, file, offset, end).await?,
+    let read = match ahead {
+        Some(blocks) => from_blocks(blocks, offset, end).await?,
+        None => None,
     };
+    let read = match read {
+        Some(read) => read,
+        None => Bytes::from(committed(backend, file, offset, end).await?),
+    };
+    if overlay.is_empty() {
+        return Ok(read);
+    }
+    let mut out = Vec::from(read);
     overlay.overlay(offset, &mut out);
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
-/// Copies `offset..end` out of read-ahead blocks; `None` if a block ended early (the file
-/// grew since it was fetched).
+/// `offset..end` out of read-ahead blocks: a view of the block if one holds it all, else
+/// copied together; `None` if a block ended early (the file grew since it was fetched).
 async fn from_blocks(
     blocks: Vec<(u64, Fetch)>,
     offset: u64,
     end: u64,
-) -> Result<Option<Vec<u8>>, Errno> {
+) -> Result<Option<Bytes>, Errno> {
+    if let [(start, fetch)] = blocks.as_slice() {
+        let block = fetch.clone().await?;
+        if *start <= offset && end <= start + block.len() as u64 {
+            return Ok(Some(
+                block.slice((offset - start) as usize..(end - start) as usize),
+            ));
+        }
+    }
     let mut out = vec![0u8; (end - offset) as usize];
     for (start, fetch) in blocks {
         let block = fetch.await?;
@@ -77,7 +93,7 @@ async fn from_blocks(
         out[(lo - offset) as usize..(hi - offset) as usize]
             .copy_from_slice(&block[(lo - start) as usize..(hi - start) as usize]);
     }
-    Ok(Some(out))
+    Ok(Some(Bytes::from(out)))
 }
 
 /// The committed bytes `offset..end` (holes as zeros). A slice with too few shards
