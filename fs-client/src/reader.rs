@@ -143,8 +143,8 @@ async fn committed_once(
         .slice_map(backend, first, last)
         .await
         .map_err(Unreadable::Map)?;
-    let mut out = vec![0u8; (end - offset) as usize];
     if let Some(inline) = &map.inline {
+        let mut out = vec![0u8; (end - offset) as usize];
         let held = inline.as_slice();
         let upto = (end as usize).min(held.len());
         if (offset as usize) < upto {
@@ -161,6 +161,18 @@ async fn committed_once(
         let (a, b) = (offset.max(base) - base, end.min(base + CHUNK_SIZE) - base);
         spans.extend(spans_of(slices, a, b, (base + a) - offset));
     }
+    if let [span] = spans.as_slice() {
+        if span.dest == 0 && span.len == end - offset {
+            // One slice holds it all (a sequential reader's usual case): its bytes are the
+            // answer as they are.
+            let mut data = read_span(backend, &map.servers, span)
+                .await
+                .map_err(|(slice, e)| Unreadable::Slice(slice, e))?;
+            data.resize((end - offset) as usize, 0);
+            return Ok(data);
+        }
+    }
+    let mut out = vec![0u8; (end - offset) as usize];
     read_spans(backend, &map.servers, &spans, &mut out)
         .await
         .map_err(|(slice, e)| Unreadable::Slice(slice, e))?;
@@ -191,46 +203,53 @@ pub async fn read_spans(
     spans: &[Span<'_>],
     out: &mut [u8],
 ) -> Result<(), (SliceId, SliceError)> {
-    let reads = spans.iter().map(|span| {
-        let targets: Vec<Option<ShardTarget>> = span
-            .slice
-            .placement
-            .iter()
-            .map(|p| {
-                let s = servers.get(p.as_ref()?)?;
-                if matches!(
-                    s.state,
-                    ChunkserverState::Suspect | ChunkserverState::Draining
-                ) {
-                    // Read around it when parity can stand in.
-                    backend.io.avoid_server(s.addr);
-                }
-                (s.state != ChunkserverState::Down).then_some(ShardTarget {
-                    server: s.id,
-                    addr: s.addr,
-                })
-            })
-            .collect();
-        async move {
-            backend
-                .io
-                .read(
-                    span.slice.slice,
-                    span.slice.layout,
-                    &targets,
-                    span.from,
-                    span.len,
-                )
-                .await
-        }
-    });
-    for (span, result) in spans.iter().zip(join_all(reads).await) {
-        let read = result.map_err(|e| (span.slice.slice, e))?;
-        if !read.problems.is_empty() {
-            debug!(slice = %span.slice.slice, "read around: {:?}", read.problems);
-        }
+    let reads = spans.iter().map(|span| read_span(backend, servers, span));
+    for (span, data) in spans.iter().zip(join_all(reads).await) {
+        let data = data?;
         let at = span.dest as usize;
-        out[at..at + read.data.len()].copy_from_slice(&read.data);
+        out[at..at + data.len()].copy_from_slice(&data);
     }
     Ok(())
+}
+
+/// The bytes of one span, read around servers that are down, suspect or draining.
+async fn read_span(
+    backend: &Backend,
+    servers: &HashMap<ChunkserverId, ServerAddr>,
+    span: &Span<'_>,
+) -> Result<Vec<u8>, (SliceId, SliceError)> {
+    let targets: Vec<Option<ShardTarget>> = span
+        .slice
+        .placement
+        .iter()
+        .map(|p| {
+            let s = servers.get(p.as_ref()?)?;
+            if matches!(
+                s.state,
+                ChunkserverState::Suspect | ChunkserverState::Draining
+            ) {
+                // Read around it when parity can stand in.
+                backend.io.avoid_server(s.addr);
+            }
+            (s.state != ChunkserverState::Down).then_some(ShardTarget {
+                server: s.id,
+                addr: s.addr,
+            })
+        })
+        .collect();
+    let read = backend
+        .io
+        .read(
+            span.slice.slice,
+            span.slice.layout,
+            &targets,
+            span.from,
+            span.len,
+        )
+        .await
+        .map_err(|e| (span.slice.slice, e))?;
+    if !read.problems.is_empty() {
+        debug!(slice = %span.slice.slice, "read around: {:?}", read.problems);
+    }
+    Ok(read.data)
 }
