@@ -157,6 +157,41 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Runs a command line through `sh -c` and fails with its output if it fails.
+/// A child in a process group of its own, killed with everything it started when stopped
+/// or dropped: `flock -c CMD`, for one, leaves CMD (the lock's real holder) running when
+/// only `flock` is killed.
+pub struct Group {
+    child: std::process::Child,
+    stopped: bool,
+}
+
+impl Group {
+    pub fn spawn(cmd: &mut std::process::Command) -> Result<Group> {
+        use std::os::unix::process::CommandExt;
+        Ok(Group {
+            child: cmd.process_group(0).spawn()?,
+            stopped: false,
+        })
+    }
+
+    pub fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        let group = -(self.child.id() as libc::pid_t);
+        // SAFETY: kill(2) takes no pointers; a negative pid names the child's own group,
+        // which lives until the child is waited for below.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub fn sh(cmd: &str) -> Result<String> {
     let out = std::process::Command::new("sh")
         .arg("-c")

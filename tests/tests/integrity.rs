@@ -530,7 +530,7 @@ async fn a_stopped_mount_leaves_nobody_hanging() -> Result<()> {
     let tc = TestCluster::with_metaserver_args(&["--suspect-after", "1", "--down-after", "4"])?;
     let (admin, mnt) = tc.start_with_mount(6).await?;
     write_synced(mnt.join("data"), random_bytes(4 << 20, 1)).await?;
-    let mut busy = Command::new("sleep").arg("600").current_dir(&mnt).spawn()?;
+    let mut busy = lattice_tests::Group::spawn(Command::new("sleep").arg("600").current_dir(&mnt))?;
     for n in [4, 5, 6] {
         ensure!(tc.cluster.chunkserver(n).kill9());
     }
@@ -564,8 +564,7 @@ async fn a_stopped_mount_leaves_nobody_hanging() -> Result<()> {
     })
     .await;
     let mut reader = reader.into_inner().expect("one test thread");
-    let _ = busy.kill();
-    let _ = busy.wait();
+    busy.stop();
     let status = match stopped {
         Ok(status) => status,
         Err(e) => {

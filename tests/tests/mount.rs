@@ -267,25 +267,25 @@ assert out.strip()==\"refused\", out'"
     ensure!(check.trim() == "ok 300", "after two writers: {check}");
 
     // A client that dies holding a lock loses it once its session times out.
-    let mut stuck = std::process::Command::new("flock")
-        .args([
-            "-x",
-            &format!("{b}/lockfile"),
-            "-c",
-            &format!("touch {b}/held2; exec sleep 600"),
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut stuck = lattice_tests::Group::spawn(
+        std::process::Command::new("flock")
+            .args([
+                "-x",
+                &format!("{b}/lockfile"),
+                "-c",
+                &format!("touch {b}/held2; exec sleep 600"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )?;
     lattice_harness::process::wait_until(Duration::from_secs(10), "the lock in mount 2", || {
         Ok(mnt.join("held2").exists())
     })?;
     ensure!(sh(&format!("flock -n -x {a}/lockfile true")).is_err());
     assert!(tc.cluster.mount_proc(2).kill9());
     let acquired = sh(&format!("flock -x -w 30 {a}/lockfile true"));
-    stuck.kill()?;
-    stuck.wait()?;
+    stuck.stop();
     acquired?;
     Ok(())
 }
@@ -421,14 +421,12 @@ async fn lock_kinds_stay_apart_and_waits_end_when_freed_or_signalled() -> Result
     };
 
     // A flock on mount 1; record locks through mount 2 and mount 1 are not in its way.
-    let mut flock = Command::new("flock")
-        .args([
-            "-x",
-            &format!("{a}/f"),
-            "-c",
-            &format!("touch {a}/held; exec sleep 600"),
-        ])
-        .spawn()?;
+    let mut flock = lattice_tests::Group::spawn(Command::new("flock").args([
+        "-x",
+        &format!("{a}/f"),
+        "-c",
+        &format!("touch {a}/held; exec sleep 600"),
+    ]))?;
     lattice_harness::process::wait_until(Duration::from_secs(10), "the flock", || {
         Ok(mnt.join("held").exists())
     })?;
@@ -462,8 +460,7 @@ print(\"ofd taken\")'"
         "a second flock was granted"
     );
     println!("flock -w 1 gave up after {:?}", started.elapsed());
-    flock.kill()?;
-    flock.wait()?;
+    flock.stop();
 
     // An OFD lock on mount 1; a waiter on mount 2 gets it as soon as the holder closes.
     let mut holder = ofd("hold", format!("{a}/f"))?;
