@@ -1,4 +1,5 @@
-//! The metaserver protocol. Every request opens its own QUIC stream and gets one reply.
+//! The metaserver protocol. Every request opens its own QUIC stream and gets one reply,
+//! except a member's lasting stream of Raft messages ([`MetaRequest::RaftStream`]).
 //! Any member answers; a follower replies [`MetaResponse::NotLeader`] with the leader's
 //! address and the client retries there.
 
