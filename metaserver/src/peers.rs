@@ -204,7 +204,8 @@ impl Sender {
             if let Err(e) = &result {
                 debug!(to = self.to, "raft messages not delivered: {e}");
                 let _ = self.core.try_send(Input::Unreachable(self.to));
-                self.drop_stream();
+                // Its connection is forgotten just below.
+                self.stream = None;
                 if let Some(addr) = addr {
                     self.node.forget(addr);
                 }
@@ -237,37 +238,43 @@ impl Sender {
             self.drop_stream();
         }
         let work = async {
-            if self.stream.is_none() {
-                let (mut send, recv) = self
-                    .node
-                    .open(addr, Role::Metaserver)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let hello = codec::encode(&MetaRequest::RaftStream {
-                    from: self.me,
-                    addr: self.my_addr,
-                    incarnation: self.incarnation,
-                })
-                .map_err(|e| e.to_string())?;
-                send.write_all(&hello).await.map_err(|e| e.to_string())?;
-                self.stream = Some(Stream {
-                    addr,
-                    send,
-                    _recv: recv,
-                });
-            }
-            match &mut self.stream {
-                Some(stream) => stream
-                    .send
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("no stream".into()),
-            }
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let opened = self.open(addr).await?;
+                    self.stream.insert(opened)
+                }
+            };
+            stream
+                .send
+                .write_all(&bytes)
+                .await
+                .map_err(|e| e.to_string())
         };
         tokio::time::timeout(SEND_TIMEOUT, work)
             .await
             .unwrap_or_else(|_| Err(format!("not taken within {SEND_TIMEOUT:?}")))
+    }
+
+    /// Opens the lasting stream to `addr` and says who sends on it.
+    async fn open(&self, addr: SocketAddr) -> Result<Stream, String> {
+        let (mut send, recv) = self
+            .node
+            .open(addr, Role::Metaserver)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = codec::encode(&MetaRequest::RaftStream {
+            from: self.me,
+            addr: self.my_addr,
+            incarnation: self.incarnation,
+        })
+        .map_err(|e| e.to_string())?;
+        send.write_all(&hello).await.map_err(|e| e.to_string())?;
+        Ok(Stream {
+            addr,
+            send,
+            _recv: recv,
+        })
     }
 
     /// Sends a batch as a request of its own and waits for its answer.

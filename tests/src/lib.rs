@@ -156,7 +156,6 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Runs a command line through `sh -c` and fails with its output if it fails.
 /// A child in a process group of its own, killed with everything it started when stopped
 /// or dropped: `flock -c CMD`, for one, leaves CMD (the lock's real holder) running when
 /// only `flock` is killed.
@@ -178,10 +177,9 @@ impl Group {
         if std::mem::replace(&mut self.stopped, true) {
             return;
         }
-        let group = -(self.child.id() as libc::pid_t);
-        // SAFETY: kill(2) takes no pointers; a negative pid names the child's own group,
-        // which lives until the child is waited for below.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+        // The group lives until the child is waited for below, so its id names no other.
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -192,6 +190,7 @@ impl Drop for Group {
     }
 }
 
+/// Runs a command line through `sh -c` and fails with its output if it fails.
 pub fn sh(cmd: &str) -> Result<String> {
     let out = std::process::Command::new("sh")
         .arg("-c")
