@@ -109,7 +109,10 @@ impl ErasureCode {
     /// Computes the parity shards of equal-length data shards.
     pub fn parity<T: AsRef<[u8]>>(&self, data: &[T]) -> Result<Vec<Vec<u8>>, ErasureError> {
         let len = data.first().map_or(0, |d| d.as_ref().len());
-        let mut parity = vec![vec![0u8; len]; self.policy.parity_shards()];
+        // One zeroed allocation each: `vec![v; n]` would copy v's zeros n - 1 times.
+        let mut parity: Vec<Vec<u8>> = (0..self.policy.parity_shards())
+            .map(|_| vec![0u8; len])
+            .collect();
         self.parity_into(data, &mut parity)?;
         Ok(parity)
     }

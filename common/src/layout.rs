@@ -196,7 +196,9 @@ impl SliceLayout {
         ranges: &[Option<Range<u64>>],
         bufs: &[Option<B>],
     ) -> Result<Vec<u8>, LayoutError> {
-        let mut out = vec![0u8; len as usize];
+        // Pieces come in slice order, each starting where the last ended: appending them
+        // writes every byte once, with no zeroing first.
+        let mut out = Vec::with_capacity(len as usize);
         for p in self.pieces(offset, len)? {
             let (Some(range), Some(buf)) = (&ranges[p.shard], &bufs[p.shard]) else {
                 return Err(LayoutError::MissingShard(p.shard));
@@ -204,10 +206,9 @@ impl SliceLayout {
             if buf.as_ref().len() as u64 != range.end - range.start {
                 return Err(LayoutError::MissingShard(p.shard));
             }
+            debug_assert_eq!(p.slice_offset - offset, out.len() as u64);
             let s = (p.shard_offset - range.start) as usize;
-            let d = (p.slice_offset - offset) as usize;
-            let n = p.len as usize;
-            out[d..d + n].copy_from_slice(&buf.as_ref()[s..s + n]);
+            out.extend_from_slice(&buf.as_ref()[s..s + p.len as usize]);
         }
         Ok(out)
     }
@@ -218,14 +219,19 @@ impl SliceLayout {
             return Err(LayoutError::Length(data.len() as u64));
         }
         let shard_len = self.shard_len() as usize;
-        let mut shards = vec![vec![0u8; shard_len]; self.policy.data_shards()];
+        let mut shards: Vec<Vec<u8>> = (0..self.policy.data_shards())
+            .map(|_| Vec::with_capacity(shard_len))
+            .collect();
+        // In slice order, each shard's pieces follow one another on the shard: appending
+        // writes every byte once; only the padding is zeroed.
         for p in self.pieces(0, self.data_len)? {
-            let (s, d, n) = (
-                p.shard_offset as usize,
-                p.slice_offset as usize,
-                p.len as usize,
-            );
-            shards[p.shard][s..s + n].copy_from_slice(&data[d..d + n]);
+            let shard = &mut shards[p.shard];
+            debug_assert_eq!(p.shard_offset, shard.len() as u64);
+            let d = p.slice_offset as usize;
+            shard.extend_from_slice(&data[d..d + p.len as usize]);
+        }
+        for shard in &mut shards {
+            shard.resize(shard_len, 0);
         }
         Ok(shards)
     }

@@ -10,6 +10,7 @@ use crate::wire::{
     reset, ChunkRequest, ChunkResponse, ChunkserverStatus, ErrorKind, ShardInfo, ShardSource,
     WireError,
 };
+use bytes::Bytes;
 use quinn::{ReadError, ReadExactError, RecvStream};
 use std::collections::HashMap;
 use std::future::Future;
@@ -164,7 +165,7 @@ impl ShardClient {
         &self,
         addr: SocketAddr,
         req: &ChunkRequest,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<(ChunkResponse, RecvStream), ShardError> {
         let (mut send, mut recv) = self
             .node
@@ -172,22 +173,17 @@ impl ShardClient {
             .await
             .map_err(|e| ShardError::Unreachable(e.to_string()))?;
         let lost = |e: quinn::WriteError| ShardError::Unreachable(format!("{addr}: {e}"));
-        let head = codec::encode(req)?;
+        // Handed to the stream as they are: a shard's bytes are not copied again here.
+        let mut parts = [Bytes::from(codec::encode(req)?), body];
         // A server that refuses a request (a full disk, say) answers and stops reading it:
         // its answer, not the stopped write, is what the caller must hear.
         let mut stopped = None;
-        for part in [&head[..], body].into_iter().filter(|p| !p.is_empty()) {
-            match send.write_all(part).await {
-                Ok(()) => {}
-                Err(e @ quinn::WriteError::Stopped(_)) => {
-                    stopped = Some(e);
-                    break;
-                }
-                Err(e) => return Err(lost(e)),
+        match send.write_all_chunks(&mut parts).await {
+            Ok(()) => {
+                let _ = send.finish();
             }
-        }
-        if stopped.is_none() {
-            let _ = send.finish();
+            Err(e @ quinn::WriteError::Stopped(_)) => stopped = Some(e),
+            Err(e) => return Err(lost(e)),
         }
         match codec::read_frame(&mut recv).await {
             Ok(resp) => Ok((resp, recv)),
@@ -196,8 +192,10 @@ impl ShardClient {
     }
 
     async fn call(&self, addr: SocketAddr, req: ChunkRequest) -> Result<ChunkResponse, ShardError> {
-        self.deadline(addr, async { Ok(self.exchange(addr, &req, &[]).await?.0) })
-            .await
+        self.deadline(addr, async {
+            Ok(self.exchange(addr, &req, Bytes::new()).await?.0)
+        })
+        .await
     }
 
     pub async fn ping(&self, addr: SocketAddr) -> Result<String, ShardError> {
@@ -222,7 +220,7 @@ impl ShardClient {
         addr: SocketAddr,
         shard: ShardId,
         layout: SliceLayout,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(), ShardError> {
         if data.len() as u64 != layout.shard_len() {
             return Err(ShardError::Protocol(format!(
@@ -260,7 +258,7 @@ impl ShardClient {
                 len,
                 grant,
             };
-            let (resp, mut recv) = self.exchange(addr, &req, &[]).await?;
+            let (resp, mut recv) = self.exchange(addr, &req, Bytes::new()).await?;
             match resp {
                 ChunkResponse::Data { len: got } if got == len => {}
                 other => return Err(unexpected(other)),
@@ -320,7 +318,7 @@ impl ShardClient {
         addr: SocketAddr,
         req: ChunkRequest,
     ) -> Result<ChunkResponse, ShardError> {
-        let work = async { Ok(self.exchange(addr, &req, &[]).await?.0) };
+        let work = async { Ok(self.exchange(addr, &req, Bytes::new()).await?.0) };
         match self.deadline_of(REBUILD_TIMEOUT, addr, work).await? {
             ChunkResponse::Error(e) => Err(e.into()),
             other => Ok(other),

@@ -8,6 +8,7 @@ use crate::latency::{Latencies, ReadStats, Verdict};
 use crate::layout::{LayoutError, SliceLayout};
 use crate::shard_client::{ShardClient, ShardError};
 use crate::wire::meta::ServerAddr;
+use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -192,9 +193,9 @@ impl SliceIo {
         &self,
         slice: SliceId,
         layout: SliceLayout,
-        data: bytes::Bytes,
+        data: Bytes,
         targets: &[Option<ShardTarget>],
-    ) -> Result<Vec<Vec<u8>>, SliceError> {
+    ) -> Result<Vec<Bytes>, SliceError> {
         check_distinct(layout, targets)?;
         let shards = encode(layout, data).await?;
         let since = Instant::now();
@@ -203,7 +204,7 @@ impl SliceIo {
             .enumerate()
             .filter_map(|(i, t)| {
                 let t = (*t)?;
-                let (id, shard) = (ShardId::new(slice, i as u16), &shards[i]);
+                let (id, shard) = (ShardId::new(slice, i as u16), shards[i].clone());
                 Some(async move { (i, t, self.client.put(t.addr, id, layout, shard).await) })
             })
             .collect();
@@ -617,12 +618,12 @@ pub struct Recovery<'a> {
     pub range: Range<u64>,
 }
 
-async fn encode(layout: SliceLayout, data: bytes::Bytes) -> Result<Vec<Vec<u8>>, SliceError> {
+async fn encode(layout: SliceLayout, data: Bytes) -> Result<Vec<Bytes>, SliceError> {
     let code = ErasureCode::new(layout.policy)?;
-    tokio::task::spawn_blocking(move || code.encode_slice(&layout, &data))
+    let shards = tokio::task::spawn_blocking(move || code.encode_slice(&layout, &data))
         .await
-        .expect("encoding does not panic")
-        .map_err(SliceError::from)
+        .expect("encoding does not panic")?;
+    Ok(shards.into_iter().map(Bytes::from).collect())
 }
 
 fn check_size(layout: SliceLayout, got: usize) -> Result<(), SliceError> {

@@ -1,16 +1,19 @@
 //! Buffered bytes of one file, as non-overlapping extents: what the application wrote and
 //! the cluster does not have yet. Later writes overwrite earlier ones where they overlap.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 
+/// `B` is `Vec<u8>` while writes land; a batch being flushed is frozen into `Bytes`, so its
+/// runs can go to the cluster as views, with no copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Extents {
+pub struct Extents<B = Vec<u8>> {
     /// start offset -> bytes; extents never overlap or touch.
-    map: BTreeMap<u64, Vec<u8>>,
+    map: BTreeMap<u64, B>,
     bytes: u64,
 }
 
-impl Extents {
+impl<B: AsRef<[u8]>> Extents<B> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -25,11 +28,56 @@ impl Extents {
         self.map
             .iter()
             .next_back()
-            .map_or(0, |(s, d)| s + d.len() as u64)
+            .map_or(0, |(s, d)| s + d.as_ref().len() as u64)
+    }
+
+    /// Each extent: its start and its bytes, in order of offset.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, &B)> {
+        self.map.iter().map(|(&s, d)| (s, d))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.map.iter().map(|(&s, d)| (s, d.as_slice()))
+        self.runs().map(|(s, d)| (s, d.as_ref()))
+    }
+
+    /// The buffered bytes inside `offset..end`, as their own extents.
+    pub fn clip(&self, offset: u64, end: u64) -> Extents {
+        let mut out = Extents::default();
+        let first = self
+            .map
+            .range(..=offset)
+            .next_back()
+            .map_or(offset, |(&s, _)| s);
+        for (&s, d) in self.map.range(first..end) {
+            let d = d.as_ref();
+            let (lo, hi) = (s.max(offset), (s + d.len() as u64).min(end));
+            if lo < hi {
+                out.write(lo, &d[(lo - s) as usize..(hi - s) as usize]);
+            }
+        }
+        out
+    }
+
+    /// Copies the buffered bytes that fall in `offset..offset+out.len()` over `out`.
+    pub fn overlay(&self, offset: u64, out: &mut [u8]) {
+        for (s, d) in self.clip(offset, offset + out.len() as u64).iter() {
+            let at = (s - offset) as usize;
+            out[at..at + d.len()].copy_from_slice(d);
+        }
+    }
+}
+
+impl Extents {
+    /// The same extents, immutable and shareable without copying their bytes.
+    pub fn freeze(self) -> Extents<Bytes> {
+        Extents {
+            map: self
+                .map
+                .into_iter()
+                .map(|(s, d)| (s, Bytes::from(d)))
+                .collect(),
+            bytes: self.bytes,
+        }
     }
 
     /// Records `data` at `offset`, merging with every extent it overlaps or touches.
@@ -51,13 +99,13 @@ impl Extents {
             // Fast path: inside or extending one extent (sequential appends land here).
             let s = touched[0];
             let buf = self.map.get_mut(&s).expect("just found");
-            let at = (offset - s) as usize;
-            let old = buf.len() as u64;
-            if at + data.len() > buf.len() {
-                buf.resize(at + data.len(), 0);
-            }
-            buf[at..at + data.len()].copy_from_slice(data);
-            self.bytes += buf.len() as u64 - old;
+            // The extent reaches `offset`, so `at` is within it or at its end: overwrite
+            // what overlaps, append the rest (no zeroing before the copy).
+            let (at, old) = ((offset - s) as usize, buf.len());
+            let overlap = (old - at).min(data.len());
+            buf[at..at + overlap].copy_from_slice(&data[..overlap]);
+            buf.extend_from_slice(&data[overlap..]);
+            self.bytes += (buf.len() - old) as u64;
             return;
         }
         let start = touched.first().map_or(offset, |&s| s.min(offset));
@@ -91,31 +139,6 @@ impl Extents {
             }
         }
     }
-
-    /// The buffered bytes inside `offset..end`, as their own extents.
-    pub fn clip(&self, offset: u64, end: u64) -> Extents {
-        let mut out = Extents::default();
-        let first = self
-            .map
-            .range(..=offset)
-            .next_back()
-            .map_or(offset, |(&s, _)| s);
-        for (&s, d) in self.map.range(first..end) {
-            let (lo, hi) = (s.max(offset), (s + d.len() as u64).min(end));
-            if lo < hi {
-                out.write(lo, &d[(lo - s) as usize..(hi - s) as usize]);
-            }
-        }
-        out
-    }
-
-    /// Copies the buffered bytes that fall in `offset..offset+out.len()` over `out`.
-    pub fn overlay(&self, offset: u64, out: &mut [u8]) {
-        for (s, d) in self.clip(offset, offset + out.len() as u64).iter() {
-            let at = (s - offset) as usize;
-            out[at..at + d.len()].copy_from_slice(d);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -143,6 +166,12 @@ mod tests {
             for (i, m) in model.iter().enumerate() {
                 prop_assert_eq!(out[i], m.unwrap_or(0xAA), "byte {}", i);
             }
+            // Frozen, the same extents read back the same.
+            let frozen = ext.clone().freeze();
+            let mut again = vec![0xAAu8; 800];
+            frozen.overlay(0, &mut again);
+            prop_assert_eq!(&out, &again);
+            prop_assert_eq!((frozen.bytes(), frozen.end()), (ext.bytes(), ext.end()));
             let covered = model.iter().filter(|b| b.is_some()).count() as u64;
             prop_assert_eq!(ext.bytes(), covered);
             let last = model.iter().rposition(|b| b.is_some()).map_or(0, |i| i as u64 + 1);

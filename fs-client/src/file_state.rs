@@ -81,7 +81,7 @@ impl Backend {
 
 struct Batch {
     id: u64,
-    data: Arc<Extents>,
+    data: Arc<Extents<Bytes>>,
     done: watch::Receiver<bool>,
 }
 
@@ -276,7 +276,7 @@ impl FileState {
         if b.dirty.is_empty() {
             return;
         }
-        let data = Arc::new(std::mem::take(&mut b.dirty));
+        let data = Arc::new(std::mem::take(&mut b.dirty).freeze());
         b.dirty_since = None;
         let id = b.next_batch;
         b.next_batch += 1;
@@ -312,7 +312,7 @@ impl FileState {
     async fn write_inline(
         &self,
         backend: &Backend,
-        data: &Extents,
+        data: &Extents<Bytes>,
         previous: Option<watch::Receiver<bool>>,
     ) -> Option<Result<(), Errno>> {
         if data.end() > INLINE_MAX || self.sliced.load(Ordering::Relaxed) {
@@ -339,7 +339,7 @@ impl FileState {
     async fn write_slices(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
-        data: &Extents,
+        data: &Extents<Bytes>,
         previous: Option<watch::Receiver<bool>>,
     ) -> Option<Errno> {
         let uploads = writer::pieces(data)
@@ -445,8 +445,9 @@ impl FileState {
     pub fn overlay(&self, offset: u64, end: u64) -> Extents {
         let b = self.buffers();
         let mut out = Extents::default();
-        for layer in b.flushing.iter().map(|f| f.data.as_ref()).chain([&b.dirty]) {
-            for (s, d) in layer.clip(offset, end).iter() {
+        let layers = b.flushing.iter().map(|f| f.data.clip(offset, end));
+        for layer in layers.chain([b.dirty.clip(offset, end)]) {
+            for (s, d) in layer.iter() {
                 out.write(s, d);
             }
         }

@@ -65,31 +65,38 @@ impl Piece {
 
 /// Cuts extents into one piece per chunk they touch. Extents never overlap, so neither do
 /// a piece's ranges; a chunk's ranges fit one slice (a chunk is a slice's largest size).
-pub fn pieces(extents: &Extents) -> Vec<Piece> {
+/// A piece of one run (a sequential writer's usual case) is a view of the buffered bytes;
+/// only scattered runs are copied, into one buffer per chunk.
+pub fn pieces(extents: &Extents<Bytes>) -> Vec<Piece> {
     // Every run of bytes, cut at chunk boundaries: (chunk, chunk offset, bytes).
-    let mut parts: Vec<(u64, u64, &[u8])> = Vec::new();
-    for (start, data) in extents.iter() {
+    let mut parts: Vec<(u64, u64, Bytes)> = Vec::new();
+    for (start, data) in extents.runs() {
         let mut pos = 0usize;
         while pos < data.len() {
             let at = start + pos as u64;
             let chunk_offset = at % CHUNK_SIZE;
             let take = ((CHUNK_SIZE - chunk_offset) as usize).min(data.len() - pos);
-            parts.push((at / CHUNK_SIZE, chunk_offset, &data[pos..pos + take]));
+            parts.push((at / CHUNK_SIZE, chunk_offset, data.slice(pos..pos + take)));
             pos += take;
         }
     }
-    // Each piece's bytes are copied once, into a buffer of their exact size.
     parts
         .chunk_by(|a, b| a.0 == b.0)
         .map(|group| {
-            let mut bytes = Vec::with_capacity(group.iter().map(|p| p.2.len()).sum());
-            for (_, _, data) in group {
-                bytes.extend_from_slice(data);
-            }
+            let data = match group {
+                [(_, _, one)] => one.clone(),
+                _ => {
+                    let mut bytes = Vec::with_capacity(group.iter().map(|p| p.2.len()).sum());
+                    for (_, _, data) in group {
+                        bytes.extend_from_slice(data);
+                    }
+                    Bytes::from(bytes)
+                }
+            };
             Piece {
                 chunk: group[0].0,
                 ranges: group.iter().map(|p| (p.1, p.2.len() as u64)).collect(),
-                data: Bytes::from(bytes),
+                data,
             }
         })
         .collect()
@@ -223,7 +230,11 @@ pub async fn commit(backend: &Backend, ino: InodeId, stored: Stored) -> Result<u
 
 /// Writes a batch into the namespace, for a file whose bytes are (or may become) inline:
 /// one Raft round instead of a slice. EOPNOTSUPP when the file cannot hold them inline.
-pub async fn write_inline(meta: &MetaClient, ino: InodeId, data: &Extents) -> Result<(), Errno> {
+pub async fn write_inline(
+    meta: &MetaClient,
+    ino: InodeId,
+    data: &Extents<Bytes>,
+) -> Result<(), Errno> {
     let writes = data.iter().map(|(at, d)| (at, d.to_vec())).collect();
     match mutate(meta, ino, FsOp::WriteInline { ino, writes }).await? {
         FsReply::Committed { .. } => Ok(()),
@@ -286,7 +297,7 @@ mod tests {
         e.write(CHUNK_SIZE - 10, &[1; 30]);
         e.write(5, &[2; 3]);
         e.write(CHUNK_SIZE + 40, &[3; 2]);
-        let p = pieces(&e);
+        let p = pieces(&e.freeze());
         let spans: Vec<_> = p
             .iter()
             .map(|p| (p.chunk, p.ranges.clone(), p.data.to_vec()))

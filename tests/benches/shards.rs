@@ -45,13 +45,13 @@ async fn puts(
     concurrency: usize,
 ) -> Result<()> {
     let l = layout(len)?;
-    let data = Arc::new(random_bytes(len as usize, len));
+    let data = bytes::Bytes::from(random_bytes(len as usize, len));
     let start = Instant::now();
     try_join_all((0..concurrency).map(|_| {
         let (c, data) = (c.clone(), data.clone());
         async move {
             for _ in 0..count / concurrency {
-                c.put(at, next_shard(), l, &data).await?;
+                c.put(at, next_shard(), l, data.clone()).await?;
             }
             anyhow::Ok(())
         }
@@ -123,7 +123,7 @@ async fn main() -> Result<()> {
 
     let big = next_shard();
     let len = 16u64 << 20;
-    c.put(at, big, layout(len)?, &random_bytes(len as usize, 9))
+    c.put(at, big, layout(len)?, random_bytes(len as usize, 9).into())
         .await?;
     c.get(at, big, 0, len).await?; // into the page cache
     gets(&c, at, big, len, 4 << 10, 5000, 1).await?;

@@ -473,7 +473,7 @@ async fn deep_scrub_rebuilds_a_shard_that_disagrees_with_its_parity() -> Result<
     let good = shards.get(addr, shard, 0, len).await?;
     let mut bad = good.clone();
     bad.iter_mut().take(5000).for_each(|b| *b ^= 0x5a);
-    shards.put(addr, shard, slice.layout, &bad).await?;
+    shards.put(addr, shard, slice.layout, bad.into()).await?;
     ensure!(
         std::fs::read(mnt.join("f"))? != data,
         "the replaced shard was not read"

@@ -2,6 +2,7 @@
 //! loopback.
 
 use anyhow::{bail, ensure, Result};
+use bytes::Bytes;
 use futures::future::join_all;
 use lattice_common::codec;
 use lattice_common::fs::{Caller, Errno, FileKind, SetAttr};
@@ -353,14 +354,18 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
         denied(thief.get(cs, victim.shard, 0, 100).await.map(drop)),
         "read without a grant"
     );
-    let zeros = vec![0u8; victim.layout.shard_len() as usize];
+    let zeros = Bytes::from(vec![0u8; victim.layout.shard_len() as usize]);
     ensure!(
-        denied(thief.put(cs, victim.shard, victim.layout, &zeros).await),
+        denied(
+            thief
+                .put(cs, victim.shard, victim.layout, zeros.clone())
+                .await
+        ),
         "overwrote a shard without a grant"
     );
     let fresh = ShardId::new(SliceId(u64::MAX / 2), 0);
     ensure!(
-        denied(thief.put(cs, fresh, victim.layout, &zeros).await),
+        denied(thief.put(cs, fresh, victim.layout, zeros.clone()).await),
         "stored without a grant"
     );
     ensure!(
@@ -406,13 +411,17 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     };
     thief.hold_grants([grant.clone()]);
     ensure!(
-        denied(thief.put(cs, victim.shard, victim.layout, &zeros).await),
+        denied(
+            thief
+                .put(cs, victim.shard, victim.layout, zeros.clone())
+                .await
+        ),
         "a grant for one slice overwrote another's shard"
     );
     let own = placement[0]
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("unplaced"))?;
-    let body = vec![7u8; layout.shard_len() as usize];
+    let body = Bytes::from(vec![7u8; layout.shard_len() as usize]);
     // Only where the allocation placed each shard: not shard 0 on another server, nor
     // another shard on shard 0's server.
     let elsewhere = placement
@@ -423,7 +432,7 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     ensure!(
         denied(
             thief
-                .put(elsewhere.addr, ShardId::new(slice, 0), layout, &body)
+                .put(elsewhere.addr, ShardId::new(slice, 0), layout, body.clone())
                 .await
         ),
         "a grant stored shard 0 off its placement"
@@ -438,7 +447,12 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     ensure!(
         denied(
             thief
-                .put(own.addr, ShardId::new(slice, unplaced_here), layout, &body)
+                .put(
+                    own.addr,
+                    ShardId::new(slice, unplaced_here),
+                    layout,
+                    body.clone()
+                )
                 .await
         ),
         "a grant stored shard {unplaced_here} on a server not placed for it"
@@ -450,18 +464,18 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
     ensure!(
         denied(
             thief
-                .put(own.addr, ShardId::new(slice, 0), bigger, &huge)
+                .put(own.addr, ShardId::new(slice, 0), bigger, huge.into())
                 .await
         ),
         "a grant stored a shard larger than allocated"
     );
     thief
-        .put(own.addr, ShardId::new(slice, 0), layout, &body)
+        .put(own.addr, ShardId::new(slice, 0), layout, body.clone())
         .await?;
     ensure!(
         denied(
             thief
-                .put(own.addr, ShardId::new(slice, 0), layout, &body)
+                .put(own.addr, ShardId::new(slice, 0), layout, body.clone())
                 .await
         ),
         "a stored shard was replaced by a mount"

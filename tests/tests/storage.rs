@@ -190,7 +190,12 @@ async fn certificate_from_another_ca_is_refused() -> Result<()> {
     );
     let l = layout("mirror:1", 10);
     let put = client
-        .put(addr, ShardId::new(SliceId(1), 0), l, &[9; 10])
+        .put(
+            addr,
+            ShardId::new(SliceId(1), 0),
+            l,
+            Bytes::from_static(&[9; 10]),
+        )
         .await;
     assert!(put.is_err(), "a foreign certificate could store a shard");
 
@@ -372,10 +377,15 @@ async fn bad_requests_get_errors_and_the_server_lives_on() -> Result<()> {
     let id = ShardId::new(SliceId(5), 0);
     // A shard index outside its policy, a read past the end, an unknown shard.
     assert!(client
-        .put(addr, ShardId::new(SliceId(5), 2), l, &[1; 1000])
+        .put(
+            addr,
+            ShardId::new(SliceId(5), 2),
+            l,
+            Bytes::from(vec![1; 1000])
+        )
         .await
         .is_err());
-    client.put(addr, id, l, &[1; 1000]).await?;
+    client.put(addr, id, l, Bytes::from(vec![1; 1000])).await?;
     assert!(client.get(addr, id, 990, 11).await.is_err());
     assert_eq!(
         client.get(addr, ShardId::new(SliceId(6), 0), 0, 1).await,
@@ -403,7 +413,7 @@ async fn full_disk_is_an_error_to_the_writer() -> Result<()> {
             addr,
             ShardId::new(SliceId(1), 0),
             small,
-            &random_bytes(1 << 20, 1),
+            random_bytes(1 << 20, 1).into(),
         )
         .await?;
     let big = layout("mirror:1", 8 << 20);
@@ -412,7 +422,7 @@ async fn full_disk_is_an_error_to_the_writer() -> Result<()> {
             addr,
             ShardId::new(SliceId(2), 0),
             big,
-            &random_bytes(8 << 20, 2),
+            random_bytes(8 << 20, 2).into(),
         )
         .await
     {
