@@ -196,6 +196,52 @@ pub fn drop_hidden(slices: &mut Vec<SliceRef>) -> Vec<SliceRef> {
     hidden.into_iter().map(|(s, _)| s).collect()
 }
 
+/// [`drop_hidden`] after slices were added from index `new` on, to a list that hid
+/// nothing before (every change of a chunk map drops what it hides, so every list does):
+/// only a slice that an added one overlaps can have become hidden. Each of those is ruled
+/// out by lengths alone when the newer slices over it are too short to cover it, so a
+/// commit onto a chunk of many slices costs about one pass over them, not a resolution.
+pub fn drop_hidden_by(slices: &mut Vec<SliceRef>, new: usize) -> Vec<SliceRef> {
+    let hidden: Vec<bool> = (0..slices.len())
+        .map(|i| {
+            let (a, b) = (slices[i].chunk_offset, slices[i].chunk_end());
+            let over = |s: &SliceRef| s.chunk_offset < b && s.chunk_end() > a;
+            slices[(i + 1).max(new)..].iter().any(over) && covered(&slices[i + 1..], a, b)
+        })
+        .collect();
+    if !hidden.contains(&true) {
+        return Vec::new();
+    }
+    let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(slices)
+        .into_iter()
+        .zip(hidden)
+        .partition(|(_, hidden)| !*hidden);
+    *slices = kept.into_iter().map(|(s, _)| s).collect();
+    gone.into_iter().map(|(s, _)| s).collect()
+}
+
+/// Whether `slices` together cover every byte of `a..b`.
+fn covered(slices: &[SliceRef], a: u64, b: u64) -> bool {
+    let clipped = slices.iter().filter_map(|s| {
+        let (x, y) = (s.chunk_offset.max(a), s.chunk_end().min(b));
+        (x < y).then_some((x, y))
+    });
+    // Each span is at most a chunk long and a chunk holds boundedly many: no overflow.
+    if clipped.clone().map(|(x, y)| y - x).sum::<u64>() < b - a {
+        return false;
+    }
+    let mut spans: Vec<(u64, u64)> = clipped.collect();
+    spans.sort_unstable();
+    let mut reach = a;
+    for (x, y) in spans {
+        if x > reach {
+            return false;
+        }
+        reach = reach.max(y);
+    }
+    reach >= b
+}
+
 /// Slices in a chunk from which compaction is worth it.
 pub const COMPACT_AT: usize = 32;
 /// Holes up to this long between compacted pieces are written as zeros (only where
@@ -309,6 +355,29 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// Dropping what added slices hide gives what a full resolution gives, commit after
+        /// commit, from an empty chunk on.
+        #[test]
+        fn dropping_by_the_added_slices_matches_a_full_resolution(
+            commits in proptest::collection::vec(
+                proptest::collection::vec((0u64..300, 1u64..120), 1..4), 1..30)
+        ) {
+            let mut slices: Vec<SliceRef> = Vec::new();
+            let mut id = 0;
+            for refs in commits {
+                let new = slices.len();
+                for (at, len) in refs {
+                    id += 1;
+                    slices.push(slice(id, at, len));
+                }
+                let mut full = slices.clone();
+                let want = drop_hidden(&mut full);
+                let got = drop_hidden_by(&mut slices, new);
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(&slices, &full);
+            }
+        }
+
         /// Data runs and byte counts match a per-byte model of which bytes a slice covers.
         #[test]
         fn data_runs_match_a_byte_model(spans in proptest::collection::vec((0u64..200, 1u64..50), 0..12)) {

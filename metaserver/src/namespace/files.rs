@@ -93,8 +93,9 @@ impl Namespace {
         }
         let slices = chunks.entry(chunk).or_default();
         let before = chunk_map::data_bytes(slices);
+        let new = slices.len();
         slices.extend(refs);
-        let hidden = chunk_map::drop_hidden(slices);
+        let hidden = chunk_map::drop_hidden_by(slices, new);
         let released = chunk_map::unreferenced(slices, hidden);
         let after = chunk_map::data_bytes(slices);
         let inode = self.get_mut(ino)?;
