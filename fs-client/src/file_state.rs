@@ -24,8 +24,16 @@ const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Most chunks asked for in one slice-map query (the metaserver's limit).
 const CHUNKS_PER_QUERY: u64 = 64;
 /// A chunk is checked for compaction again once it holds this many more slices than at its
-/// last check (a check that found nothing worth doing is not repeated at every commit).
+/// last check, or half as many again if that is more (see [`recheck_at`]).
 const COMPACT_RECHECK_AFTER: usize = chunk_map::COMPACT_AT / 2;
+
+/// How many slices a chunk checked at `checked` must hold before it is checked again. A
+/// check fetches and resolves the whole chunk map, so on a chunk that compaction cannot
+/// shrink (scattered overwrites, thousands of slices) checks thin out as it grows: their
+/// cost per commit stays constant instead of growing with the chunk.
+fn recheck_at(checked: usize) -> usize {
+    checked + COMPACT_RECHECK_AFTER.max(checked / 2)
+}
 
 /// The slices of chunks `first..=last` of a file, and the servers they name.
 pub type Slices = (Vec<(u64, Vec<SliceRef>)>, Vec<ServerAddr>);
@@ -382,7 +390,7 @@ impl FileState {
             let (checked, running) = c.entry(chunk).or_default();
             if slices < chunk_map::COMPACT_AT
                 || *running
-                || (*checked > 0 && slices < *checked + COMPACT_RECHECK_AFTER)
+                || (*checked > 0 && slices < recheck_at(*checked))
             {
                 if slices < *checked {
                     *checked = slices;
