@@ -182,18 +182,13 @@ pub fn data_bytes(slices: &[SliceRef]) -> u64 {
 /// Removes the slices entirely hidden under newer ones and returns them (to be collected).
 /// One resolution of the whole chunk: O(n log n).
 pub fn drop_hidden(slices: &mut Vec<SliceRef>) -> Vec<SliceRef> {
-    let mut seen = vec![false; slices.len()];
+    let mut hidden = vec![true; slices.len()];
     for seg in resolve(slices, 0, CHUNK_SIZE) {
         if let Some((i, _)) = seg.source {
-            seen[i] = true;
+            hidden[i] = false;
         }
     }
-    let (kept, hidden): (Vec<_>, Vec<_>) = std::mem::take(slices)
-        .into_iter()
-        .zip(seen)
-        .partition(|(_, seen)| *seen);
-    *slices = kept.into_iter().map(|(s, _)| s).collect();
-    hidden.into_iter().map(|(s, _)| s).collect()
+    remove_marked(slices, hidden)
 }
 
 /// [`drop_hidden`] after slices were added from index `new` on, to a list that hid
@@ -209,13 +204,18 @@ pub fn drop_hidden_by(slices: &mut Vec<SliceRef>, new: usize) -> Vec<SliceRef> {
             slices[(i + 1).max(new)..].iter().any(over) && covered(&slices[i + 1..], a, b)
         })
         .collect();
+    remove_marked(slices, hidden)
+}
+
+/// Removes the slices marked in `hidden` (one mark per slice) and returns them, in order.
+fn remove_marked(slices: &mut Vec<SliceRef>, hidden: Vec<bool>) -> Vec<SliceRef> {
     if !hidden.contains(&true) {
         return Vec::new();
     }
-    let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(slices)
+    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(slices)
         .into_iter()
         .zip(hidden)
-        .partition(|(_, hidden)| !*hidden);
+        .partition(|(_, hidden)| *hidden);
     *slices = kept.into_iter().map(|(s, _)| s).collect();
     gone.into_iter().map(|(s, _)| s).collect()
 }
