@@ -3,6 +3,7 @@
 
 use crate::file_state::{Backend, FileState};
 use crate::reader;
+use crate::statahead::{Statahead, Window};
 use lattice_common::fs::{
     Attr, Caller, DirEntry, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, StatFs,
     XattrMode, ACL_ACCESS, ACL_DEFAULT,
@@ -60,6 +61,7 @@ pub struct Client {
     /// Open directory listings, by handle: the offset each is known to end at, once its
     /// last entries were given (the kernel asks once more past them; that needs no call).
     listings: Mutex<HashMap<u64, Option<u64>>>,
+    statahead: Mutex<Statahead>,
 }
 
 /// A page of a directory listing (see [`Client::list_dir`]).
@@ -95,6 +97,7 @@ impl Client {
             next_fh: AtomicU64::new(1),
             sized_virtual: Mutex::default(),
             listings: Mutex::default(),
+            statahead: Mutex::new(Statahead::new(tuning.attr_ttl)),
         })
     }
 
@@ -182,17 +185,99 @@ impl Client {
         }
     }
 
-    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, Errno> {
-        match self
+    /// The attributes `name` in `parent` has, and how long the kernel may keep them.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<(Attr, Duration), Errno> {
+        let now = Instant::now();
+        let hit = self.statahead().take(parent, name, now);
+        if let Some(hit) = hit {
+            if let Some(w) = hit.next {
+                self.look_ahead(w);
+            }
+            if let Some(answer) = self.looked_ahead(hit.ino, hit.fetched, now) {
+                return Ok(answer);
+            }
+        }
+        let attr = match self
             .query(FsQuery::Lookup {
                 parent,
                 name: name.to_vec(),
             })
             .await?
         {
-            FsReply::Attr(a) => Ok(self.remember(a)),
-            _ => Err(Errno::IO),
+            FsReply::Attr(a) => self.remember(a),
+            _ => return Err(Errno::IO),
+        };
+        let window = self.statahead().missed(parent, Instant::now());
+        if let Some(w) = window {
+            self.look_ahead(w);
         }
+        Ok((attr, self.tuning.attr_ttl))
+    }
+
+    fn statahead(&self) -> std::sync::MutexGuard<'_, Statahead> {
+        self.statahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A lookup answered from a window fetched ahead (see [`crate::statahead`]), for what
+    /// is left of the attribute timeout. Files open here are asked for (their size may
+    /// have grown here since).
+    fn looked_ahead(
+        &self,
+        ino: InodeId,
+        fetched: Instant,
+        now: Instant,
+    ) -> Option<(Attr, Duration)> {
+        if self.file(ino).is_some() {
+            return None;
+        }
+        let (attr, at) = self
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned()?;
+        let age = now.saturating_duration_since(at.min(fetched));
+        let left = self.tuning.attr_ttl.saturating_sub(age);
+        if left.is_zero() {
+            return None;
+        }
+        self.backend.stats.statahead_hits.add(1);
+        Some((attr, left))
+    }
+
+    /// Fetches a window of a directory's entries for the lookups to come, in the background.
+    fn look_ahead(self: &Arc<Self>, w: Window) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let names = match c.list_dir(w.dir, w.cookie, w.limit).await {
+                Ok(l) => Some(
+                    l.entries
+                        .into_iter()
+                        .map(|(e, _)| (e.name, e.ino, e.cookie))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::debug!(dir = %w.dir, "statahead: {e:?}");
+                    None
+                }
+            };
+            c.backend.stats.statahead_fetches.add(1);
+            c.statahead().fetched(w, names, asked);
+        });
+    }
+
+    /// Forgets what was fetched ahead of a name this mount is changing, and the attributes
+    /// of the directory (its times and link count change) and of the inode it named.
+    fn forget_name(&self, parent: InodeId, name: &[u8]) {
+        if let Some(ino) = self.statahead().forget(parent, name) {
+            self.forget_attr(ino);
+        }
+        self.forget_attr(parent);
     }
 
     /// Fresh attributes (the kernel asks only when its own cache has expired).
@@ -290,7 +375,9 @@ impl Client {
             rdev,
             caller,
         };
-        self.attr_reply(op).await
+        let reply = self.attr_reply(op).await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn mkdir(
@@ -300,14 +387,17 @@ impl Client {
         (perm, umask): (u16, u16),
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        self.attr_reply(FsOp::Mkdir {
-            parent,
-            name: name.to_vec(),
-            perm,
-            umask,
-            caller,
-        })
-        .await
+        let reply = self
+            .attr_reply(FsOp::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm,
+                umask,
+                caller,
+            })
+            .await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn symlink(
@@ -317,38 +407,50 @@ impl Client {
         target: &[u8],
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        self.attr_reply(FsOp::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            caller,
-        })
-        .await
+        let reply = self
+            .attr_reply(FsOp::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                caller,
+            })
+            .await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn link(&self, ino: InodeId, parent: InodeId, name: &[u8]) -> Result<Attr, Errno> {
-        self.attr_reply(FsOp::Link {
-            ino,
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let reply = self
+            .attr_reply(FsOp::Link {
+                ino,
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.done_reply(FsOp::Unlink {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let reply = self
+            .done_reply(FsOp::Unlink {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.done_reply(FsOp::Rmdir {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let reply = self
+            .done_reply(FsOp::Rmdir {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        self.forget_name(parent, name);
+        reply
     }
 
     pub async fn rename(
@@ -366,7 +468,10 @@ impl Client {
             new_name: new_name.to_vec(),
             mode,
         };
-        self.done_reply(op).await
+        let reply = self.done_reply(op).await;
+        self.forget_name(parent, name);
+        self.forget_name(new_parent, new_name);
+        reply
     }
 
     pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
@@ -759,7 +864,9 @@ impl Client {
     }
 
     /// A handle on `file` closed: the last one takes the file's state along, unless data
-    /// is still to be written.
+    /// is still to be written. Its cached attributes go too: writes here changed its size
+    /// and times in ways only the metaserver knows in full (a lookup answered from a
+    /// window fetched earlier must not bring back the old ones).
     fn closed(&self, file: &Arc<FileState>) {
         if file.released() && !file.has_unflushed() {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -768,6 +875,8 @@ impl Client {
                 .is_some_and(|f| Arc::ptr_eq(f, file) && !f.is_open())
             {
                 files.remove(&file.ino);
+                drop(files);
+                self.forget_attr(file.ino);
             }
         }
     }
@@ -888,6 +997,7 @@ impl Client {
                         self.done_reply(FsOp::ReleaseLocks { ino, owner }).await?;
                         return Err(Errno::IO);
                     }
+                    self.statahead().clear();
                     self.revalidate(ino).await;
                     return Ok(());
                 }

@@ -292,8 +292,13 @@ impl Filesystem for LatticeFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        let (c, ttl, name) = (self.client.clone(), self.ttl, name.as_bytes().to_vec());
-        self.spawn(async move { entry(reply, ttl, c.lookup(ino(parent), &name).await) });
+        let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match c.lookup(ino(parent), &name).await {
+                Ok((a, ttl)) => reply.entry(&ttl, &file_attr(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
     }
 
     fn getattr(&mut self, _req: &Request<'_>, i: u64, _fh: Option<u64>, reply: ReplyAttr) {

@@ -14,6 +14,7 @@ mod metrics;
 mod options;
 mod readahead;
 mod reader;
+mod statahead;
 mod stop;
 mod writer;
 

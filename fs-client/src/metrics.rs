@@ -12,6 +12,8 @@ pub struct Stats {
     pub slices_committed: Counter,
     pub write_errors: Counter,
     pub acl_reads_answered: Counter,
+    pub statahead_hits: Counter,
+    pub statahead_fetches: Counter,
 }
 
 impl Stats {
@@ -61,6 +63,18 @@ impl Stats {
                 "ACL reads answered from cached attributes (no ACL set) without a metaserver.",
                 c,
                 self.acl_reads_answered.get(),
+            ),
+            (
+                "lattice_client_statahead_hits_total",
+                "Lookups answered from directory entries fetched ahead.",
+                c,
+                self.statahead_hits.get(),
+            ),
+            (
+                "lattice_client_statahead_fetches_total",
+                "Windows of directory entries fetched ahead of lookups.",
+                c,
+                self.statahead_fetches.get(),
             ),
             (
                 "lattice_client_hedged_reads_total",

@@ -618,6 +618,25 @@ async fn small_files_are_held_inline_until_they_grow() -> Result<()> {
     Ok(())
 }
 
+/// Three metaservers, three chunkservers and mount 1 at `mnt` in the state directory, its
+/// metrics served at the address returned; `opts` go after `metrics=` (`,name=value...`).
+async fn mount_with_metrics(
+    tc: &TestCluster,
+    opts: &str,
+) -> Result<(std::path::PathBuf, std::net::SocketAddr)> {
+    let admin = tc.start_metaservers(3).await?;
+    for n in 1..=3 {
+        tc.cluster.start_chunkserver(n).await?;
+    }
+    admin.wait_chunkservers_up(3).await?;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mnt = tc.state().join("mnt");
+    tc.cluster
+        .start_mount(1, &mnt, &format!("metrics={metrics}{opts}"))
+        .await?;
+    Ok((mnt, metrics))
+}
+
 /// Runs `cmd` with `sh` as uid and gid 1000, no supplementary groups.
 fn as_user_1000(cmd: &str) -> Result<String> {
     let quoted = cmd.replace('\'', r"'\''");
@@ -630,18 +649,9 @@ fn as_user_1000(cmd: &str) -> Result<String> {
 async fn acls_decide_for_other_users_and_absent_ones_cost_no_round_trip() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tc = TestCluster::new()?;
-    let admin = tc.start_metaservers(3).await?;
-    for n in 1..=3 {
-        tc.cluster.start_chunkserver(n).await?;
-    }
-    admin.wait_chunkservers_up(3).await?;
     // uid 1000 must reach the mount point.
     std::fs::set_permissions(tc.state(), std::fs::Permissions::from_mode(0o755))?;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mnt = tc.state().join("mnt");
-    tc.cluster
-        .start_mount(1, &mnt, &format!("metrics={metrics}"))
-        .await?;
+    let (mnt, metrics) = mount_with_metrics(&tc, "").await?;
     let m = mnt.display();
 
     // A root-owned 0600 file: an ACL entry lets uid 1000 read it, and removing the entry
@@ -679,6 +689,89 @@ async fn acls_decide_for_other_users_and_absent_ones_cost_no_round_trip() -> Res
         after - before >= 100,
         "{} ACL reads answered for 100 files",
         after - before
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_in_a_big_directory_are_fetched_ahead_and_changes_still_show() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let tc = TestCluster::new()?;
+    // A long attribute timeout: what is fetched ahead stays usable through the whole test,
+    // so a name this mount changed could only be right if it was forgotten.
+    let (mnt, metrics) = mount_with_metrics(&tc, ",attr_timeout=60").await?;
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    let dir = mnt.join("d");
+    // Written by the other mount: this one has looked nothing up yet.
+    std::fs::create_dir(other.join("d"))?;
+    for i in 0..600 {
+        std::fs::write(other.join(format!("d/f{i}")), format!("{i}"))?;
+    }
+    let f = |i: u32| dir.join(format!("f{i}"));
+    let hits = || lattice_tests::counter(Some(metrics), "lattice_client_statahead_hits_total");
+    let fetches =
+        || lattice_tests::counter(Some(metrics), "lattice_client_statahead_fetches_total");
+
+    // Names this mount will change while their entries sit fetched ahead: the kernel knows
+    // them, so changing them needs no lookup that would use the entries up.
+    let (f40, f41) = (std::fs::metadata(f(40))?, std::fs::metadata(f(41))?);
+    let f50 = std::fs::metadata(f(50))?;
+    std::fs::metadata(f(30))?;
+    for i in 0..8 {
+        std::fs::metadata(f(i))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetches()? == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no window fetched after 11 lookups"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(f(30))?;
+    std::fs::rename(f(40), f(41))?;
+    let mut w = std::fs::OpenOptions::new().write(true).open(f(50))?;
+    std::io::Write::write_all(&mut w, b"written here")?;
+    drop(w);
+    sh("echo 3 > /proc/sys/vm/drop_caches")?;
+    let now50 = std::fs::metadata(f(50))?;
+    ensure!(
+        now50.len() == 12 && now50.modified()? != f50.modified()?,
+        "a file written here shows its old times from the window"
+    );
+    ensure!(
+        !f(30).exists(),
+        "an unlinked name came back from the window"
+    );
+    ensure!(!f(40).exists(), "a renamed name came back from the window");
+    let now41 = std::fs::metadata(f(41))?;
+    ensure!(
+        now41.ino() == f40.ino() && now41.ino() != f41.ino(),
+        "the name a rename replaced shows its old inode"
+    );
+
+    // A name the other mount creates shows at once: missing names are always asked for.
+    std::fs::write(other.join("d/new"), "new")?;
+    ensure!(std::fs::read(dir.join("new"))? == b"new");
+
+    // Stat of every name after the kernel forgot them: nearly all come from windows, and
+    // every one is right.
+    sh("echo 3 > /proc/sys/vm/drop_caches")?;
+    let before = hits()?;
+    for i in (0..600).filter(|i| ![30, 40].contains(i)) {
+        let m = std::fs::metadata(f(i))?;
+        let want = match i {
+            41 => 2,
+            50 => 12,
+            _ => format!("{i}").len() as u64,
+        };
+        ensure!(m.len() == want, "f{i}: size {} instead of {want}", m.len());
+    }
+    let answered = hits()? - before;
+    ensure!(
+        answered >= 500,
+        "{answered} of 598 lookups answered from windows"
     );
     Ok(())
 }
