@@ -34,16 +34,16 @@ impl ReadAhead {
     }
 
     /// Records a read of `offset..end`; returns the read-ahead window if it continues a
-    /// sequential stream (a read from the start of the file begins one). The kernel sends
-    /// several reads at once and they may arrive a little out of order, so a read near
-    /// where the stream is counts as continuing it.
+    /// sequential stream. A stream begins with a read from the start of the file or one
+    /// that starts exactly where the last ended; once begun, the kernel sends several reads
+    /// at once and they may arrive a little out of order, so a read near where the stream
+    /// is continues it. Near alone begins nothing: random readers (several sharing a file)
+    /// land near one another's last read often enough that each such read would fetch a
+    /// whole window for nothing.
     pub fn observe(&mut self, offset: u64, end: u64) -> Option<u64> {
         let near = offset.abs_diff(self.next) <= NEAR;
-        let sequential = near || offset == 0;
-        self.next = self.next.max(end);
-        if !near {
-            self.next = end;
-        }
+        let sequential = offset == 0 || offset == self.next || (near && self.window > 0);
+        self.next = if near { self.next.max(end) } else { end };
         self.window = if sequential {
             (self.window * 2).clamp(BLOCK, MAX_WINDOW)
         } else {
@@ -100,7 +100,23 @@ mod tests {
             ra.observe(next, next + 131072);
         }
         assert_eq!(ra.window, MAX_WINDOW);
+        // Reads a little out of order still continue it.
+        let next = ra.next;
+        assert!(ra.observe(next + 131072, next + 262144).is_some());
+        assert!(ra.observe(next, next + 131072).is_some());
         assert_eq!(ra.observe(10 << 30, (10 << 30) + 4096), None);
+    }
+
+    #[test]
+    fn a_stream_begins_where_the_last_read_ended_and_not_merely_near_it() {
+        let mut ra = ReadAhead::default();
+        let at = 100 << 20;
+        assert_eq!(ra.observe(at, at + 4096), None);
+        // Random readers: near the last read, but not where it ended.
+        assert_eq!(ra.observe(at + 65536, at + 69632), None);
+        assert_eq!(ra.observe(at - 8192, at - 4096), None);
+        // A reader that goes on from where the reads got to begins a stream.
+        assert_eq!(ra.observe(at + 69632, at + 131072), Some(BLOCK));
     }
 
     #[test]
