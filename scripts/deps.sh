@@ -32,6 +32,6 @@ lattice_need_fsx() { # fsx, the file system exerciser the tests and soak.sh run 
 
 lattice_deps() {
   # fuse3 for mounting; the rest are tools the tests use on a mount (and pjdfstest's build).
-  lattice_need_pkgs build-essential pkg-config fuse3 util-linux procps rsync git tar acl attr python3 libacl1-dev bc
+  lattice_need_pkgs build-essential pkg-config fuse3 util-linux procps rsync git tar acl attr libcap2-bin python3 libacl1-dev bc
   lattice_need_rust
 }

@@ -79,21 +79,41 @@ pub struct Attr {
     /// The redundancy policy new data of this file gets (for a directory: what new files
     /// inside inherit). `None`: the cluster default.
     pub policy: Option<Policy>,
-    /// Which POSIX ACLs it has: a client answers the kernel's ACL reads for the others
-    /// itself (the kernel reads them for each inode it checks a caller other than root on).
-    pub acls: AclPresence,
+    /// Which of the xattrs the kernel reads on nearly every operation it has: a client
+    /// answers the kernel's reads of the others itself.
+    pub known_xattrs: KnownXattrs,
 }
 
 /// The extended attributes that hold a file's POSIX ACLs (in the kernel's format).
 pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+/// File capabilities (`setcap`): the kernel reads it before every write to a file, to
+/// drop it if present.
+pub const CAPABILITY: &[u8] = b"security.capability";
 
+/// Which of the xattrs the kernel reads for nearly every operation a file has: its ACLs
+/// (read for each inode checked for a caller other than root) and its capabilities (read
+/// for each write).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AclPresence {
+pub struct KnownXattrs {
     /// `system.posix_acl_access`
-    pub access: bool,
+    pub acl_access: bool,
     /// `system.posix_acl_default`
-    pub default: bool,
+    pub acl_default: bool,
+    /// `security.capability`
+    pub capability: bool,
+}
+
+impl KnownXattrs {
+    /// Whether `name` is one of them, and if so whether it is set.
+    pub fn has(&self, name: &[u8]) -> Option<bool> {
+        match name {
+            ACL_ACCESS => Some(self.acl_access),
+            ACL_DEFAULT => Some(self.acl_default),
+            CAPABILITY => Some(self.capability),
+            _ => None,
+        }
+    }
 }
 
 /// The process a request acts for (from the kernel's request header).

@@ -5,8 +5,8 @@ use crate::file_state::{Backend, FileState};
 use crate::reader;
 use crate::statahead::{Statahead, Window};
 use lattice_common::fs::{
-    Attr, Caller, DirEntry, Errno, FileKind, LockKind, LockRange, RenameMode, SetAttr, StatFs,
-    XattrMode, ACL_ACCESS, ACL_DEFAULT,
+    Attr, Caller, DirEntry, Errno, FileKind, KnownXattrs, LockKind, LockRange, RenameMode, SetAttr,
+    StatFs, XattrMode,
 };
 use lattice_common::ids::InodeId;
 use lattice_common::policy::{Policy, POLICY_XATTR, VIRTUAL_XATTR_PREFIX};
@@ -554,7 +554,7 @@ impl Client {
     /// written), so the value a size query got is what the read right after it gets: the
     /// two must agree, or the caller (`getfattr`) fails with ERANGE.
     pub async fn getxattr(&self, ino: InodeId, name: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
-        if self.acl_absent(ino, name) {
+        if self.known_absent(ino, name).await? {
             self.backend.stats.acl_reads_answered.add(1);
             return Err(Errno::NODATA);
         }
@@ -586,24 +586,19 @@ impl Client {
         Ok(value)
     }
 
-    /// Whether fresh attributes say `ino` has no ACL called `name`: the kernel reads a
-    /// file's ACLs before it checks any caller but root, so a lookup plus a permission
-    /// check would otherwise cost two metaserver round trips. The answer is as fresh as
-    /// the attributes (the kernel holds them as long).
-    fn acl_absent(&self, ino: InodeId, name: &[u8]) -> bool {
-        let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((a, at)) = attrs.get(&ino) else {
-            return false;
-        };
-        at.elapsed() < self.tuning.attr_ttl
-            && match name {
-                ACL_ACCESS => !a.acls.access,
-                ACL_DEFAULT => !a.acls.default,
-                _ => false,
-            }
+    /// Whether attributes as fresh as the kernel's say `ino` lacks `name`, one of the
+    /// xattrs the kernel reads on nearly every operation ([`KnownXattrs`]): its ACLs before
+    /// it checks any caller but root, its capabilities before every write. Without this,
+    /// each of those reads would cost a metaserver round trip (a random 4 KiB write took
+    /// two). Attributes older than the attribute timeout are fetched again first.
+    async fn known_absent(&self, ino: InodeId, name: &[u8]) -> Result<bool, Errno> {
+        if KnownXattrs::default().has(name).is_none() {
+            return Ok(false);
+        }
+        let attr = self.cached_attr(ino).await?;
+        Ok(attr.known_xattrs.has(name) == Some(false))
     }
 
-    /// Forgets `ino`'s attributes (an extended attribute changed: its ACLs may have).
     fn forget_attr(&self, ino: InodeId) {
         self.attrs
             .lock()

@@ -60,7 +60,7 @@ impl Stats {
             ),
             (
                 "lattice_client_acl_reads_answered_total",
-                "ACL reads answered from cached attributes (no ACL set) without a metaserver.",
+                "ACL and capability reads answered from cached attributes (none set) without a metaserver.",
                 c,
                 self.acl_reads_answered.get(),
             ),

@@ -775,3 +775,36 @@ async fn lookups_in_a_big_directory_are_fetched_ahead_and_changes_still_show() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_drops_file_capabilities_and_checking_for_none_costs_no_round_trip() -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let tc = TestCluster::new()?;
+    let (mnt, metrics) = mount_with_metrics(&tc, "").await?;
+    let m = mnt.display();
+    // The kernel reads security.capability before every write to a file: with none set,
+    // the mount answers from the attributes it holds.
+    let answered = "lattice_client_acl_reads_answered_total";
+    let f = std::fs::File::create(mnt.join("f"))?;
+    let before = lattice_tests::counter(Some(metrics), answered)?;
+    for i in 0..100 {
+        f.write_all_at(b"data", i * 4)?;
+    }
+    let after = lattice_tests::counter(Some(metrics), answered)?;
+    ensure!(
+        after - before >= 100,
+        "{} capability reads answered for 100 writes",
+        after - before
+    );
+    drop(f);
+    // One that is set is reported, so a write drops it, as on any filesystem.
+    sh(&format!("echo x > {m}/g && setcap cap_net_raw+ep {m}/g"))?;
+    ensure!(sh(&format!("getcap {m}/g"))?.contains("cap_net_raw"));
+    sh(&format!("echo y >> {m}/g"))?;
+    let left = sh(&format!("getcap {m}/g"))?;
+    ensure!(
+        left.trim().is_empty(),
+        "capabilities left after a write: {left}"
+    );
+    Ok(())
+}

@@ -14,9 +14,9 @@ mod xattrs;
 pub use inline::InlineData;
 use lattice_common::chunk_map::{self, SliceRef};
 use lattice_common::fs::{
-    check_name, AclPresence, Attr, Caller, DirEntry, Errno, FileKind, RenameMode, SetAttr, TimeSet,
-    Timestamp, XattrMode, MAX_DEPTH, MAX_LINKS, MAX_READDIR, MAX_SYMLINK_LEN, MAX_XATTR_NAME_LEN,
-    MAX_XATTR_TOTAL, MAX_XATTR_VALUE_LEN,
+    check_name, Attr, Caller, DirEntry, Errno, FileKind, KnownXattrs, RenameMode, SetAttr, TimeSet,
+    Timestamp, XattrMode, CAPABILITY, MAX_DEPTH, MAX_LINKS, MAX_READDIR, MAX_SYMLINK_LEN,
+    MAX_XATTR_NAME_LEN, MAX_XATTR_TOTAL, MAX_XATTR_VALUE_LEN,
 };
 use lattice_common::ids::InodeId;
 use lattice_common::policy::Policy;
@@ -299,9 +299,10 @@ impl Namespace {
             ctime: i.ctime,
             rdev: i.rdev,
             policy: i.policy,
-            acls: AclPresence {
-                access: i.xattrs.contains_key(acl::ACCESS),
-                default: i.xattrs.contains_key(acl::DEFAULT),
+            known_xattrs: KnownXattrs {
+                acl_access: i.xattrs.contains_key(acl::ACCESS),
+                acl_default: i.xattrs.contains_key(acl::DEFAULT),
+                capability: i.xattrs.contains_key(CAPABILITY),
             },
         })
     }

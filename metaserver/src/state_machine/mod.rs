@@ -31,7 +31,8 @@ const MAX_REMEMBERED_REPLIES: usize = 4096;
 /// per file, punched holes. 4: several references committed at once, inline small files.
 /// 5: certificate revocations, grant keys. 6: the user a limited mount acts as. 7: sessions
 /// belong to a certificate. 8: attributes (in remembered replies) say which ACLs are set.
-pub const STATE_FORMAT: u32 = 8;
+/// 9: and whether file capabilities are.
+pub const STATE_FORMAT: u32 = 9;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
