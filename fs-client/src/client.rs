@@ -74,6 +74,27 @@ pub struct Listing {
 /// Attributes kept at most (beyond it, those older than the attribute timeout go).
 const MAX_CACHED_ATTRS: usize = 1 << 17;
 
+/// The directory entries a change makes or removes: what this mount fetched ahead of
+/// them is no longer to be trusted.
+fn names_changed(op: &FsOp) -> Vec<(InodeId, Vec<u8>)> {
+    match op {
+        FsOp::Mknod { parent, name, .. }
+        | FsOp::Mkdir { parent, name, .. }
+        | FsOp::Symlink { parent, name, .. }
+        | FsOp::Link { parent, name, .. }
+        | FsOp::Unlink { parent, name }
+        | FsOp::Rmdir { parent, name } => vec![(*parent, name.clone())],
+        FsOp::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            ..
+        } => vec![(*parent, name.clone()), (*new_parent, new_name.clone())],
+        _ => Vec::new(),
+    }
+}
+
 /// An inode and an xattr name.
 type XattrKey = (InodeId, Vec<u8>);
 
@@ -127,12 +148,21 @@ impl Client {
         }
     }
 
+    /// Sends a change to the metaservers. The names it changes are forgotten afterwards,
+    /// whatever the outcome (a change whose answer was lost may have happened).
     async fn mutate(&self, op: FsOp) -> Result<FsReply, Errno> {
-        self.backend
+        let named = names_changed(&op);
+        let reply = self
+            .backend
             .meta
             .mutate(op)
             .await
-            .map_err(|e| io_error("metaserver", e))?
+            .map_err(|e| io_error("metaserver", e))
+            .and_then(|r| r);
+        for (parent, name) in named {
+            self.forget_name(parent, &name);
+        }
+        reply
     }
 
     async fn query(&self, q: FsQuery) -> Result<FsReply, Errno> {
@@ -375,9 +405,7 @@ impl Client {
             rdev,
             caller,
         };
-        let reply = self.attr_reply(op).await;
-        self.forget_name(parent, name);
-        reply
+        self.attr_reply(op).await
     }
 
     pub async fn mkdir(
@@ -387,17 +415,14 @@ impl Client {
         (perm, umask): (u16, u16),
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        let reply = self
-            .attr_reply(FsOp::Mkdir {
-                parent,
-                name: name.to_vec(),
-                perm,
-                umask,
-                caller,
-            })
-            .await;
-        self.forget_name(parent, name);
-        reply
+        self.attr_reply(FsOp::Mkdir {
+            parent,
+            name: name.to_vec(),
+            perm,
+            umask,
+            caller,
+        })
+        .await
     }
 
     pub async fn symlink(
@@ -407,50 +432,38 @@ impl Client {
         target: &[u8],
         caller: Caller,
     ) -> Result<Attr, Errno> {
-        let reply = self
-            .attr_reply(FsOp::Symlink {
-                parent,
-                name: name.to_vec(),
-                target: target.to_vec(),
-                caller,
-            })
-            .await;
-        self.forget_name(parent, name);
-        reply
+        self.attr_reply(FsOp::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            caller,
+        })
+        .await
     }
 
     pub async fn link(&self, ino: InodeId, parent: InodeId, name: &[u8]) -> Result<Attr, Errno> {
-        let reply = self
-            .attr_reply(FsOp::Link {
-                ino,
-                parent,
-                name: name.to_vec(),
-            })
-            .await;
-        self.forget_name(parent, name);
-        reply
+        self.attr_reply(FsOp::Link {
+            ino,
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        let reply = self
-            .done_reply(FsOp::Unlink {
-                parent,
-                name: name.to_vec(),
-            })
-            .await;
-        self.forget_name(parent, name);
-        reply
+        self.done_reply(FsOp::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        let reply = self
-            .done_reply(FsOp::Rmdir {
-                parent,
-                name: name.to_vec(),
-            })
-            .await;
-        self.forget_name(parent, name);
-        reply
+        self.done_reply(FsOp::Rmdir {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     pub async fn rename(
@@ -468,10 +481,7 @@ impl Client {
             new_name: new_name.to_vec(),
             mode,
         };
-        let reply = self.done_reply(op).await;
-        self.forget_name(parent, name);
-        self.forget_name(new_parent, new_name);
-        reply
+        self.done_reply(op).await
     }
 
     pub async fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, Errno> {
@@ -599,6 +609,7 @@ impl Client {
         Ok(attr.known_xattrs.has(name) == Some(false))
     }
 
+    /// Forgets `ino`'s attributes (they changed here in a way the cache cannot follow).
     fn forget_attr(&self, ino: InodeId) {
         self.attrs
             .lock()
