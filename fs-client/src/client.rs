@@ -95,6 +95,24 @@ fn names_changed(op: &FsOp) -> Vec<(InodeId, Vec<u8>)> {
     }
 }
 
+/// The inode a change changes the attributes or contents of, if it names one.
+fn inode_changed(op: &FsOp) -> Option<InodeId> {
+    match op {
+        FsOp::Link { ino, .. }
+        | FsOp::SetAttr { ino, .. }
+        | FsOp::SetXattr { ino, .. }
+        | FsOp::RemoveXattr { ino, .. }
+        | FsOp::SetPolicy { ino, .. }
+        | FsOp::CommitSlice { ino, .. }
+        | FsOp::ReplaceSlices { ino, .. }
+        | FsOp::PunchHole { ino, .. }
+        | FsOp::CommitSlices { ino, .. }
+        | FsOp::WriteInline { ino, .. }
+        | FsOp::Uninline { ino, .. } => Some(*ino),
+        _ => None,
+    }
+}
+
 /// An inode and an xattr name.
 type XattrKey = (InodeId, Vec<u8>);
 
@@ -152,6 +170,7 @@ impl Client {
     /// whatever the outcome (a change whose answer was lost may have happened).
     async fn mutate(&self, op: FsOp) -> Result<FsReply, Errno> {
         let named = names_changed(&op);
+        let changed = inode_changed(&op);
         let reply = self
             .backend
             .meta
@@ -161,6 +180,9 @@ impl Client {
             .and_then(|r| r);
         for (parent, name) in named {
             self.forget_name(parent, &name);
+        }
+        if let Some(ino) = changed {
+            self.statahead().changed(ino, Instant::now());
         }
         reply
     }
@@ -304,7 +326,8 @@ impl Client {
     /// Forgets what was fetched ahead of a name this mount is changing, and the attributes
     /// of the directory (its times and link count change) and of the inode it named.
     fn forget_name(&self, parent: InodeId, name: &[u8]) {
-        if let Some(ino) = self.statahead().forget(parent, name) {
+        let gone = self.statahead().forget(parent, name, Instant::now());
+        if let Some(ino) = gone {
             self.forget_attr(ino);
         }
         self.forget_attr(parent);
@@ -870,9 +893,9 @@ impl Client {
     }
 
     /// A handle on `file` closed: the last one takes the file's state along, unless data
-    /// is still to be written. Its cached attributes go too: writes here changed its size
-    /// and times in ways only the metaserver knows in full (a lookup answered from a
-    /// window fetched earlier must not bring back the old ones).
+    /// is still to be written. Writes here changed its size and times in ways only the
+    /// metaserver knows in full: its cached attributes go, and no window asked for before
+    /// now answers for it (one in flight would bring the old ones back).
     fn closed(&self, file: &Arc<FileState>) {
         if file.released() && !file.has_unflushed() {
             let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -883,6 +906,7 @@ impl Client {
                 files.remove(&file.ino);
                 drop(files);
                 self.forget_attr(file.ino);
+                self.statahead().changed(file.ino, Instant::now());
             }
         }
     }

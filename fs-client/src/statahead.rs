@@ -82,6 +82,9 @@ pub struct Statahead {
     /// The epoch of the last `clear`: windows asked for before it are dropped.
     cleared: u64,
     in_flight: usize,
+    /// When this mount last changed each inode (its data, attributes or entries): an entry
+    /// of a window asked for before then holds attributes from before the change.
+    changed: HashMap<InodeId, Instant>,
 }
 
 impl Statahead {
@@ -94,6 +97,7 @@ impl Statahead {
             forgotten: HashMap::new(),
             cleared: 0,
             in_flight: 0,
+            changed: HashMap::new(),
         }
     }
 
@@ -101,7 +105,9 @@ impl Statahead {
     /// entry is used up. Once half a window is used, the next is asked for with it.
     pub fn take(&mut self, dir: InodeId, name: &[u8], now: Instant) -> Option<Hit> {
         let (ino, fetched) = self.entries.remove(&(dir, name.to_vec()))?;
-        if now.saturating_duration_since(fetched) >= self.ttl {
+        if now.saturating_duration_since(fetched) >= self.ttl
+            || self.changed.get(&ino).is_some_and(|at| *at >= fetched)
+        {
             return None;
         }
         let d = self.dirs.get_mut(&dir)?;
@@ -241,13 +247,35 @@ impl Statahead {
         self.cleared = self.epoch;
     }
 
-    /// Forgets `name` in `dir`: this mount is changing it. Returns the inode it named here.
-    pub fn forget(&mut self, dir: InodeId, name: &[u8]) -> Option<InodeId> {
+    /// Notes that this mount changed `ino` at `now` (a write was closed, its attributes
+    /// set, an entry of it made or removed): windows asked for before then do not answer
+    /// for it.
+    pub fn changed(&mut self, ino: InodeId, now: Instant) {
+        if self.changed.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            self.changed
+                .retain(|_, at| now.saturating_duration_since(*at) < ttl);
+            if self.changed.len() >= MAX_ENTRIES {
+                // Forgetting a change could revive what it made stale: forget the windows.
+                self.clear();
+                self.changed.clear();
+            }
+        }
+        self.changed.insert(ino, now);
+    }
+
+    /// Forgets `name` in `dir`: this mount changed it at `now` (and so the directory, and
+    /// the inode the name had here). Returns that inode.
+    pub fn forget(&mut self, dir: InodeId, name: &[u8], now: Instant) -> Option<InodeId> {
         self.epoch += 1;
         let key = (dir, name.to_vec());
         let had = self.entries.remove(&key).map(|(ino, _)| ino);
         if self.in_flight > 0 {
             self.forgotten.insert(key, self.epoch);
+        }
+        self.changed(dir, now);
+        if let Some(ino) = had {
+            self.changed(ino, now);
         }
         had
     }
@@ -364,20 +392,20 @@ mod tests {
         let t0 = Instant::now();
         let w = trigger(&mut s, t0);
         s.fetched(w, Some(names(0, 10)), t0);
-        assert_eq!(s.forget(D, b"f1"), Some(InodeId(1001)));
+        assert_eq!(s.forget(D, b"f1", t0), Some(InodeId(1001)));
         assert_eq!(ino(&mut s, "f1", t0), None);
         // f5 is unlinked while the next listing is on its way, which may predate it.
         for i in 0..10 {
             ino(&mut s, &format!("f{i}"), t0);
         }
         let w = trigger(&mut s, t0);
-        s.forget(D, b"f5");
+        s.forget(D, b"f5", t0);
         s.fetched(w, Some(names(0, 10)), t0);
         assert_eq!(ino(&mut s, "f5", t0), None);
         assert!(ino(&mut s, "f6", t0).is_some());
         // With nothing in flight, forgetting leaves nothing behind.
         assert!(s.forgotten.is_empty());
-        s.forget(D, b"f7");
+        s.forget(D, b"f7", t0);
         assert!(s.forgotten.is_empty());
         assert_eq!(ino(&mut s, "f7", t0), None);
     }
@@ -405,6 +433,26 @@ mod tests {
             ino(&mut s, "f5", t0).is_some(),
             "windows asked for after it"
         );
+    }
+
+    #[test]
+    fn an_inode_changed_here_after_its_window_was_asked_for_is_not_answered() {
+        let mut s = Statahead::new(TTL);
+        let t0 = Instant::now();
+        let w = trigger(&mut s, t0);
+        // A window asked for at t0 lands after this mount closed a write to f3.
+        s.changed(InodeId(1003), t0 + Duration::from_millis(1));
+        s.fetched(w, Some(names(0, 10)), t0);
+        assert_eq!(ino(&mut s, "f3", t0), None);
+        assert!(ino(&mut s, "f4", t0).is_some());
+        // One asked for after the change answers for it.
+        for i in 0..10 {
+            ino(&mut s, &format!("f{i}"), t0);
+        }
+        let later = t0 + Duration::from_millis(2);
+        let w = trigger(&mut s, later);
+        s.fetched(w, Some(names(0, 10)), later);
+        assert_eq!(ino(&mut s, "f3", later), Some(InodeId(1003)));
     }
 
     #[test]
