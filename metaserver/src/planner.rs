@@ -253,7 +253,10 @@ pub fn plan<'a>(
     urgent.sort_by_key(|u| u.margin);
     out.jobs.extend(urgent.into_iter().map(|u| u.job));
     out.jobs.extend(drains);
-    if out.jobs.is_empty() {
+    // Moves wait until every slice is whole: they would compete with repairs for the
+    // servers' bandwidth, and a suspect server that comes back makes them moot.
+    let degraded = out.redundancy.degraded_1 + out.redundancy.degraded_2_plus;
+    if out.jobs.is_empty() && degraded == 0 {
         rebalance(&healthy, servers, busy, limits, &mut out);
     }
     out.jobs.truncate(limits.max_jobs);
@@ -645,6 +648,22 @@ mod tests {
             })
             .collect();
         assert!(run(&even, &view).jobs.is_empty());
+    }
+
+    #[test]
+    fn nothing_moves_while_a_slice_waits_for_a_suspect_server() {
+        let mut view = servers(8);
+        let slices: Vec<SliceRef> = (1..=40).map(|i| slice(i, &[1, 2, 3, 4, 5, 6])).collect();
+        assert!(
+            !run(&slices, &view).jobs.is_empty(),
+            "servers 7 and 8 are empty"
+        );
+        let v = view.get_mut(&ChunkserverId(6)).unwrap();
+        v.state = ChunkserverState::Suspect;
+        v.fresh = false;
+        let p = run(&slices, &view);
+        assert_eq!(p.redundancy.degraded_1, 40);
+        assert!(p.jobs.is_empty(), "{:?}", p.jobs);
     }
 
     #[test]
