@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped on any incompatible change to a message (bincode knows no field names: a new
 /// field or a variant anywhere but at the end of an enum is one).
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Largest encoded message (version and body) accepted or produced.
 pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 const HEADER_BYTES: usize = 6;

@@ -4,18 +4,19 @@
 use crate::file_state::{Backend, FileState};
 use crate::reader;
 use crate::statahead::{Statahead, Window};
+use crate::unlinks::Unlinks;
 use lattice_common::fs::{
     Attr, Caller, DirEntry, Errno, FileKind, KnownXattrs, LockKind, LockRange, RenameMode, SetAttr,
-    StatFs, XattrMode,
+    StatFs, Timestamp, XattrMode,
 };
 use lattice_common::ids::InodeId;
 use lattice_common::policy::{Policy, POLICY_XATTR, VIRTUAL_XATTR_PREFIX};
-use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse};
+use lattice_common::wire::meta::{FsOp, FsQuery, FsReply, MetaRequest, MetaResponse, Unlinked};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +63,12 @@ pub struct Client {
     /// last entries were given (the kernel asks once more past them; that needs no call).
     listings: Mutex<HashMap<u64, Option<u64>>>,
     statahead: Mutex<Statahead>,
+    /// What each name this mount looked up or made leads to (inode, kind), and since when:
+    /// an unlink of a name known here can be answered at once.
+    entries: Mutex<HashMap<(InodeId, Vec<u8>), KnownEntry>>,
+    unlinks: Mutex<Unlinks>,
+    /// How many answered unlinks are applied (see [`crate::unlinks`]).
+    unlinks_applied: watch::Sender<u64>,
 }
 
 /// A page of a directory listing (see [`Client::list_dir`]).
@@ -113,6 +120,9 @@ fn inode_changed(op: &FsOp) -> Option<InodeId> {
     }
 }
 
+/// What a name leads to (inode, kind), as of when.
+type KnownEntry = (InodeId, FileKind, Instant);
+
 /// An inode and an xattr name.
 type XattrKey = (InodeId, Vec<u8>);
 
@@ -137,6 +147,9 @@ impl Client {
             sized_virtual: Mutex::default(),
             listings: Mutex::default(),
             statahead: Mutex::new(Statahead::new(tuning.attr_ttl)),
+            entries: Mutex::default(),
+            unlinks: Mutex::default(),
+            unlinks_applied: watch::Sender::new(0),
         })
     }
 
@@ -169,6 +182,8 @@ impl Client {
     /// Sends a change to the metaservers. The names it changes are forgotten afterwards,
     /// whatever the outcome (a change whose answer was lost may have happened).
     async fn mutate(&self, op: FsOp) -> Result<FsReply, Errno> {
+        // Changes land in the order this mount answered them.
+        self.settle_unlinks().await;
         let named = names_changed(&op);
         let changed = inode_changed(&op);
         let reply = self
@@ -188,6 +203,16 @@ impl Client {
     }
 
     async fn query(&self, q: FsQuery) -> Result<FsReply, Errno> {
+        let settle = match &q {
+            FsQuery::Lookup { parent, name } if self.unlinks().hides(*parent, name) => {
+                return Err(Errno::NOENT)
+            }
+            FsQuery::GetAttr { ino } => self.unlinks().unlinks(*ino),
+            _ => false,
+        };
+        if settle {
+            self.settle_unlinks().await;
+        }
         self.backend
             .meta
             .query(q)
@@ -206,6 +231,11 @@ impl Client {
     /// Attributes as this client sees them: a file's size and blocks include bytes written
     /// here and not committed yet.
     fn remember(&self, mut attr: Attr) -> Attr {
+        // A directory with unlinks answered here shows the times they will give it.
+        if let Some(at) = self.unlinks().dir_time(attr.ino) {
+            attr.ctime = attr.ctime.max(at);
+            attr.mtime = attr.ctime;
+        }
         if let Some(f) = self.file(attr.ino) {
             attr.size = attr.size.max(f.local_end());
             // Blocks about to be stored count already (`du` of a file being written).
@@ -223,11 +253,17 @@ impl Client {
         attr
     }
 
+    /// Sends a change answered with attributes; the entry it makes (a create, a link) is
+    /// noted as a lookup's would be.
     async fn attr_reply(&self, op: FsOp) -> Result<Attr, Errno> {
-        match self.mutate(op).await? {
-            FsReply::Attr(a) => Ok(self.remember(a)),
-            _ => Err(Errno::IO),
+        let made = names_changed(&op);
+        let FsReply::Attr(a) = self.mutate(op).await? else {
+            return Err(Errno::IO);
+        };
+        if let [(parent, name)] = &made[..] {
+            self.note_entry(*parent, name, &a);
         }
+        Ok(self.remember(a))
     }
 
     async fn done_reply(&self, op: FsOp) -> Result<(), Errno> {
@@ -243,6 +279,9 @@ impl Client {
         parent: InodeId,
         name: &[u8],
     ) -> Result<(Attr, Duration), Errno> {
+        if self.unlinks().hides(parent, name) {
+            return Err(Errno::NOENT);
+        }
         let now = Instant::now();
         let hit = self.statahead().take(parent, name, now);
         if let Some(hit) = hit {
@@ -250,24 +289,160 @@ impl Client {
                 self.look_ahead(w);
             }
             if let Some(answer) = self.looked_ahead(hit.ino, hit.fetched, now) {
+                self.note_entry(parent, name, &answer.0);
                 return Ok(answer);
             }
         }
-        let attr = match self
-            .query(FsQuery::Lookup {
-                parent,
-                name: name.to_vec(),
-            })
-            .await?
-        {
-            FsReply::Attr(a) => self.remember(a),
-            _ => return Err(Errno::IO),
+        let ask = FsQuery::Lookup {
+            parent,
+            name: name.to_vec(),
         };
+        let mut reply = self.query(ask.clone()).await?;
+        if matches!(&reply, FsReply::Attr(a) if self.unlinks().unlinks(a.ino)) {
+            // Another link of an inode unlinked here: its link count is about to drop.
+            self.settle_unlinks().await;
+            reply = self.query(ask).await?;
+        }
+        let FsReply::Attr(attr) = reply else {
+            return Err(Errno::IO);
+        };
+        let attr = self.remember(attr);
+        self.note_entry(parent, name, &attr);
         let window = self.statahead().missed(parent, Instant::now());
         if let Some(w) = window {
             self.look_ahead(w);
         }
         Ok((attr, self.tuning.attr_ttl))
+    }
+
+    fn unlinks(&self) -> std::sync::MutexGuard<'_, Unlinks> {
+        self.unlinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(InodeId, Vec<u8>), KnownEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes what `name` leads to, as the kernel was just told.
+    pub fn note_entry(&self, parent: InodeId, name: &[u8], attr: &Attr) {
+        let mut entries = self.entries();
+        if entries.len() >= MAX_CACHED_ATTRS {
+            entries.retain(|_, (_, _, at)| at.elapsed() < self.tuning.attr_ttl);
+            if entries.len() >= MAX_CACHED_ATTRS {
+                entries.clear();
+            }
+        }
+        let value = (attr.ino, attr.kind, Instant::now());
+        entries.insert((parent, name.to_vec()), value);
+    }
+
+    /// The inode `name` leads to, if this mount learnt it within the attribute timeout
+    /// and it is not a directory.
+    fn known_file(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+        let entries = self.entries();
+        let (ino, kind, at) = entries.get(&(parent, name.to_vec()))?;
+        (*kind != FileKind::Dir && at.elapsed() < self.tuning.attr_ttl).then_some(*ino)
+    }
+
+    /// Waits until every unlink answered so far is applied.
+    async fn settle_unlinks(&self) {
+        let target = self.unlinks().answered();
+        let mut applied = self.unlinks_applied.subscribe();
+        let _ = applied.wait_for(|a| *a >= target).await;
+    }
+
+    /// Starts sending the waiting unlinks, a batch at a time, unless a batch is out.
+    fn send_unlinks(self: &Arc<Self>) {
+        let Some(mut batch) = self.unlinks().next_batch() else {
+            return;
+        };
+        let c = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let refused = c.apply_unlinks(&batch).await;
+                // Names are forgotten before anything waiting on them goes on.
+                for u in &batch {
+                    c.forget_name(u.parent, &u.name);
+                    c.forget_attr(u.ino);
+                }
+                c.backend.stats.unlink_batches.add(1);
+                let (applied, next) = {
+                    let mut q = c.unlinks();
+                    q.done(refused);
+                    (q.applied(), q.next_batch())
+                };
+                c.unlinks_applied.send_replace(applied);
+                match next {
+                    Some(next) => batch = next,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Applies one batch of unlinks; returns its first refusal. A batch refused whole (one
+    /// entry not allowed) goes again an entry at a time, so only that one is refused.
+    async fn apply_unlinks(&self, batch: &[Unlinked]) -> Option<Errno> {
+        let outcomes = match self.send_unlinked(batch.to_vec()).await {
+            Ok(outcomes) => outcomes,
+            Err(_) if batch.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for u in batch {
+                    outcomes.push(match self.send_unlinked(vec![u.clone()]).await {
+                        Ok(mut one) => one.pop().unwrap_or(Err(Errno::IO)),
+                        Err(e) => Err(e),
+                    });
+                }
+                outcomes
+            }
+            Err(e) => vec![Err(e)],
+        };
+        let mut refused = None;
+        for (u, outcome) in batch.iter().zip(outcomes) {
+            let name = String::from_utf8_lossy(&u.name);
+            match outcome {
+                // Gone already (another mount, or an earlier try whose answer was lost).
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::STALE) => tracing::info!(
+                    parent = %u.parent, %name,
+                    "another mount put a new file in place of one unlinked here: it stays"
+                ),
+                Err(e) => {
+                    warn!(parent = %u.parent, %name, "an unlink answered here was refused: {e}");
+                    self.backend.stats.unlinks_refused.add(1);
+                    refused = refused.or(Some(e));
+                }
+            }
+        }
+        refused
+    }
+
+    /// Sends unlinks until the metaservers answer (up to the I/O wait); one outcome each.
+    async fn send_unlinked(&self, entries: Vec<Unlinked>) -> Result<Vec<Result<(), Errno>>, Errno> {
+        let deadline = Instant::now() + self.backend.io_wait;
+        let mut pause = Duration::from_millis(100);
+        let n = entries.len();
+        let op = FsOp::Unlinks { entries };
+        loop {
+            match self.backend.meta.mutate(op.clone()).await {
+                Ok(Ok(FsReply::Unlinked(outcomes))) if outcomes.len() == n => return Ok(outcomes),
+                Ok(Ok(_)) => return Err(Errno::IO),
+                Ok(Err(e)) => return Err(e),
+                Err(e) if Instant::now() < deadline => {
+                    warn!("sending unlinks: {e}; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(io_error("sending unlinks", e)),
+            }
+        }
+    }
+
+    /// A directory's fsync: every unlink answered here is applied; one refused since the
+    /// last such fsync is reported.
+    pub async fn sync_dir(&self) -> Result<(), Errno> {
+        self.settle_unlinks().await;
+        self.unlinks().take_refused().map_or(Ok(()), Err)
     }
 
     fn statahead(&self) -> std::sync::MutexGuard<'_, Statahead> {
@@ -306,7 +481,9 @@ impl Client {
         let c = self.clone();
         tokio::spawn(async move {
             let asked = Instant::now();
-            let names = match c.list_dir(w.dir, w.cookie, w.limit).await {
+            // Names unlinked here and not applied yet may come back: lookups hide them,
+            // and the window forgets them when they are applied.
+            let names = match c.fetch_dir(w.dir, w.cookie, w.limit).await {
                 Ok(l) => Some(
                     l.entries
                         .into_iter()
@@ -326,32 +503,48 @@ impl Client {
     /// Forgets what was fetched ahead of a name this mount is changing, and the attributes
     /// of the directory (its times and link count change) and of the inode it named.
     fn forget_name(&self, parent: InodeId, name: &[u8]) {
+        self.forget_entry(parent, name);
+        self.forget_attr(parent);
+    }
+
+    /// Forgets what this mount knows of a name (not of its directory).
+    fn forget_entry(&self, parent: InodeId, name: &[u8]) {
+        self.entries().remove(&(parent, name.to_vec()));
         let gone = self.statahead().forget(parent, name, Instant::now());
         if let Some(ino) = gone {
             self.forget_attr(ino);
         }
-        self.forget_attr(parent);
     }
 
-    /// Fresh attributes (the kernel asks only when its own cache has expired).
+    /// Fresh attributes (the kernel asks only when its own cache has expired). A directory
+    /// with unlinks answered here is the exception: the kernel asks before each unlink in
+    /// it (to check permissions), and what this mount fetched within the attribute
+    /// timeout serves, with the times of those unlinks.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
+        let emptying = self.unlinks().dir_time(ino);
+        if let (Some(at), Some(mut a)) = (emptying, self.fresh_attr(ino)) {
+            a.ctime = a.ctime.max(at);
+            a.mtime = a.ctime;
+            return Ok(a);
+        }
         match self.query(FsQuery::GetAttr { ino }).await? {
             FsReply::Attr(a) => Ok(self.remember(a)),
             _ => Err(Errno::IO),
         }
     }
 
+    /// Attributes from the cache, if fetched within the attribute timeout.
+    fn fresh_attr(&self, ino: InodeId) -> Option<Attr> {
+        let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        let (a, at) = attrs.get(&ino)?;
+        (at.elapsed() < self.tuning.attr_ttl).then(|| a.clone())
+    }
+
     /// Attributes from the cache while they are fresh.
     async fn cached_attr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let cached = self
-            .attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ino)
-            .cloned();
-        match cached {
-            Some((a, t)) if t.elapsed() < self.tuning.attr_ttl => Ok(a),
-            _ => self.getattr(ino).await,
+        match self.fresh_attr(ino) {
+            Some(a) => Ok(a),
+            None => self.getattr(ino).await,
         }
     }
 
@@ -473,12 +666,33 @@ impl Client {
         .await
     }
 
-    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.done_reply(FsOp::Unlink {
+    /// Answered at once when the name's inode is known here (see [`crate::unlinks`]).
+    pub async fn unlink(self: &Arc<Self>, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
+        let Some(ino) = self.known_file(parent, name) else {
+            return self
+                .done_reply(FsOp::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                })
+                .await;
+        };
+        if self.unlinks().full() {
+            self.settle_unlinks().await;
+        }
+        let entry = Unlinked {
             parent,
             name: name.to_vec(),
-        })
-        .await
+            ino,
+            at: Timestamp::now(),
+        };
+        self.unlinks().push(entry);
+        // The directory's attributes stay: they answer the kernel's checks meanwhile.
+        self.forget_entry(parent, name);
+        self.statahead().changed(ino, Instant::now());
+        self.forget_attr(ino);
+        self.backend.stats.unlinks_answered.add(1);
+        self.send_unlinks();
+        Ok(())
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
@@ -555,6 +769,13 @@ impl Client {
     /// Up to `limit` entries of directory `ino` after `cookie`, with attributes (kept for
     /// the attribute timeout).
     pub async fn list_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
+        // A listing shows no name unlinked here.
+        self.settle_unlinks().await;
+        self.fetch_dir(ino, cookie, limit).await
+    }
+
+    /// A page of a listing as the metaservers have it.
+    async fn fetch_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
         match self
             .query(FsQuery::ReadDirPlus { ino, cookie, limit })
             .await?
@@ -939,6 +1160,9 @@ impl Client {
             if let Err(e) = f.errors_since(&mut f.errors_mark()) {
                 warn!(ino = %f.ino, "data not written out before unmount: {e}");
             }
+        }
+        if let Err(e) = self.sync_dir().await {
+            warn!("an unlink answered here was refused before unmount: {e}");
         }
     }
 }

@@ -503,8 +503,10 @@ impl Filesystem for LatticeFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every directory change is durable (committed by a quorum) before it is answered.
-        reply.ok();
+        // Every directory change is durable (committed by a quorum) once applied; unlinks
+        // answered here are applied by now.
+        let c = self.client.clone();
+        self.spawn(async move { done(reply, c.sync_dir().await) });
     }
 
     fn read(
@@ -612,8 +614,14 @@ impl Filesystem for LatticeFs {
     ) {
         let (c, ttl) = (self.client.clone(), self.ttl);
         self.spawn(async move {
-            let filled = fill_listing(&c, i, fh, offset, &mut |ino, offset, name, a| {
-                reply.add(ino, offset, name, &ttl, &file_attr(a), 0)
+            let dir = ino(i);
+            let filled = fill_listing(&c, i, fh, offset, &mut |child, offset, name, a| {
+                let full = reply.add(child, offset, name, &ttl, &file_attr(a), 0);
+                // The kernel now knows the entry (an unlink of it may follow without a lookup).
+                if !full && offset > 2 {
+                    c.note_entry(dir, name.as_bytes(), a);
+                }
+                full
             })
             .await;
             match filled {

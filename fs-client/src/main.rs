@@ -16,6 +16,7 @@ mod readahead;
 mod reader;
 mod statahead;
 mod stop;
+mod unlinks;
 mod writer;
 
 use anyhow::{bail, Context, Result};

@@ -14,6 +14,9 @@ pub struct Stats {
     pub acl_reads_answered: Counter,
     pub statahead_hits: Counter,
     pub statahead_fetches: Counter,
+    pub unlinks_answered: Counter,
+    pub unlink_batches: Counter,
+    pub unlinks_refused: Counter,
 }
 
 impl Stats {
@@ -75,6 +78,24 @@ impl Stats {
                 "Windows of directory entries fetched ahead of lookups.",
                 c,
                 self.statahead_fetches.get(),
+            ),
+            (
+                "lattice_client_unlinks_answered_total",
+                "Unlinks answered at once and sent to the metaservers in batches.",
+                c,
+                self.unlinks_answered.get(),
+            ),
+            (
+                "lattice_client_unlink_batches_total",
+                "Batches of unlinks answered at once that the metaservers applied.",
+                c,
+                self.unlink_batches.get(),
+            ),
+            (
+                "lattice_client_unlinks_refused_total",
+                "Unlinks answered at once that the metaservers then refused (reported by a directory fsync).",
+                c,
+                self.unlinks_refused.get(),
             ),
             (
                 "lattice_client_hedged_reads_total",

@@ -9,7 +9,7 @@ use lattice_common::fs::{TimeSet, Timestamp, XattrMode};
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, ShardId, SliceId};
 use lattice_common::layout::SliceLayout;
 use lattice_common::pki::{self, Role};
-use lattice_common::wire::meta::{FsOp, FsQuery, MetaRequest, Registration};
+use lattice_common::wire::meta::{FsOp, FsQuery, MetaRequest, Registration, Unlinked};
 use lattice_common::wire::ChunkRequest;
 use lattice_metaserver::fuzzing::frame;
 use lattice_metaserver::state_machine::{Command, SessionRequest, StateMachine};
@@ -122,6 +122,14 @@ fn commands() -> Vec<Command> {
         FsOp::Unlink {
             parent: root,
             name: b"g".to_vec(),
+        },
+        FsOp::Unlinks {
+            entries: vec![Unlinked {
+                parent: root,
+                name: b"h".to_vec(),
+                ino: file,
+                at: Timestamp::default(),
+            }],
         },
     ];
     cmds.extend((1..).zip(ops).map(|(seq, op)| fs(seq, op)));

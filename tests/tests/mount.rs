@@ -808,3 +808,74 @@ async fn a_write_drops_file_capabilities_and_checking_for_none_costs_no_round_tr
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlinks_are_answered_at_once_sent_in_batches_and_land_in_order() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let tc = TestCluster::new()?;
+    // A long attribute timeout: the kernel keeps the entries it was given for the whole test
+    // (the end needs an entry older than another mount's change of it).
+    let (mnt, metrics) = mount_with_metrics(&tc, ",attr_timeout=60").await?;
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    let counter = |name: &str| lattice_tests::counter(Some(metrics), name);
+    let dir = mnt.join("d");
+    std::fs::create_dir(&dir)?;
+    for i in 0..300 {
+        std::fs::write(dir.join(format!("f{i}")), format!("{i}"))?;
+    }
+    // Hard links: the survivor's link count is right the moment its twin is gone.
+    std::fs::write(mnt.join("a"), "a")?;
+    std::fs::hard_link(mnt.join("a"), mnt.join("b"))?;
+    std::fs::remove_file(mnt.join("a"))?;
+    ensure!(std::fs::metadata(mnt.join("b"))?.nlink() == 1);
+    ensure!(!mnt.join("a").exists(), "an unlinked name is still there");
+
+    let (answered0, batches0) = (
+        counter("lattice_client_unlinks_answered_total")?,
+        counter("lattice_client_unlink_batches_total")?,
+    );
+    for i in 0..300 {
+        std::fs::remove_file(dir.join(format!("f{i}")))?;
+    }
+    // What this mount shows is exact at once: no names, a directory that can go, a name
+    // that can be made again.
+    ensure!(std::fs::read_dir(&dir)?.next().is_none(), "names left");
+    std::fs::write(dir.join("f7"), "again")?;
+    ensure!(std::fs::read(dir.join("f7"))? == b"again");
+    std::fs::remove_file(dir.join("f7"))?;
+    std::fs::remove_dir(&dir)?;
+    let answered = counter("lattice_client_unlinks_answered_total")? - answered0;
+    let batches = counter("lattice_client_unlink_batches_total")? - batches0;
+    ensure!(
+        answered == 301,
+        "{answered} of 301 unlinks answered at once"
+    );
+    ensure!(
+        batches < answered,
+        "{batches} batches for {answered} unlinks: none shared a Raft round"
+    );
+
+    // Once a directory fsync returns, another mount sees the names gone.
+    std::fs::create_dir(mnt.join("e"))?;
+    for i in 0..20 {
+        std::fs::write(mnt.join(format!("e/g{i}")), "x")?;
+    }
+    for i in 0..20 {
+        std::fs::remove_file(mnt.join(format!("e/g{i}")))?;
+    }
+    std::fs::File::open(mnt.join("e"))?.sync_all()?;
+    let seen: Vec<_> = std::fs::read_dir(other.join("e"))?.collect();
+    ensure!(seen.is_empty(), "the other mount still lists {seen:?}");
+
+    // A file the other mount put in place of one this mount knew stays: the unlink named
+    // the file this mount knew.
+    std::fs::write(mnt.join("e/x"), "old")?;
+    std::fs::write(other.join("e/x.new"), "new")?;
+    std::fs::rename(other.join("e/x.new"), other.join("e/x"))?;
+    std::fs::remove_file(mnt.join("e/x"))?;
+    std::fs::File::open(mnt.join("e"))?.sync_all()?;
+    ensure!(std::fs::read(other.join("e/x"))? == b"new");
+    ensure!(std::fs::read(mnt.join("e/x"))? == b"new");
+    Ok(())
+}

@@ -5,7 +5,8 @@
 
 use crate::chunk_map::SliceRef;
 use crate::fs::{
-    Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, XattrMode,
+    Attr, Caller, DirEntry, Errno, FileKind, LockRange, RenameMode, SetAttr, StatFs, Timestamp,
+    XattrMode,
 };
 
 use crate::grant::{Grant, GrantKey};
@@ -67,6 +68,13 @@ pub enum FsOp {
     Rmdir {
         parent: InodeId,
         name: Vec<u8>,
+    },
+    /// Unlinks a mount already answered (it sends them in batches, see the client's
+    /// `unlinks`), applied in order; each removes its name only if the name still leads to
+    /// its inode (else ESTALE: the name was replaced meanwhile, and what replaced it
+    /// stays). Answered with one outcome per entry; at most [`MAX_UNLINKS`] entries.
+    Unlinks {
+        entries: Vec<Unlinked>,
     },
     Rename {
         parent: InodeId,
@@ -163,6 +171,21 @@ pub enum FsOp {
         slice: Option<SliceRef>,
     },
 }
+
+/// A name removed by [`FsOp::Unlinks`], if it still leads to `ino`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlinked {
+    pub parent: InodeId,
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    /// When the mount answered it: the time the directory's mtime and ctime and the
+    /// inode's ctime take (never before the directory's ctime, nor over a second past the
+    /// metaserver's clock), so the times the mount showed meanwhile are the ones that stay.
+    pub at: Timestamp,
+}
+
+/// Most entries of one [`FsOp::Unlinks`].
+pub const MAX_UNLINKS: usize = 256;
 
 /// The most bytes a file may hold inline (offsets `0..INLINE_MAX`).
 pub const INLINE_MAX: u64 = 16 << 10;
@@ -271,6 +294,8 @@ pub enum FsReply {
         slices: u32,
     },
     Done,
+    /// The outcome of each entry of [`FsOp::Unlinks`], in order.
+    Unlinked(Vec<Result<(), Errno>>),
     Offset(u64),
     /// A directory's attributes, its parent, and entries with their attributes.
     EntriesPlus {

@@ -636,6 +636,33 @@ impl Namespace {
         Ok(())
     }
 
+    /// As [`Namespace::unlink`] at the time a mount answered it (`at`, see
+    /// [`lattice_common::wire::meta::Unlinked`]), if `name` still leads to `ino` (else
+    /// ESTALE).
+    pub fn unlink_if(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        let dir = self.get(parent)?;
+        match dir.dir()?.get(name) {
+            None => Err(Errno::NOENT),
+            Some(found) if found != ino => Err(Errno::STALE),
+            Some(_) => {
+                let latest = Timestamp {
+                    secs: now.secs.saturating_add(1),
+                    ..now
+                };
+                let t = at.min(latest).max(dir.ctime);
+                self.unlink(parent, name, t)
+            }
+        }
+    }
+
     pub fn rmdir(&mut self, parent: InodeId, name: &[u8], now: Timestamp) -> Result<(), Errno> {
         let dir = self.get(parent)?.dir()?;
         if name == b"." {

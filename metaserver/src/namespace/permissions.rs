@@ -14,7 +14,7 @@ use lattice_common::fs::{
 };
 use lattice_common::ids::InodeId;
 use lattice_common::mount_user::Credentials;
-use lattice_common::wire::meta::{FsOp, FsQuery};
+use lattice_common::wire::meta::{FsOp, FsQuery, MAX_UNLINKS};
 
 const READ: u16 = 4;
 const WRITE: u16 = 2;
@@ -51,6 +51,17 @@ impl Namespace {
             }
             FsOp::Unlink { parent, name } | FsOp::Rmdir { parent, name } => {
                 self.may_remove(*parent, name, who)?;
+            }
+            // One refusal refuses the batch: the mount sends its entries one by one then.
+            FsOp::Unlinks { entries } => {
+                if entries.len() > MAX_UNLINKS {
+                    return Err(Errno::INVAL);
+                }
+                for u in entries {
+                    if self.lookup(u.parent, &u.name).is_ok() {
+                        self.may_remove(u.parent, &u.name, who)?;
+                    }
+                }
             }
             FsOp::Rename {
                 parent,

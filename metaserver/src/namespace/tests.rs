@@ -250,6 +250,36 @@ fn rmdir_unlink_and_links() {
 }
 
 #[test]
+fn an_unlink_answered_by_a_mount_lands_at_its_time_if_the_name_still_leads_to_its_file() {
+    let mut ns = Namespace::new(t(0));
+    let d = dir(&mut ns, ROOT, "d");
+    let (a, b, c) = (
+        file(&mut ns, d, "a"),
+        file(&mut ns, d, "b"),
+        file(&mut ns, d, "c"),
+    );
+    let times = |ns: &Namespace, ino| {
+        let a = ns.attr(ino).unwrap();
+        (a.mtime.secs, a.ctime.secs)
+    };
+    // Answered at 5, applied at 9: the times are 5.
+    ns.link(a, ROOT, b"hard", t(2)).unwrap();
+    ns.unlink_if(d, b"a", a, t(5), t(9)).unwrap();
+    assert_eq!((times(&ns, d), ns.attr(a).unwrap().ctime.secs), ((5, 5), 5));
+    // Never before the directory's ctime, never over a second past the clock.
+    ns.unlink_if(d, b"b", b, t(3), t(9)).unwrap();
+    assert_eq!(times(&ns, d), (5, 5));
+    ns.unlink_if(d, b"c", c, t(1000), t(20)).unwrap();
+    assert_eq!(times(&ns, d), (21, 21));
+    // A name that leads elsewhere now stays; one gone is ENOENT.
+    let new = file(&mut ns, d, "a");
+    assert_eq!(ns.unlink_if(d, b"a", a, t(30), t(30)), Err(Errno::STALE));
+    assert_eq!(ns.lookup(d, b"a").unwrap().ino, new);
+    assert_eq!(ns.unlink_if(d, b"b", b, t(30), t(30)), Err(Errno::NOENT));
+    ns.check_invariants().unwrap();
+}
+
+#[test]
 fn setgid_directories_hand_down_their_group() {
     let mut ns = Namespace::new(t(0));
     let d = dir(&mut ns, ROOT, "d");

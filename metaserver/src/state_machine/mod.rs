@@ -15,7 +15,7 @@ use lattice_common::pki::Revoke;
 use lattice_common::policy::{Policy, VIRTUAL_XATTR_PREFIX};
 use lattice_common::wire::meta::{
     ChunkserverState, FsOp, FsQuery, FsReply, Registration, ServerAddr,
-    MAX_SESSIONS_PER_CERTIFICATE,
+    MAX_SESSIONS_PER_CERTIFICATE, MAX_UNLINKS,
 };
 use lattice_common::wire::HealthCounters;
 use serde::{Deserialize, Serialize};
@@ -471,6 +471,13 @@ impl StateMachine {
             FsOp::Link { ino, parent, name } => ns.link(ino, parent, &name, now).map(FsReply::Attr),
             FsOp::Unlink { parent, name } => ns.unlink(parent, &name, now).map(|()| FsReply::Done),
             FsOp::Rmdir { parent, name } => ns.rmdir(parent, &name, now).map(|()| FsReply::Done),
+            FsOp::Unlinks { entries } if entries.len() > MAX_UNLINKS => Err(Errno::INVAL),
+            FsOp::Unlinks { entries } => Ok(FsReply::Unlinked(
+                entries
+                    .iter()
+                    .map(|u| ns.unlink_if(u.parent, &u.name, u.ino, u.at, now))
+                    .collect(),
+            )),
             FsOp::Rename {
                 parent,
                 name,

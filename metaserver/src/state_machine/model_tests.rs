@@ -9,6 +9,7 @@ use lattice_common::chunk_map::{self, CHUNK_SIZE};
 use lattice_common::fs::{
     Attr, Caller, FileKind, LockKind, LockRange, LockSpace, RenameMode, SetAttr,
 };
+use lattice_common::wire::meta::Unlinked;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,6 +124,8 @@ enum Step {
         tamper: u8,
     },
     Unlink(u8),
+    /// A mount's deferred unlinks: each name with its inode, or (`false`) another one.
+    Unlinks(Vec<(u8, bool)>),
     Rename(u8, u8),
     Reap(usize),
     MoveShard {
@@ -200,6 +203,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (any::<usize>(), prop_oneof![3 => Just(0), 1 => 0..CHUNKS], any::<usize>(), prop_oneof![4 => Just(0u8), 1 => 1u8..4])
             .prop_map(|(file, chunk, pick, tamper)| Step::Reencode { file, chunk, pick, tamper }),
         1 => (0u8..6).prop_map(Step::Unlink),
+        1 => prop::collection::vec((0u8..6, prop_oneof![3 => Just(true), 1 => Just(false)]), 1..5).prop_map(Step::Unlinks),
         1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Step::Rename(a, b)),
         1 => any::<usize>().prop_map(Step::Reap),
         2 => (any::<usize>(), 0u16..8, prop::option::of(0..SERVERS + 2), 0..SERVERS + 2)
@@ -804,6 +808,37 @@ impl Run<'_> {
                 };
                 if self.client_op(1, op).is_ok() {
                     self.names.remove(&n);
+                }
+            }
+            Step::Unlinks(names) => {
+                let (mut expect, mut entries) = (Vec::new(), Vec::new());
+                let mut left = self.names.clone();
+                for (n, right) in names {
+                    let found = left.get(&n).copied();
+                    let ino = match (found, right) {
+                        (Some(ino), true) => ino,
+                        _ => InodeId(u64::MAX - n as u64),
+                    };
+                    expect.push(match found {
+                        None => Err(Errno::NOENT),
+                        Some(f) if f != ino => Err(Errno::STALE),
+                        Some(_) => {
+                            left.remove(&n);
+                            Ok(())
+                        }
+                    });
+                    let name = vec![b'a' + n];
+                    let at = self.now();
+                    entries.push(Unlinked {
+                        parent: InodeId::ROOT,
+                        name,
+                        ino,
+                        at,
+                    });
+                }
+                if let Ok(reply) = self.client_op(1, FsOp::Unlinks { entries }) {
+                    prop_assert_eq!(reply, FsReply::Unlinked(expect));
+                    self.names = left;
                 }
             }
             Step::Rename(a, b) => {
