@@ -186,6 +186,7 @@ impl Client {
         self.settle_unlinks().await;
         let named = names_changed(&op);
         let changed = inode_changed(&op);
+        let removal = matches!(op, FsOp::Unlink { .. } | FsOp::Rmdir { .. });
         let reply = self
             .backend
             .meta
@@ -193,6 +194,14 @@ impl Client {
             .await
             .map_err(|e| io_error("metaserver", e))
             .and_then(|r| r);
+        {
+            // What this mount knows its directories hold (see `Unlinks::known_empty`).
+            let mut u = self.unlinks();
+            match (removal, &reply, &named[..]) {
+                (true, Ok(_), [(parent, name)]) => u.removed(*parent, name),
+                _ => named.iter().for_each(|(parent, _)| u.added(*parent)),
+            }
+        }
         for (parent, name) in named {
             self.forget_name(parent, &name);
         }
@@ -231,10 +240,12 @@ impl Client {
     /// Attributes as this client sees them: a file's size and blocks include bytes written
     /// here and not committed yet.
     fn remember(&self, mut attr: Attr) -> Attr {
-        // A directory with unlinks answered here shows the times they will give it.
-        if let Some(at) = self.unlinks().dir_time(attr.ino) {
-            attr.ctime = attr.ctime.max(at);
-            attr.mtime = attr.ctime;
+        // A directory with unlinks answered here shows what they will make of it.
+        let emptying = self
+            .unlinks()
+            .dir_attr(attr.ino, self.tuning.attr_ttl, Instant::now());
+        if let Some(a) = emptying {
+            attr = a;
         }
         if let Some(f) = self.file(attr.ino) {
             attr.size = attr.size.max(f.local_end());
@@ -336,12 +347,12 @@ impl Client {
         entries.insert((parent, name.to_vec()), value);
     }
 
-    /// The inode `name` leads to, if this mount learnt it within the attribute timeout
-    /// and it is not a directory.
-    fn known_file(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+    /// The inode `name` leads to and its kind, if this mount learnt them within the
+    /// attribute timeout.
+    fn known_entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
         let entries = self.entries();
         let (ino, kind, at) = entries.get(&(parent, name.to_vec()))?;
-        (*kind != FileKind::Dir && at.elapsed() < self.tuning.attr_ttl).then_some(*ino)
+        (at.elapsed() < self.tuning.attr_ttl).then_some((*ino, *kind))
     }
 
     /// Waits until every unlink answered so far is applied.
@@ -518,14 +529,19 @@ impl Client {
 
     /// Fresh attributes (the kernel asks only when its own cache has expired). A directory
     /// with unlinks answered here is the exception: the kernel asks before each unlink in
-    /// it (to check permissions), and what this mount fetched within the attribute
-    /// timeout serves, with the times of those unlinks.
+    /// it (to check permissions), and what they will make of it is known here (see
+    /// [`Unlinks::dir_attr`]); when it is not, they are waited for.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let emptying = self.unlinks().dir_time(ino);
-        if let (Some(at), Some(mut a)) = (emptying, self.fresh_attr(ino)) {
-            a.ctime = a.ctime.max(at);
-            a.mtime = a.ctime;
+        let (shown, emptying) = {
+            let u = self.unlinks();
+            let shown = u.dir_attr(ino, self.tuning.attr_ttl, Instant::now());
+            (shown, u.emptying(ino))
+        };
+        if let Some(a) = shown {
             return Ok(a);
+        }
+        if emptying {
+            self.settle_unlinks().await;
         }
         match self.query(FsQuery::GetAttr { ino }).await? {
             FsReply::Attr(a) => Ok(self.remember(a)),
@@ -533,17 +549,18 @@ impl Client {
         }
     }
 
-    /// Attributes from the cache, if fetched within the attribute timeout.
-    fn fresh_attr(&self, ino: InodeId) -> Option<Attr> {
+    /// Attributes from the cache and when they were fetched, if within the attribute
+    /// timeout.
+    fn fresh_attr(&self, ino: InodeId) -> Option<(Attr, Instant)> {
         let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
         let (a, at) = attrs.get(&ino)?;
-        (at.elapsed() < self.tuning.attr_ttl).then(|| a.clone())
+        (at.elapsed() < self.tuning.attr_ttl).then(|| (a.clone(), *at))
     }
 
     /// Attributes from the cache while they are fresh.
     async fn cached_attr(&self, ino: InodeId) -> Result<Attr, Errno> {
         match self.fresh_attr(ino) {
-            Some(a) => Ok(a),
+            Some((a, _)) => Ok(a),
             None => self.getattr(ino).await,
         }
     }
@@ -668,14 +685,43 @@ impl Client {
 
     /// Answered at once when the name's inode is known here (see [`crate::unlinks`]).
     pub async fn unlink(self: &Arc<Self>, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        let Some(ino) = self.known_file(parent, name) else {
-            return self
-                .done_reply(FsOp::Unlink {
-                    parent,
-                    name: name.to_vec(),
-                })
-                .await;
-        };
+        match self.known_entry(parent, name) {
+            Some((ino, kind)) if kind != FileKind::Dir => {
+                self.answer_unlink(parent, name, ino, false).await;
+                Ok(())
+            }
+            _ => {
+                let name = name.to_vec();
+                self.done_reply(FsOp::Unlink { parent, name }).await
+            }
+        }
+    }
+
+    /// Answered at once when the directory is known empty here (see [`crate::unlinks`]).
+    pub async fn rmdir(self: &Arc<Self>, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
+        let now = Instant::now();
+        match self.known_entry(parent, name) {
+            Some((ino, FileKind::Dir))
+                if self.unlinks().known_empty(ino, self.tuning.attr_ttl, now) =>
+            {
+                self.answer_unlink(parent, name, ino, true).await;
+                Ok(())
+            }
+            _ => {
+                let name = name.to_vec();
+                self.done_reply(FsOp::Rmdir { parent, name }).await
+            }
+        }
+    }
+
+    /// Takes an unlink (or an rmdir) answered now, to be applied in the next batch.
+    async fn answer_unlink(
+        self: &Arc<Self>,
+        parent: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        dir: bool,
+    ) {
         if self.unlinks().full() {
             self.settle_unlinks().await;
         }
@@ -683,24 +729,17 @@ impl Client {
             parent,
             name: name.to_vec(),
             ino,
+            dir,
             at: Timestamp::now(),
         };
-        self.unlinks().push(entry);
+        let dir = self.fresh_attr(parent);
+        self.unlinks().push(entry, dir);
         // The directory's attributes stay: they answer the kernel's checks meanwhile.
         self.forget_entry(parent, name);
         self.statahead().changed(ino, Instant::now());
         self.forget_attr(ino);
         self.backend.stats.unlinks_answered.add(1);
         self.send_unlinks();
-        Ok(())
-    }
-
-    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        self.done_reply(FsOp::Rmdir {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
     }
 
     pub async fn rename(
@@ -770,8 +809,24 @@ impl Client {
     /// the attribute timeout).
     pub async fn list_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
         // A listing shows no name unlinked here.
-        self.settle_unlinks().await;
-        self.fetch_dir(ino, cookie, limit).await
+        let waiting = {
+            let u = self.unlinks();
+            u.emptying(ino) || u.unlinks(ino)
+        };
+        if waiting {
+            self.settle_unlinks().await;
+        }
+        let asked = Instant::now();
+        let listing = self.fetch_dir(ino, cookie, limit).await?;
+        if cookie == 0 && listing.entries.len() < limit as usize {
+            let names = listing
+                .entries
+                .iter()
+                .map(|(e, _)| e.name.clone())
+                .collect();
+            self.unlinks().listed(ino, names, asked);
+        }
+        Ok(listing)
     }
 
     /// A page of a listing as the metaservers have it.

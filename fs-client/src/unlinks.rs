@@ -3,14 +3,18 @@
 //! the name leads to (and the kernel has checked permissions: mounts always use
 //! `default_permissions`), and sends the unlinks it answered in batches, one batch out at a
 //! time: a batch leaves as soon as the one before it is applied, so many names share a
-//! Raft round.
+//! Raft round. An rmdir goes the same way when this mount knows the directory is empty: it
+//! listed it whole within the attribute timeout and removed every name listed since, adding
+//! none (`rm -rf` lists each directory before removing it).
 //!
 //! What this mount sees stays exact: a name waiting here is absent to its lookups, and
 //! whatever else could show it (listings, the inode's attributes, every other change,
 //! locks, a directory's fsync) first waits until it is applied. A directory's attributes
 //! do not wait (the kernel asks for them before each unlink in it, to check permissions):
-//! they show the time of its latest unlink answered here, the time the metaservers then
-//! give it (each unlink carries it). Other
+//! they are the attributes it had when its first waiting unlink was answered (if fetched
+//! within the attribute timeout; else they wait too), with the time of its latest waiting
+//! unlink, the time the metaservers then give it (each unlink carries it), and its link
+//! count less the subdirectories removed here. Other
 //! mounts see a name go when its batch is applied, a Raft round or so later, well within
 //! the time they may keep the entry cached anyway. A name is removed only if it still leads
 //! to the inode it led to here: a file another mount put in its place meanwhile stays. An
@@ -21,13 +25,29 @@
 //!
 //! This module is the bookkeeping (pure, tested here); the client sends the batches.
 
-use lattice_common::fs::{Errno, Timestamp};
+use lattice_common::fs::{Attr, Errno, Timestamp};
 use lattice_common::ids::InodeId;
 use lattice_common::wire::meta::{Unlinked, MAX_UNLINKS};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 /// Unlinks waiting at most; the next one waits until those are applied.
 pub const MAX_WAITING: usize = 4 * MAX_UNLINKS;
+/// Directories whose listing is kept at most (beyond it, all are forgotten).
+const MAX_LISTED: usize = 4096;
+/// Names kept of one listing at most (a bigger directory is not tracked).
+pub const MAX_LISTED_NAMES: usize = 4096;
+
+/// A directory with waiting unlinks in it.
+struct Emptying {
+    waiting: usize,
+    /// The latest one's time.
+    at: Timestamp,
+    /// Its attributes when the first was answered, and when they were fetched.
+    base: Option<(Attr, Instant)>,
+    /// Subdirectories removed here since.
+    subdirs: u32,
+}
 
 #[derive(Default)]
 pub struct Unlinks {
@@ -42,8 +62,10 @@ pub struct Unlinks {
     names: HashSet<(InodeId, Vec<u8>)>,
     /// Inodes unlinked, with how many waiting unlinks each (hard links).
     inos: HashMap<InodeId, usize>,
-    /// Directories unlinked from: how many waiting unlinks, and the latest one's time.
-    dirs: HashMap<InodeId, (usize, Timestamp)>,
+    dirs: HashMap<InodeId, Emptying>,
+    /// The names of directories as this mount last listed them whole, less those it
+    /// removed since, and when listed.
+    listed: HashMap<InodeId, (HashSet<Vec<u8>>, Instant)>,
     /// The first refusal not reported to a directory fsync yet.
     refused: Option<Errno>,
 }
@@ -54,14 +76,23 @@ impl Unlinks {
         self.queued.len() + self.sending.len() >= MAX_WAITING
     }
 
-    /// Takes an answered unlink; returns its number. The caller made room (`full`).
-    pub fn push(&mut self, u: Unlinked) -> u64 {
+    /// Takes an answered unlink; `parent` is what this mount holds of the directory's
+    /// attributes (fetched when), unless it is changed already. Returns its number. The
+    /// caller made room (`full`).
+    pub fn push(&mut self, u: Unlinked, parent: Option<(Attr, Instant)>) -> u64 {
         debug_assert!(!self.full());
+        self.removed(u.parent, &u.name);
         self.names.insert((u.parent, u.name.clone()));
         *self.inos.entry(u.ino).or_default() += 1;
-        let dir = self.dirs.entry(u.parent).or_insert((0, u.at));
-        dir.0 += 1;
-        dir.1 = dir.1.max(u.at);
+        let dir = self.dirs.entry(u.parent).or_insert(Emptying {
+            waiting: 0,
+            at: u.at,
+            base: parent,
+            subdirs: 0,
+        });
+        dir.waiting += 1;
+        dir.at = dir.at.max(u.at);
+        dir.subdirs += u32::from(u.dir);
         self.queued.push_back(u);
         self.answered += 1;
         self.answered
@@ -78,9 +109,55 @@ impl Unlinks {
         self.inos.contains_key(&ino)
     }
 
-    /// The time of the latest waiting unlink from directory `dir`, if any.
-    pub fn dir_time(&self, dir: InodeId) -> Option<Timestamp> {
-        self.dirs.get(&dir).map(|(_, at)| *at)
+    /// Whether `dir` has waiting unlinks in it.
+    pub fn emptying(&self, dir: InodeId) -> bool {
+        self.dirs.contains_key(&dir)
+    }
+
+    /// The attributes of a directory with waiting unlinks, as they will be once applied:
+    /// None if it has none, or its attributes were not fetched within `ttl` of `now`.
+    pub fn dir_attr(&self, dir: InodeId, ttl: Duration, now: Instant) -> Option<Attr> {
+        let d = self.dirs.get(&dir)?;
+        let (base, fetched) = d.base.as_ref()?;
+        if now.saturating_duration_since(*fetched) >= ttl {
+            return None;
+        }
+        let mut a = base.clone();
+        a.ctime = a.ctime.max(d.at);
+        a.mtime = a.ctime;
+        a.nlink = a.nlink.saturating_sub(d.subdirs).max(2);
+        Some(a)
+    }
+
+    /// Notes the whole listing of `dir`, taken at `now`.
+    pub fn listed(&mut self, dir: InodeId, names: HashSet<Vec<u8>>, now: Instant) {
+        if names.len() > MAX_LISTED_NAMES {
+            return;
+        }
+        if self.listed.len() >= MAX_LISTED {
+            self.listed.clear();
+        }
+        self.listed.insert(dir, (names, now));
+    }
+
+    /// This mount removed `name` from `dir`.
+    pub fn removed(&mut self, dir: InodeId, name: &[u8]) {
+        if let Some((names, _)) = self.listed.get_mut(&dir) {
+            names.remove(name);
+        }
+    }
+
+    /// This mount added a name to `dir` (or may have): its listing is no longer known.
+    pub fn added(&mut self, dir: InodeId) {
+        self.listed.remove(&dir);
+    }
+
+    /// Whether `dir` is known empty: listed whole within `ttl` and every name removed here
+    /// since.
+    pub fn known_empty(&self, dir: InodeId, ttl: Duration, now: Instant) -> bool {
+        self.listed
+            .get(&dir)
+            .is_some_and(|(names, at)| names.is_empty() && now.saturating_duration_since(*at) < ttl)
     }
 
     /// How many unlinks were answered so far (wait for `applied` to reach it).
@@ -113,9 +190,9 @@ impl Unlinks {
                     self.inos.remove(&u.ino);
                 }
             }
-            if let Some((n, _)) = self.dirs.get_mut(&u.parent) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(d) = self.dirs.get_mut(&u.parent) {
+                d.waiting -= 1;
+                if d.waiting == 0 {
                     self.dirs.remove(&u.parent);
                 }
             }
@@ -139,6 +216,7 @@ mod tests {
             parent: InodeId(parent),
             name: name.as_bytes().to_vec(),
             ino: InodeId(ino),
+            dir: false,
             at: Timestamp {
                 secs: ino as i64,
                 nanos: 0,
@@ -149,25 +227,24 @@ mod tests {
     #[test]
     fn names_stay_hidden_until_their_batch_is_applied() {
         let mut u = Unlinks::default();
-        assert_eq!(u.push(unlink(1, "a", 10)), 1);
+        assert_eq!(u.push(unlink(1, "a", 10), None), 1);
         assert!(u.hides(InodeId(1), b"a") && !u.hides(InodeId(1), b"b"));
         assert!(u.unlinks(InodeId(10)) && !u.unlinks(InodeId(11)) && !u.unlinks(InodeId(1)));
-        assert_eq!(u.dir_time(InodeId(1)).map(|t| t.secs), Some(10));
-        assert_eq!(u.dir_time(InodeId(10)), None);
+        assert!(u.emptying(InodeId(1)) && !u.emptying(InodeId(10)));
         let first = u.next_batch().unwrap();
         assert_eq!(first.len(), 1);
         // Answered while the first batch is out: waits for the next one.
-        assert_eq!(u.push(unlink(1, "b", 11)), 2);
+        assert_eq!(u.push(unlink(1, "b", 11), None), 2);
         assert!(u.next_batch().is_none(), "one batch out at a time");
         u.done(None);
         assert_eq!(u.applied(), 1);
         assert!(!u.hides(InodeId(1), b"a") && u.hides(InodeId(1), b"b"));
         assert!(!u.unlinks(InodeId(10)) && u.unlinks(InodeId(11)));
-        assert_eq!(u.dir_time(InodeId(1)).map(|t| t.secs), Some(11));
+        assert!(u.emptying(InodeId(1)));
         assert_eq!(u.next_batch().unwrap(), vec![unlink(1, "b", 11)]);
         u.done(Some(Errno::ACCES));
         assert_eq!(u.applied(), u.answered());
-        assert_eq!(u.dir_time(InodeId(1)), None);
+        assert!(!u.emptying(InodeId(1)));
         assert_eq!(u.take_refused(), Some(Errno::ACCES));
         assert_eq!(u.take_refused(), None);
         assert!(u.next_batch().is_none());
@@ -178,7 +255,7 @@ mod tests {
         let mut u = Unlinks::default();
         let mut n = 0;
         while !u.full() {
-            u.push(unlink(1, &format!("f{n}"), 100 + n));
+            u.push(unlink(1, &format!("f{n}"), 100 + n), None);
             n += 1;
         }
         assert_eq!(n as usize, MAX_WAITING);
@@ -192,18 +269,76 @@ mod tests {
             u.done(None);
         }
         assert_eq!(seen, n);
-        assert!(!u.full() && u.dir_time(InodeId(1)).is_none());
+        assert!(!u.full() && !u.emptying(InodeId(1)));
+    }
+
+    #[test]
+    fn a_directory_is_known_empty_once_every_name_listed_is_removed_here() {
+        let mut u = Unlinks::default();
+        let (t0, ttl) = (Instant::now(), Duration::from_secs(1));
+        let dir = InodeId(5);
+        let names = ["a", "b"].map(|n| n.as_bytes().to_vec()).into();
+        u.listed(dir, names, t0);
+        assert!(!u.known_empty(dir, ttl, t0));
+        u.push(unlink(5, "a", 10), None);
+        u.removed(dir, b"b");
+        assert!(u.known_empty(dir, ttl, t0));
+        assert!(!u.known_empty(dir, ttl, t0 + ttl), "an old listing");
+        u.added(dir);
+        assert!(!u.known_empty(dir, ttl, t0));
+        assert!(!u.known_empty(InodeId(6), ttl, t0), "never listed");
+    }
+
+    #[test]
+    fn a_directory_being_emptied_shows_the_times_and_link_count_it_will_have() {
+        let mut u = Unlinks::default();
+        let (t0, ttl) = (Instant::now(), Duration::from_secs(1));
+        let base = Attr {
+            ino: InodeId(1),
+            kind: lattice_common::fs::FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            blocks: 0,
+            nlink: 4,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            rdev: 0,
+            policy: None,
+            known_xattrs: Default::default(),
+        };
+        let rmdir = |name, ino| Unlinked {
+            dir: true,
+            ..unlink(1, name, ino)
+        };
+        u.push(rmdir("a", 10), Some((base, t0)));
+        u.push(unlink(1, "f", 12), None);
+        u.push(rmdir("b", 11), None);
+        let a = u.dir_attr(InodeId(1), ttl, t0).unwrap();
+        assert_eq!((a.nlink, a.mtime.secs, a.ctime.secs), (2, 12, 12));
+        assert!(
+            u.dir_attr(InodeId(1), ttl, t0 + ttl).is_none(),
+            "fetched too long ago"
+        );
+        u.next_batch();
+        u.done(None);
+        assert!(u.dir_attr(InodeId(1), ttl, t0).is_none());
+        // Not fetched when the first was answered: nothing to show.
+        u.push(unlink(1, "g", 13), None);
+        assert!(u.emptying(InodeId(1)) && u.dir_attr(InodeId(1), ttl, t0).is_none());
     }
 
     #[test]
     fn two_links_of_one_inode_keep_it_unlinked_until_both_are_applied() {
         let mut u = Unlinks::default();
-        u.push(unlink(1, "a", 10));
+        u.push(unlink(1, "a", 10), None);
         u.next_batch();
-        u.push(unlink(2, "b", 10));
+        u.push(unlink(2, "b", 10), None);
         u.done(None);
         assert!(u.unlinks(InodeId(10)));
-        assert!(u.dir_time(InodeId(1)).is_none() && u.dir_time(InodeId(2)).is_some());
+        assert!(!u.emptying(InodeId(1)) && u.emptying(InodeId(2)));
         u.next_batch();
         u.done(None);
         assert!(!u.unlinks(InodeId(10)));

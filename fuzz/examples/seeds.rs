@@ -128,6 +128,7 @@ fn commands() -> Vec<Command> {
                 parent: root,
                 name: b"h".to_vec(),
                 ino: file,
+                dir: false,
                 at: Timestamp::default(),
             }],
         },

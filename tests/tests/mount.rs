@@ -877,5 +877,40 @@ async fn unlinks_are_answered_at_once_sent_in_batches_and_land_in_order() -> Res
     std::fs::File::open(mnt.join("e"))?.sync_all()?;
     ensure!(std::fs::read(other.join("e/x"))? == b"new");
     ensure!(std::fs::read(mnt.join("e/x"))? == b"new");
+
+    // rm -rf lists each directory before removing it: directories emptied here go as
+    // unlinks do, and the parent's link count and listing are exact at once.
+    sh(&format!(
+        "mkdir -p {t}/a/b {t}/c && for d in a a/b c; do for i in 1 2 3; do \
+         echo $i > {t}/$d/f$i; mkdir {t}/$d/s$i; done; done",
+        t = mnt.join("t").display()
+    ))?;
+    let answered0 = counter("lattice_client_unlinks_answered_total")?;
+    sh(&format!("rm -rf {}", mnt.join("t/a").display()))?;
+    ensure!(
+        std::fs::metadata(mnt.join("t"))?.nlink() == 3,
+        "t still counts a"
+    );
+    let left: Vec<_> = std::fs::read_dir(mnt.join("t"))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    ensure!(left == ["c"], "t holds {left:?}");
+    let answered = counter("lattice_client_unlinks_answered_total")? - answered0;
+    // 6 files, 6 subdirectories, b and a.
+    ensure!(answered == 14, "{answered} of 14 removals answered at once");
+
+    // A directory another mount filled after this one listed it empty stays, and the
+    // next fsync of a directory here says so.
+    std::fs::create_dir(mnt.join("t/c/s1/x"))?;
+    ensure!(std::fs::read_dir(mnt.join("t/c/s1/x"))?.next().is_none());
+    std::fs::write(other.join("t/c/s1/x/late"), "late")?;
+    std::fs::remove_dir(mnt.join("t/c/s1/x"))?;
+    let synced = std::fs::File::open(mnt.join("t"))?.sync_all();
+    ensure!(
+        synced.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTEMPTY),
+        "fsync after a refused rmdir: {synced:?}"
+    );
+    ensure!(std::fs::read(mnt.join("t/c/s1/x/late"))? == b"late");
+    std::fs::File::open(mnt.join("t"))?.sync_all()?;
     Ok(())
 }

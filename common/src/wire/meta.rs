@@ -69,10 +69,10 @@ pub enum FsOp {
         parent: InodeId,
         name: Vec<u8>,
     },
-    /// Unlinks a mount already answered (it sends them in batches, see the client's
-    /// `unlinks`), applied in order; each removes its name only if the name still leads to
-    /// its inode (else ESTALE: the name was replaced meanwhile, and what replaced it
-    /// stays). Answered with one outcome per entry; at most [`MAX_UNLINKS`] entries.
+    /// Unlinks and rmdirs a mount already answered (it sends them in batches, see the
+    /// client's `unlinks`), applied in order; each removes its name only if the name still
+    /// leads to its inode (else ESTALE: the name was replaced meanwhile, and what replaced
+    /// it stays). Answered with one outcome per entry; at most [`MAX_UNLINKS`] entries.
     Unlinks {
         entries: Vec<Unlinked>,
     },
@@ -178,6 +178,8 @@ pub struct Unlinked {
     pub parent: InodeId,
     pub name: Vec<u8>,
     pub ino: InodeId,
+    /// An rmdir (ENOTEMPTY unless the directory is empty), else an unlink.
+    pub dir: bool,
     /// When the mount answered it: the time the directory's mtime and ctime and the
     /// inode's ctime take (never before the directory's ctime, nor over a second past the
     /// metaserver's clock), so the times the mount showed meanwhile are the ones that stay.

@@ -636,20 +636,19 @@ impl Namespace {
         Ok(())
     }
 
-    /// As [`Namespace::unlink`] at the time a mount answered it (`at`, see
-    /// [`lattice_common::wire::meta::Unlinked`]), if `name` still leads to `ino` (else
-    /// ESTALE).
+    /// As [`Namespace::unlink`] (or [`Namespace::rmdir`] for `dir`) at the time a mount
+    /// answered it (`at`, see [`lattice_common::wire::meta::Unlinked`]), if `name` still
+    /// leads to `ino` (else ESTALE).
     pub fn unlink_if(
         &mut self,
-        parent: InodeId,
-        name: &[u8],
-        ino: InodeId,
+        (parent, name, ino): (InodeId, &[u8], InodeId),
+        dir: bool,
         at: Timestamp,
         now: Timestamp,
     ) -> Result<(), Errno> {
         check_name(name)?;
-        let dir = self.get(parent)?;
-        match dir.dir()?.get(name) {
+        let parent_dir = self.get(parent)?;
+        match parent_dir.dir()?.get(name) {
             None => Err(Errno::NOENT),
             Some(found) if found != ino => Err(Errno::STALE),
             Some(_) => {
@@ -657,8 +656,11 @@ impl Namespace {
                     secs: now.secs.saturating_add(1),
                     ..now
                 };
-                let t = at.min(latest).max(dir.ctime);
-                self.unlink(parent, name, t)
+                let t = at.min(latest).max(parent_dir.ctime);
+                match dir {
+                    true => self.rmdir(parent, name, t),
+                    false => self.unlink(parent, name, t),
+                }
             }
         }
     }

@@ -264,18 +264,35 @@ fn an_unlink_answered_by_a_mount_lands_at_its_time_if_the_name_still_leads_to_it
     };
     // Answered at 5, applied at 9: the times are 5.
     ns.link(a, ROOT, b"hard", t(2)).unwrap();
-    ns.unlink_if(d, b"a", a, t(5), t(9)).unwrap();
+    ns.unlink_if((d, b"a", a), false, t(5), t(9)).unwrap();
     assert_eq!((times(&ns, d), ns.attr(a).unwrap().ctime.secs), ((5, 5), 5));
     // Never before the directory's ctime, never over a second past the clock.
-    ns.unlink_if(d, b"b", b, t(3), t(9)).unwrap();
+    ns.unlink_if((d, b"b", b), false, t(3), t(9)).unwrap();
     assert_eq!(times(&ns, d), (5, 5));
-    ns.unlink_if(d, b"c", c, t(1000), t(20)).unwrap();
+    ns.unlink_if((d, b"c", c), false, t(1000), t(20)).unwrap();
     assert_eq!(times(&ns, d), (21, 21));
     // A name that leads elsewhere now stays; one gone is ENOENT.
     let new = file(&mut ns, d, "a");
-    assert_eq!(ns.unlink_if(d, b"a", a, t(30), t(30)), Err(Errno::STALE));
+    assert_eq!(
+        ns.unlink_if((d, b"a", a), false, t(30), t(30)),
+        Err(Errno::STALE)
+    );
     assert_eq!(ns.lookup(d, b"a").unwrap().ino, new);
-    assert_eq!(ns.unlink_if(d, b"b", b, t(30), t(30)), Err(Errno::NOENT));
+    assert_eq!(
+        ns.unlink_if((d, b"b", b), false, t(30), t(30)),
+        Err(Errno::NOENT)
+    );
+    // An rmdir: only of an empty directory.
+    let sub = dir(&mut ns, d, "sub");
+    file(&mut ns, sub, "x");
+    assert_eq!(
+        ns.unlink_if((d, b"sub", sub), true, t(40), t(40)),
+        Err(Errno::NOTEMPTY)
+    );
+    ns.unlink(sub, b"x", t(41)).unwrap();
+    assert_eq!(ns.attr(d).unwrap().nlink, 3);
+    ns.unlink_if((d, b"sub", sub), true, t(42), t(42)).unwrap();
+    assert_eq!(ns.attr(d).unwrap().nlink, 2);
     ns.check_invariants().unwrap();
 }
 

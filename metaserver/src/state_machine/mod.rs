@@ -475,7 +475,7 @@ impl StateMachine {
             FsOp::Unlinks { entries } => Ok(FsReply::Unlinked(
                 entries
                     .iter()
-                    .map(|u| ns.unlink_if(u.parent, &u.name, u.ino, u.at, now))
+                    .map(|u| ns.unlink_if((u.parent, &u.name, u.ino), u.dir, u.at, now))
                     .collect(),
             )),
             FsOp::Rename {

@@ -833,6 +833,7 @@ impl Run<'_> {
                         parent: InodeId::ROOT,
                         name,
                         ino,
+                        dir: false,
                         at,
                     });
                 }
