@@ -27,6 +27,10 @@ pub struct Tuning {
     pub write_buffer: u64,
     /// Buffered bytes older than this are written out even if the file stays open.
     pub flush_after: Duration,
+    /// Whether unlinks may be answered here (see [`crate::unlinks`]): the kernel's
+    /// permission checks are the cluster's. A mount limited to one user leaves them to
+    /// the metaservers, which must be able to refuse before the unlink is answered.
+    pub answer_unlinks: bool,
 }
 
 /// An open file description.
@@ -290,19 +294,8 @@ impl Client {
         parent: InodeId,
         name: &[u8],
     ) -> Result<(Attr, Duration), Errno> {
-        if self.unlinks().hides(parent, name) {
-            return Err(Errno::NOENT);
-        }
-        let now = Instant::now();
-        let hit = self.statahead().take(parent, name, now);
-        if let Some(hit) = hit {
-            if let Some(w) = hit.next {
-                self.look_ahead(w);
-            }
-            if let Some(answer) = self.looked_ahead(hit.ino, hit.fetched, now) {
-                self.note_entry(parent, name, &answer.0);
-                return Ok(answer);
-            }
+        if let Some(answer) = self.lookup_here(parent, name) {
+            return answer;
         }
         let ask = FsQuery::Lookup {
             parent,
@@ -324,6 +317,27 @@ impl Client {
             self.look_ahead(w);
         }
         Ok((attr, self.tuning.attr_ttl))
+    }
+
+    /// A lookup answered without a metaserver, if it can be: a name unlinked here, or one
+    /// fetched ahead (see [`crate::statahead`]). Never waits (the kernel's request thread
+    /// may call it, inside the runtime).
+    pub fn lookup_here(
+        self: &Arc<Self>,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Option<Result<(Attr, Duration), Errno>> {
+        if self.unlinks().hides(parent, name) {
+            return Some(Err(Errno::NOENT));
+        }
+        let now = Instant::now();
+        let hit = self.statahead().take(parent, name, now)?;
+        if let Some(w) = hit.next {
+            self.look_ahead(w);
+        }
+        let answer = self.looked_ahead(hit.ino, hit.fetched, now)?;
+        self.note_entry(parent, name, &answer.0);
+        Some(Ok(answer))
     }
 
     fn unlinks(&self) -> std::sync::MutexGuard<'_, Unlinks> {
@@ -532,21 +546,22 @@ impl Client {
     /// it (to check permissions), and what they will make of it is known here (see
     /// [`Unlinks::dir_attr`]); when it is not, they are waited for.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        let (shown, emptying) = {
-            let u = self.unlinks();
-            let shown = u.dir_attr(ino, self.tuning.attr_ttl, Instant::now());
-            (shown, u.emptying(ino))
-        };
-        if let Some(a) = shown {
+        if let Some(a) = self.getattr_here(ino) {
             return Ok(a);
         }
-        if emptying {
+        if self.unlinks().emptying(ino) {
             self.settle_unlinks().await;
         }
         match self.query(FsQuery::GetAttr { ino }).await? {
             FsReply::Attr(a) => Ok(self.remember(a)),
             _ => Err(Errno::IO),
         }
+    }
+
+    /// Attributes answered without a metaserver (see [`Client::getattr`]); never waits.
+    pub fn getattr_here(&self, ino: InodeId) -> Option<Attr> {
+        let now = Instant::now();
+        self.unlinks().dir_attr(ino, self.tuning.attr_ttl, now)
     }
 
     /// Attributes from the cache and when they were fetched, if within the attribute
@@ -685,45 +700,52 @@ impl Client {
 
     /// Answered at once when the name's inode is known here (see [`crate::unlinks`]).
     pub async fn unlink(self: &Arc<Self>, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        match self.known_entry(parent, name) {
-            Some((ino, kind)) if kind != FileKind::Dir => {
-                self.answer_unlink(parent, name, ino, false).await;
-                Ok(())
-            }
-            _ => {
-                let name = name.to_vec();
-                self.done_reply(FsOp::Unlink { parent, name }).await
-            }
-        }
+        self.remove(parent, name, false).await
     }
 
     /// Answered at once when the directory is known empty here (see [`crate::unlinks`]).
     pub async fn rmdir(self: &Arc<Self>, parent: InodeId, name: &[u8]) -> Result<(), Errno> {
-        let now = Instant::now();
-        match self.known_entry(parent, name) {
-            Some((ino, FileKind::Dir))
-                if self.unlinks().known_empty(ino, self.tuning.attr_ttl, now) =>
-            {
-                self.answer_unlink(parent, name, ino, true).await;
-                Ok(())
-            }
-            _ => {
-                let name = name.to_vec();
-                self.done_reply(FsOp::Rmdir { parent, name }).await
-            }
-        }
+        self.remove(parent, name, true).await
     }
 
-    /// Takes an unlink (or an rmdir) answered now, to be applied in the next batch.
-    async fn answer_unlink(
+    async fn remove(
         self: &Arc<Self>,
         parent: InodeId,
         name: &[u8],
-        ino: InodeId,
         dir: bool,
-    ) {
+    ) -> Result<(), Errno> {
         if self.unlinks().full() {
             self.settle_unlinks().await;
+        }
+        if self.remove_here(parent, name, dir) {
+            return Ok(());
+        }
+        let name = name.to_vec();
+        match dir {
+            true => self.done_reply(FsOp::Rmdir { parent, name }).await,
+            false => self.done_reply(FsOp::Unlink { parent, name }).await,
+        }
+    }
+
+    /// Answers an unlink (an rmdir, for `dir`) here, to be applied in the next batch, if
+    /// it can be (see [`crate::unlinks`]); false if it must go to the metaservers (or wait
+    /// for room). Never waits.
+    pub fn remove_here(self: &Arc<Self>, parent: InodeId, name: &[u8], dir: bool) -> bool {
+        if !self.tuning.answer_unlinks {
+            return false;
+        }
+        let Some((ino, kind)) = self.known_entry(parent, name) else {
+            return false;
+        };
+        let now = Instant::now();
+        let answerable = match dir {
+            false => kind != FileKind::Dir,
+            true => {
+                kind == FileKind::Dir && self.unlinks().known_empty(ino, self.tuning.attr_ttl, now)
+            }
+        };
+        if !answerable {
+            return false;
         }
         let entry = Unlinked {
             parent,
@@ -732,14 +754,21 @@ impl Client {
             dir,
             at: Timestamp::now(),
         };
-        let dir = self.fresh_attr(parent);
-        self.unlinks().push(entry, dir);
+        let parent_attr = self.fresh_attr(parent);
+        {
+            let mut u = self.unlinks();
+            if u.full() {
+                return false;
+            }
+            u.push(entry, parent_attr);
+        }
         // The directory's attributes stay: they answer the kernel's checks meanwhile.
         self.forget_entry(parent, name);
-        self.statahead().changed(ino, Instant::now());
+        self.statahead().changed(ino, now);
         self.forget_attr(ino);
         self.backend.stats.unlinks_answered.add(1);
         self.send_unlinks();
+        true
     }
 
     pub async fn rename(

@@ -137,6 +137,14 @@ impl LatticeFs {
     }
 }
 
+/// Answers a lookup.
+fn found(reply: ReplyEntry, answer: Result<(Attr, Duration), Errno>) {
+    match answer {
+        Ok((a, ttl)) => reply.entry(&ttl, &file_attr(&a), 0),
+        Err(e) => reply.error(e.0),
+    }
+}
+
 /// Answers a request that returns nothing but success or an errno.
 fn done(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
@@ -292,16 +300,20 @@ impl Filesystem for LatticeFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        // Answered on this thread when no metaserver is needed: a hop to the runtime's
+        // threads costs as much as the answer.
+        let _runtime = self.runtime.enter();
+        if let Some(answer) = self.client.lookup_here(ino(parent), name.as_bytes()) {
+            return found(reply, answer);
+        }
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match c.lookup(ino(parent), &name).await {
-                Ok((a, ttl)) => reply.entry(&ttl, &file_attr(&a), 0),
-                Err(e) => reply.error(e.0),
-            }
-        });
+        self.spawn(async move { found(reply, c.lookup(ino(parent), &name).await) });
     }
 
     fn getattr(&mut self, _req: &Request<'_>, i: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        if let Some(a) = self.client.getattr_here(ino(i)) {
+            return reply.attr(&self.ttl, &file_attr(&a));
+        }
         let (c, ttl) = (self.client.clone(), self.ttl);
         self.spawn(async move {
             match c.getattr(ino(i)).await {
@@ -412,11 +424,19 @@ impl Filesystem for LatticeFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let _runtime = self.runtime.enter();
+        if self.client.remove_here(ino(parent), name.as_bytes(), false) {
+            return reply.ok();
+        }
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
         self.spawn(async move { done(reply, c.unlink(ino(parent), &name).await) });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let _runtime = self.runtime.enter();
+        if self.client.remove_here(ino(parent), name.as_bytes(), true) {
+            return reply.ok();
+        }
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
         self.spawn(async move { done(reply, c.rmdir(ino(parent), &name).await) });
     }

@@ -239,6 +239,11 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
     });
     let runtime = tokio::runtime::Runtime::new()?;
     let identity = Identity::load(&plan.certs)?;
+    let trusted = lattice_common::pki::certificate_der(&plan.certs)
+        .and_then(|der| lattice_common::pki::peer_name(&der))
+        .context("reading the mount's certificate")?
+        .user
+        == lattice_common::mount_user::MountUser::Trusted;
     let client = runtime.block_on(async {
         let node = Node::client(&identity)?;
         let backend = file_state::Backend {
@@ -252,6 +257,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             attr_ttl: plan.opts.attr_timeout,
             write_buffer: plan.opts.write_buffer,
             flush_after: plan.opts.flush_after,
+            answer_unlinks: trusted,
         };
         let client = client::Client::new(backend, tuning);
         if let Some(at) = plan.opts.metrics {
