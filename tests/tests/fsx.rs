@@ -4,7 +4,7 @@
 //! against fsx's own copy. The mixes live in tests/fsx/*.toml, shared with scripts/soak.sh.
 //! `LATTICE_FSX_SCALE` (default 1) multiplies every run's operation count.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use lattice_common::wire::meta::JobKind;
 use lattice_harness::process::wait_for;
 use lattice_tests::fsx::{run_many, Run};
@@ -44,7 +44,7 @@ async fn fsx_mixes_on_a_mount() -> Result<()> {
         ("plain", 2, 2_500),
     ]
     .map(|(mix, seed, ops)| Run::new(&mnt, mix, seed, ops));
-    let done = run_many(&runs, 4).await?;
+    let done = run_many(&runs, 4).await.with_context(|| mount_log(&tc))?;
     for run in &runs {
         same_file(
             &run.file,
@@ -110,7 +110,8 @@ async fn fsx_survives_chunkserver_kills() -> Result<()> {
         tokio::time::sleep(hold(round + 1)).await;
         Ok(())
     })
-    .await?;
+    .await
+    .with_context(|| mount_log(&tc))?;
     eprintln!(
         "fsx: {done} operations over {rounds} rounds of two chunkservers killed, 0 mismatches"
     );
@@ -146,7 +147,8 @@ async fn fsx_survives_metaserver_leader_kills() -> Result<()> {
         tokio::time::sleep(hold(round)).await;
         Ok(())
     })
-    .await?;
+    .await
+    .with_context(|| mount_log(&tc))?;
     eprintln!("fsx: {done} operations over {rounds} leader kills, 0 mismatches");
     ensure!(rounds >= 2, "the runs ended before two leader kills");
     Ok(())
@@ -178,7 +180,8 @@ async fn fsx_survives_live_reencoding() -> Result<()> {
         tokio::time::sleep(hold(round) / 2).await;
         Ok(())
     })
-    .await?;
+    .await
+    .with_context(|| mount_log(&tc))?;
     let status = admin.status().await?;
     let reencoded = status
         .jobs
@@ -194,4 +197,11 @@ async fn fsx_survives_live_reencoding() -> Result<()> {
         "too little re-encoding: {rounds} rounds, {reencoded} slices"
     );
     Ok(())
+}
+
+/// The mount's last log lines, for a failed run's report: a write error the mount keeps
+/// for the next fsync, say, shows only there.
+fn mount_log(tc: &TestCluster) -> String {
+    let mount = tc.cluster.mount_proc(1);
+    format!("{} log, last lines:\n{}", mount.name(), mount.log_tail())
 }
