@@ -29,7 +29,8 @@ pub const MAX_SESSIONS_PER_CERTIFICATE: usize = 256;
 pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// Filesystem changes. Each is applied atomically, once (a retry with the same client id
-/// and sequence number gets the first reply).
+/// and sequence number gets the first reply). New variants go last: the Raft log holds
+/// these encoded by their position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
     /// Creates a regular file, fifo, socket or device node; EEXIST if the name is taken.
@@ -68,13 +69,6 @@ pub enum FsOp {
     Rmdir {
         parent: InodeId,
         name: Vec<u8>,
-    },
-    /// Unlinks and rmdirs a mount already answered (it sends them in batches, see the
-    /// client's `unlinks`), applied in order; each removes its name only if the name still
-    /// leads to its inode (else ESTALE: the name was replaced meanwhile, and what replaced
-    /// it stays). Answered with one outcome per entry; at most [`MAX_UNLINKS`] entries.
-    Unlinks {
-        entries: Vec<Unlinked>,
     },
     Rename {
         parent: InodeId,
@@ -170,6 +164,13 @@ pub enum FsOp {
         expect: Vec<u8>,
         slice: Option<SliceRef>,
     },
+    /// Unlinks and rmdirs a mount already answered (it sends them in batches, see the
+    /// client's `unlinks`), applied in order; each removes its name only if the name still
+    /// leads to its inode (else ESTALE: the name was replaced meanwhile, and what replaced
+    /// it stays). Answered with one outcome per entry; at most [`MAX_UNLINKS`] entries.
+    Unlinks {
+        entries: Vec<Unlinked>,
+    },
 }
 
 /// A name removed by [`FsOp::Unlinks`], if it still leads to `ino`.
@@ -263,6 +264,8 @@ pub struct ServerAddr {
     pub state: ChunkserverState,
 }
 
+/// Answers. New variants go last: snapshots hold the replies sessions remember, encoded by
+/// their position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsReply {
     Attr(Attr),
@@ -296,8 +299,6 @@ pub enum FsReply {
         slices: u32,
     },
     Done,
-    /// The outcome of each entry of [`FsOp::Unlinks`], in order.
-    Unlinked(Vec<Result<(), Errno>>),
     Offset(u64),
     /// A directory's attributes, its parent, and entries with their attributes.
     EntriesPlus {
@@ -311,6 +312,8 @@ pub enum FsReply {
         attr: Attr,
         data: Vec<u8>,
     },
+    /// The outcome of each entry of [`FsOp::Unlinks`], in order.
+    Unlinked(Vec<Result<(), Errno>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -589,4 +592,46 @@ pub enum MetaResponse {
     RaftAck,
     /// The request could not be served (no quorum, shutting down, malformed, not allowed).
     Error(crate::wire::chunk::WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The Raft log and snapshots hold operations and replies encoded by variant position:
+    /// one inserted before others would make an upgraded metaserver read old entries as
+    /// other operations.
+    #[test]
+    fn stored_variants_keep_their_positions() {
+        let tag = |bytes: Vec<u8>| bytes[0];
+        let (ino, name) = (InodeId(2), b"n".to_vec());
+        let rename = FsOp::Rename {
+            parent: ino,
+            name: name.clone(),
+            new_parent: ino,
+            new_name: name,
+            mode: RenameMode::Replace,
+        };
+        let uninline = FsOp::Uninline {
+            ino,
+            expect: Vec::new(),
+            slice: None,
+        };
+        let unlinks = FsOp::Unlinks {
+            entries: Vec::new(),
+        };
+        let ops = [(rename, 6), (uninline, 19), (unlinks, 20)];
+        for (op, at) in ops {
+            assert_eq!(tag(codec::encode_state(&op).unwrap()), at, "{op:?}");
+        }
+        let replies = [
+            (FsReply::Done, 10),
+            (FsReply::Offset(1), 11),
+            (FsReply::Unlinked(Vec::new()), 14),
+        ];
+        for (reply, at) in replies {
+            assert_eq!(tag(codec::encode_state(&reply).unwrap()), at, "{reply:?}");
+        }
+    }
 }
