@@ -124,6 +124,17 @@ fn inode_changed(op: &FsOp) -> Option<InodeId> {
     }
 }
 
+/// Makes room for one more in a cache of at most [`MAX_CACHED_ATTRS`]: what was fetched
+/// `ttl` or longer ago goes, and everything if that is not enough.
+fn make_room<K, V>(cache: &mut HashMap<K, V>, ttl: Duration, fetched: impl Fn(&V) -> Instant) {
+    if cache.len() >= MAX_CACHED_ATTRS {
+        cache.retain(|_, v| fetched(v).elapsed() < ttl);
+        if cache.len() >= MAX_CACHED_ATTRS {
+            cache.clear();
+        }
+    }
+}
+
 /// What a name leads to (inode, kind), as of when.
 type KnownEntry = (InodeId, FileKind, Instant);
 
@@ -216,16 +227,6 @@ impl Client {
     }
 
     async fn query(&self, q: FsQuery) -> Result<FsReply, Errno> {
-        let settle = match &q {
-            FsQuery::Lookup { parent, name } if self.unlinks().hides(*parent, name) => {
-                return Err(Errno::NOENT)
-            }
-            FsQuery::GetAttr { ino } => self.unlinks().unlinks(*ino),
-            _ => false,
-        };
-        if settle {
-            self.settle_unlinks().await;
-        }
         self.backend
             .meta
             .query(q)
@@ -245,10 +246,7 @@ impl Client {
     /// here and not committed yet.
     fn remember(&self, mut attr: Attr) -> Attr {
         // A directory with unlinks answered here shows what they will make of it.
-        let emptying = self
-            .unlinks()
-            .dir_attr(attr.ino, self.tuning.attr_ttl, Instant::now());
-        if let Some(a) = emptying {
+        if let Some(a) = self.getattr_here(attr.ino) {
             attr = a;
         }
         if let Some(f) = self.file(attr.ino) {
@@ -258,12 +256,7 @@ impl Client {
             attr.blocks = (attr.blocks + local).min(attr.size.div_ceil(512));
         }
         let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
-        if attrs.len() >= MAX_CACHED_ATTRS {
-            attrs.retain(|_, (_, at)| at.elapsed() < self.tuning.attr_ttl);
-            if attrs.len() >= MAX_CACHED_ATTRS {
-                attrs.clear();
-            }
-        }
+        make_room(&mut attrs, self.tuning.attr_ttl, |(_, at)| *at);
         attrs.insert(attr.ino, (attr.clone(), Instant::now()));
         attr
     }
@@ -351,12 +344,7 @@ impl Client {
     /// Notes what `name` leads to, as the kernel was just told.
     pub fn note_entry(&self, parent: InodeId, name: &[u8], attr: &Attr) {
         let mut entries = self.entries();
-        if entries.len() >= MAX_CACHED_ATTRS {
-            entries.retain(|_, (_, _, at)| at.elapsed() < self.tuning.attr_ttl);
-            if entries.len() >= MAX_CACHED_ATTRS {
-                entries.clear();
-            }
-        }
+        make_room(&mut entries, self.tuning.attr_ttl, |(_, _, at)| *at);
         let value = (attr.ino, attr.kind, Instant::now());
         entries.insert((parent, name.to_vec()), value);
     }
@@ -549,7 +537,7 @@ impl Client {
         if let Some(a) = self.getattr_here(ino) {
             return Ok(a);
         }
-        if self.unlinks().emptying(ino) {
+        if self.unlinks().touches(ino) {
             self.settle_unlinks().await;
         }
         match self.query(FsQuery::GetAttr { ino }).await? {
@@ -838,11 +826,7 @@ impl Client {
     /// the attribute timeout).
     pub async fn list_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
         // A listing shows no name unlinked here.
-        let waiting = {
-            let u = self.unlinks();
-            u.emptying(ino) || u.unlinks(ino)
-        };
-        if waiting {
+        if self.unlinks().touches(ino) {
             self.settle_unlinks().await;
         }
         let asked = Instant::now();

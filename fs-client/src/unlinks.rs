@@ -114,6 +114,12 @@ impl Unlinks {
         self.dirs.contains_key(&dir)
     }
 
+    /// Whether a waiting unlink changes what `ino` shows: its own link count, or (a
+    /// directory) its entries and attributes.
+    pub fn touches(&self, ino: InodeId) -> bool {
+        self.emptying(ino) || self.unlinks(ino)
+    }
+
     /// The attributes of a directory with waiting unlinks, as they will be once applied:
     /// None if it has none, or its attributes were not fetched within `ttl` of `now`.
     pub fn dir_attr(&self, dir: InodeId, ttl: Duration, now: Instant) -> Option<Attr> {
@@ -231,6 +237,7 @@ mod tests {
         assert!(u.hides(InodeId(1), b"a") && !u.hides(InodeId(1), b"b"));
         assert!(u.unlinks(InodeId(10)) && !u.unlinks(InodeId(11)) && !u.unlinks(InodeId(1)));
         assert!(u.emptying(InodeId(1)) && !u.emptying(InodeId(10)));
+        assert!(u.touches(InodeId(1)) && u.touches(InodeId(10)) && !u.touches(InodeId(11)));
         let first = u.next_batch().unwrap();
         assert_eq!(first.len(), 1);
         // Answered while the first batch is out: waits for the next one.
