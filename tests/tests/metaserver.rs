@@ -669,6 +669,18 @@ fn record_start(log: &[u8], at: usize) -> usize {
     }
 }
 
+/// Where a log file's records end and the zeros written ahead of them begin.
+fn records_end(log: &[u8]) -> usize {
+    let mut end = 0;
+    while let Some(len) = log.get(end..end + 4) {
+        match u32::from_le_bytes(len.try_into().unwrap()) as usize {
+            0 => break,
+            len => end += 8 + len,
+        }
+    }
+    end.min(log.len())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_a_damaged_log_refuses_to_start_and_is_reseeded_from_its_peers() -> Result<()>
 {
@@ -685,11 +697,11 @@ async fn a_member_with_a_damaged_log_refuses_to_start_and_is_reseeded_from_its_p
         .metaserver(victim)
         .stop(Duration::from_secs(10))?;
 
-    // A bit flips in the middle of its log, records after it intact.
+    // A bit flips in the middle of its log's records, records after it intact.
     let data = tc.state().join(format!("metaserver-{victim}"));
     let log_path = data.join("raft").join("log");
     let mut log = std::fs::read(&log_path)?;
-    let middle = log.len() / 2;
+    let middle = records_end(&log) / 2;
     log[middle] ^= 0x08;
     std::fs::write(&log_path, &log)?;
     let refused = tc.cluster.start_metaserver(victim, 3, None).await;
