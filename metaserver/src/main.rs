@@ -283,6 +283,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
+            limit_malloc_arenas();
             lattice_common::logging::init();
             serve(*args)
         }
@@ -545,6 +546,18 @@ fn claim_data_dir(dir: &Path, id: u64) -> Result<()> {
         ),
         Err(_) => std::fs::write(&file, format!("{id}\n"))
             .with_context(|| format!("writing {}", file.display())),
+    }
+}
+
+/// The namespace lives in the heap for the life of the process: glibc's default of up to
+/// eight arenas per core left the leader (whose network threads allocate replies) with
+/// twice the followers' memory at a million files (846 against 432 bytes per file), held
+/// in arenas it never returns.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

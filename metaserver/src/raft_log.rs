@@ -70,6 +70,8 @@ pub trait Durable: Send {
         hs: &HardState,
         rest: &[Entry],
     ) -> std::io::Result<()>;
+    /// The latest snapshot saved, with its data.
+    fn load_snapshot(&self) -> std::io::Result<Snapshot>;
 }
 
 /// The in-memory view raft-rs reads, kept in step with its [`Durable`] backend.
@@ -97,8 +99,11 @@ impl RaftLog {
         self.state.snapshot.get_metadata().index
     }
 
-    pub fn snapshot_data(&self) -> &[u8] {
-        self.state.snapshot.get_data()
+    /// The snapshot's state machine, as read at start (once: afterwards the snapshot is
+    /// only on disk, read again when a follower needs it; held here it would double the
+    /// memory the namespace takes).
+    pub fn take_snapshot_data(&mut self) -> bytes::Bytes {
+        self.state.snapshot.take_data()
     }
 
     pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
@@ -204,7 +209,7 @@ impl RaftLog {
         self.state.conf_state = meta.get_conf_state().clone();
         self.state.hard_state = hs;
         self.state.entries.clear();
-        self.state.snapshot = snapshot;
+        self.state.snapshot = without_data(snapshot);
         Ok(())
     }
 
@@ -229,7 +234,7 @@ impl RaftLog {
         self.state
             .entries
             .drain(..drop.min(self.state.entries.len()));
-        self.state.snapshot = snapshot;
+        self.state.snapshot = without_data(snapshot);
         Ok(())
     }
 }
@@ -290,7 +295,19 @@ impl raft::Storage for RaftLog {
         let cs = self.snapshot_metadata().get_conf_state();
         let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
         if self.snapshot_index() >= request_index && self.snapshot_index() > 0 && knows_to {
-            Ok(self.state.snapshot.clone())
+            let held = self.snapshot_metadata();
+            match self.durable.load_snapshot() {
+                Ok(s) if s.get_metadata() == held => return Ok(s),
+                Ok(s) => warn!(
+                    held = held.index,
+                    read = s.get_metadata().index,
+                    "the snapshot read back is not the one this member holds"
+                ),
+                Err(e) => warn!("reading the snapshot back to send it: {e}"),
+            }
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ))
         } else {
             self.snapshot_wanted.store(true, Ordering::Relaxed);
             Err(raft::Error::Store(
@@ -298,6 +315,11 @@ impl raft::Storage for RaftLog {
             ))
         }
     }
+}
+
+fn without_data(mut snapshot: Snapshot) -> Snapshot {
+    snapshot.clear_data();
+    snapshot
 }
 
 /// Drops entries at `index` and after (the log is contiguous).
@@ -352,6 +374,14 @@ impl Durable for MemDisk {
         p.hard_state = hs.clone();
         p.entries = rest.to_vec();
         Ok(())
+    }
+    fn load_snapshot(&self) -> std::io::Result<Snapshot> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot
+            .clone())
     }
 }
 
@@ -856,6 +886,10 @@ impl Durable for DiskLog {
         self.replace("snapshot", &encode_snapshot(snapshot)?)?;
         self.replace_log(&log)
     }
+
+    fn load_snapshot(&self) -> std::io::Result<Snapshot> {
+        decode_snapshot(&std::fs::read(self.dir.join("snapshot"))?)
+    }
 }
 
 #[cfg(test)]
@@ -936,8 +970,8 @@ mod tests {
         log.append(&[entry(5, 2, "e")]).unwrap();
         drop(log);
 
-        let log = open(dir.path());
-        assert_eq!(log.snapshot_data(), b"state at 3");
+        let mut log = open(dir.path());
+        assert_eq!(log.take_snapshot_data(), &b"state at 3"[..]);
         assert_eq!(
             (log.first_index().unwrap(), log.last_index().unwrap()),
             (4, 5)
@@ -1059,6 +1093,26 @@ mod tests {
             (log.first_index().unwrap(), log.last_index().unwrap()),
             (last, last + 1)
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_held_on_disk_only_and_read_back_for_a_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.set_conf_state(voters(&[1, 2])).unwrap();
+        log.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        log.compact(2, b"state at 2".to_vec()).unwrap();
+        assert!(log.state.snapshot.get_data().is_empty(), "held in memory");
+        let sent = raft::Storage::snapshot(&log, 2, 2).unwrap();
+        assert_eq!(sent.get_data(), b"state at 2");
+        assert_eq!(sent.get_metadata(), log.snapshot_metadata());
+        // One that is not the snapshot held is not sent.
+        std::fs::write(
+            dir.path().join("snapshot"),
+            encode_snapshot(&snapshot(1, 1, &[1, 2], "older")).unwrap(),
+        )
+        .unwrap();
+        assert!(raft::Storage::snapshot(&log, 2, 2).is_err());
     }
 
     #[test]

@@ -193,14 +193,19 @@ impl Replica {
     ) -> Result<Replica, String> {
         let empty =
             log.snapshot_metadata().index == 0 && raft::Storage::last_index(&log).unwrap_or(0) == 0;
-        if empty && !bootstrap.is_empty() {
-            log.apply_snapshot(founding_snapshot(bootstrap)?)
+        let data = if empty && !bootstrap.is_empty() {
+            let founding = founding_snapshot(bootstrap)?;
+            let data = founding.data.clone();
+            log.apply_snapshot(founding)
                 .map_err(|e| format!("writing the founding snapshot: {e}"))?;
-        }
-        let sm: StateMachine = if log.snapshot_data().is_empty() {
+            data
+        } else {
+            log.take_snapshot_data()
+        };
+        let sm: StateMachine = if data.is_empty() {
             StateMachine::default()
         } else {
-            codec::decode_state(log.snapshot_data(), MAX_STATE_BYTES)
+            codec::decode_state(&data, MAX_STATE_BYTES)
                 .map_err(|e| format!("reading the snapshot: {e}"))?
         };
         let applied = log.snapshot_metadata().index;
