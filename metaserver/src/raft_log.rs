@@ -418,17 +418,20 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `data` to `dir/name` atomically and durably; `reached` hears of each step.
+/// Writes `pieces`, one after another, to `dir/name` atomically and durably; `reached`
+/// hears of each step.
 fn replace_file(
     dir: &Path,
     name: &str,
-    data: &[u8],
+    pieces: &[&[u8]],
     mut reached: impl FnMut(Step) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
+    for piece in pieces {
+        f.write_all(piece)?;
+    }
     f.sync_all()?;
     reached(Step::Written)?;
     std::fs::rename(&tmp, &path)?;
@@ -489,9 +492,37 @@ fn log_after(snapshot: &Snapshot, hs: &HardState, rest: &[Entry]) -> std::io::Re
     Ok(log)
 }
 
-fn encode_snapshot(s: &Snapshot) -> std::io::Result<Vec<u8>> {
-    let body = s.write_to_bytes().map_err(|e| invalid(e.to_string()))?;
-    Ok(snapshot_file(&body))
+/// A snapshot file as the pieces it is written from: the state machine (the largest part
+/// by far) is written from the snapshot's own buffer, not copied into the file's encoding.
+/// The same bytes as [`snapshot_file`] of the snapshot's encoding: its state field first,
+/// then its metadata field, as protobuf writes them.
+fn snapshot_pieces(s: &Snapshot) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let data = s.get_data();
+    let mut data_field = Vec::new();
+    if !data.is_empty() {
+        let mut out = protobuf::CodedOutputStream::vec(&mut data_field);
+        out.write_tag(1, protobuf::wire_format::WireTypeLengthDelimited)
+            .and_then(|()| out.write_raw_varint64(data.len() as u64))
+            .and_then(|()| out.flush())
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    let mut metadata = Snapshot::default();
+    if s.has_metadata() {
+        metadata.set_metadata(s.get_metadata().clone());
+    }
+    let metadata_field = metadata
+        .write_to_bytes()
+        .map_err(|e| invalid(e.to_string()))?;
+    let len = data_field.len() + data.len() + metadata_field.len();
+    let mut crc = crc32c::crc32c(&data_field);
+    crc = crc32c::crc32c_append(crc, data);
+    crc = crc32c::crc32c_append(crc, &metadata_field);
+    let mut head = Vec::with_capacity(20 + data_field.len());
+    head.extend_from_slice(SNAPSHOT_MAGIC);
+    head.extend_from_slice(&crc.to_le_bytes());
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+    head.extend_from_slice(&data_field);
+    Ok((head, metadata_field))
 }
 
 /// A snapshot file holding `body` (an encoded `Snapshot`).
@@ -724,7 +755,7 @@ fn check_format(dir: &Path, format: u32) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !dir.join("log").exists() && !dir.join("snapshot").exists() {
                 let text = format!("latticefs-state {format}\n");
-                return replace_file(dir, "format", text.as_bytes(), |_| Ok(()));
+                return replace_file(dir, "format", &[text.as_bytes()], |_| Ok(()));
             }
             "latticefs-state 1 (from before formats were recorded)".to_string()
         }
@@ -764,7 +795,7 @@ impl DiskLog {
                     snap_path.display()
                 )));
             }
-            replace_file(dir, "log", &base_record(0, 0), |_| Ok(()))?;
+            replace_file(dir, "log", &[&base_record(0, 0)], |_| Ok(()))?;
         }
         // Left by a crash while replacing a file.
         for tmp in ["snapshot.tmp", "log.tmp"] {
@@ -779,7 +810,7 @@ impl DiskLog {
             // Finish the interrupted install, so that appends continue the snapshot.
             warn!(path = %log_path.display(), "finishing a snapshot install cut short by a crash");
             let log = log_after(&state.snapshot, &state.hard_state, &state.entries)?;
-            replace_file(dir, "log", &log, |_| Ok(()))?;
+            replace_file(dir, "log", &[&log], |_| Ok(()))?;
             (end, len) = (log.len() as u64, log.len() as u64);
         }
         let log = OpenOptions::new().write(true).open(&log_path)?;
@@ -824,18 +855,16 @@ impl DiskLog {
 
     /// Replaces the log with `records` and zeros after them.
     fn replace_log(&mut self, records: &[u8]) -> std::io::Result<()> {
-        let mut file = Vec::with_capacity(records.len() + ZEROS_AHEAD);
-        file.extend_from_slice(records);
-        file.resize(records.len() + ZEROS_AHEAD, 0);
-        self.replace("log", &file)?;
+        self.replace("log", &[records, &vec![0; ZEROS_AHEAD]])?;
         self.log = OpenOptions::new().write(true).open(self.dir.join("log"))?;
-        (self.end, self.len) = (records.len() as u64, file.len() as u64);
+        self.end = records.len() as u64;
+        self.len = self.end + ZEROS_AHEAD as u64;
         Ok(())
     }
 
     /// Replaces `dir/name`, stopping where a test simulates a crash.
-    fn replace(&self, name: &'static str, data: &[u8]) -> std::io::Result<()> {
-        replace_file(&self.dir, name, data, |step| self.reached(name, step))
+    fn replace(&self, name: &'static str, pieces: &[&[u8]]) -> std::io::Result<()> {
+        replace_file(&self.dir, name, pieces, |step| self.reached(name, step))
     }
 
     #[cfg(test)]
@@ -883,7 +912,8 @@ impl Durable for DiskLog {
         rest: &[Entry],
     ) -> std::io::Result<()> {
         let log = log_after(snapshot, hs, rest)?;
-        self.replace("snapshot", &encode_snapshot(snapshot)?)?;
+        let (head, tail) = snapshot_pieces(snapshot)?;
+        self.replace("snapshot", &[&head, snapshot.get_data(), &tail])?;
         self.replace_log(&log)
     }
 
@@ -1109,10 +1139,28 @@ mod tests {
         // One that is not the snapshot held is not sent.
         std::fs::write(
             dir.path().join("snapshot"),
-            encode_snapshot(&snapshot(1, 1, &[1, 2], "older")).unwrap(),
+            snapshot_file(&snapshot(1, 1, &[1, 2], "older").write_to_bytes().unwrap()),
         )
         .unwrap();
         assert!(raft::Storage::snapshot(&log, 2, 2).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_file_written_in_pieces_is_the_snapshot_encoded_whole() {
+        let mut no_metadata = Snapshot::default();
+        no_metadata.set_data(b"state".to_vec().into());
+        for s in [
+            snapshot(7, 3, &[1, 2, 3], "state at 7"),
+            snapshot(7, 3, &[1], ""),
+            snapshot(0, 0, &[], ""),
+            no_metadata,
+            Snapshot::default(),
+        ] {
+            let (head, tail) = snapshot_pieces(&s).unwrap();
+            let file = [&head[..], s.get_data(), &tail].concat();
+            assert_eq!(file, snapshot_file(&s.write_to_bytes().unwrap()), "{s:?}");
+            assert_eq!(decode_snapshot(&file).unwrap(), s);
+        }
     }
 
     #[test]
