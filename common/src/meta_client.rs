@@ -8,7 +8,7 @@ use crate::ids::ClientId;
 use crate::pki::Role;
 use crate::transport::Node;
 use crate::wire::meta::{
-    AdminReply, AdminRequest, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse,
+    AdminReply, AdminRequest, FsOp, FsQuery, FsReply, MetaRequest, MetaResponse, REMEMBERED_REPLIES,
 };
 use crate::wire::ErrorKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,9 +46,49 @@ pub struct MetaClient {
     failed: Mutex<HashMap<SocketAddr, Instant>>,
     client: ClientId,
     seq: AtomicU64,
-    /// Sequence numbers of mutations still waiting for their reply.
-    in_flight: Mutex<BTreeSet<u64>>,
+    in_flight: InFlight,
     deadline: Duration,
+}
+
+/// How far past its oldest unanswered change a client sends: a change retried after more
+/// than [`REMEMBERED_REPLIES`] newer ones were answered would be refused with EIO even if it
+/// never happened (its reply may be the one forgotten). One change held up by retries while
+/// 63 others ran on was refused so, creating a million files.
+const SEQ_WINDOW: u64 = REMEMBERED_REPLIES as u64 / 2;
+
+/// Sequence numbers of changes still waiting for their reply.
+#[derive(Default)]
+struct InFlight {
+    seqs: Mutex<BTreeSet<u64>>,
+    answered: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn seqs(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.seqs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `seq` in flight once it is within [`SEQ_WINDOW`] of the oldest change in
+    /// flight; returns the oldest (every reply below it is no longer wanted).
+    async fn enter(&self, seq: u64) -> u64 {
+        loop {
+            let answered = self.answered.notified();
+            {
+                let mut seqs = self.seqs();
+                let oldest = *seqs.first().unwrap_or(&seq);
+                if seq.saturating_sub(oldest) < SEQ_WINDOW {
+                    seqs.insert(seq);
+                    return oldest.min(seq);
+                }
+            }
+            answered.await;
+        }
+    }
+
+    fn leave(&self, seq: u64) {
+        self.seqs().remove(&seq);
+        self.answered.notify_waiters();
+    }
 }
 
 impl MetaClient {
@@ -63,7 +103,7 @@ impl MetaClient {
             failed: Mutex::new(HashMap::new()),
             client: ClientId(rand_u64()),
             seq: AtomicU64::new(1),
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: InFlight::default(),
             deadline,
         }
     }
@@ -210,11 +250,7 @@ impl MetaClient {
     /// Applies a filesystem change (exactly once, however often it is retried).
     pub async fn mutate(&self, op: FsOp) -> Result<Result<FsReply, Errno>, MetaError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let acked_below = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight.insert(seq);
-            *in_flight.first().unwrap_or(&seq)
-        };
+        let acked_below = self.in_flight.enter(seq).await;
         let req = MetaRequest::Mutate {
             client: self.client,
             seq,
@@ -223,10 +259,7 @@ impl MetaClient {
         };
         let result = self.call(&req).await;
         // Given up or answered: either way this sequence number is never sent again.
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&seq);
+        self.in_flight.leave(seq);
         match result? {
             MetaResponse::Fs(r) => Ok(r),
             other => Err(MetaError::Protocol(format!("unexpected reply {other:?}"))),
@@ -268,6 +301,32 @@ mod tests {
     use crate::pki::{self, Role};
     use crate::transport::Identity;
     use crate::wire::meta::FsQuery;
+
+    #[test]
+    fn changes_wait_for_the_oldest_unanswered_one_past_the_window() {
+        use futures::FutureExt;
+        let in_flight = InFlight::default();
+        assert_eq!(in_flight.enter(1).now_or_never(), Some(1));
+        // Change 1 stays unanswered (retried, say) while the next ones come and go.
+        for seq in 2..=SEQ_WINDOW {
+            assert_eq!(in_flight.enter(seq).now_or_never(), Some(1), "{seq}");
+            in_flight.leave(seq);
+        }
+        let mut next = Box::pin(in_flight.enter(SEQ_WINDOW + 1));
+        assert_eq!((&mut next).now_or_never(), None, "ran past the window");
+        in_flight.leave(1);
+        assert_eq!(next.now_or_never(), Some(SEQ_WINDOW + 1));
+        // One that enters after a newer one acknowledges nothing above itself.
+        assert_eq!(
+            in_flight.enter(SEQ_WINDOW + 3).now_or_never(),
+            Some(SEQ_WINDOW + 1)
+        );
+        in_flight.leave(SEQ_WINDOW + 1);
+        assert_eq!(
+            in_flight.enter(SEQ_WINDOW + 2).now_or_never(),
+            Some(SEQ_WINDOW + 2)
+        );
+    }
 
     /// Addresses where nothing listens: ports the system handed out, then freed.
     fn dead_addrs(n: usize) -> Vec<SocketAddr> {

@@ -24,6 +24,11 @@ pub const MAX_RAFT_BATCH_BYTES: u64 = 1 << 30;
 /// that no certificate fills the replicated state with them; a new one over this gets
 /// EUSERS. A fleet of more hosts needs more certificates.
 pub const MAX_SESSIONS_PER_CERTIFICATE: usize = 256;
+/// Replies the metaservers remember per client session, so that a retried change is
+/// answered again rather than applied twice. A change sent again after that many newer ones
+/// were answered is refused (EIO): its reply may be forgotten. Clients therefore never run
+/// more than half as many changes past their oldest unanswered one.
+pub const REMEMBERED_REPLIES: usize = 4096;
 /// Longest an `AwaitLock` is held back: well inside one metaserver call attempt (1 s), so a
 /// waiting lock never looks like a dead metaserver.
 pub const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(700);

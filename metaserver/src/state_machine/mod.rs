@@ -23,9 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// Most replies remembered per client session. A client keeps a request's reply wanted
-/// only while the request is in flight, a few hundred at most; a request older than the
-/// replies forgotten is refused (EIO) when it comes again, never applied twice.
-const MAX_REMEMBERED_REPLIES: usize = 4096;
+/// only while the request is in flight, and runs at most half this many past its oldest
+/// (`MetaClient`); a request older than the replies forgotten is refused (EIO) when it
+/// comes again, never applied twice.
+const MAX_REMEMBERED_REPLIES: usize = lattice_common::wire::meta::REMEMBERED_REPLIES;
 /// How the state machine and its commands are encoded on disk (see `raft_log`): bump it on
 /// any change to either (new enum variants go at the end). 3: lock spaces, stored bytes
 /// per file, punched holes. 4: several references committed at once, inline small files.
