@@ -101,7 +101,9 @@ struct ServeArgs {
     /// Write the address once serving here (lets a supervisor wait for the start).
     #[arg(long, value_name = "FILE")]
     addr_file: Option<PathBuf>,
-    /// Take a snapshot after this many applied log entries.
+    /// Take a snapshot after at least this many applied log entries, once they also add up
+    /// to a quarter of the last snapshot's size (so a large namespace is not encoded whole
+    /// every few seconds).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
     /// Whether the leader answers reads under a lease (`on`: from its own state while a
