@@ -39,7 +39,7 @@ const KIND_BASE: u8 = 4;
 /// Largest single log record (a batch of entries); larger appends are split.
 const MAX_RECORD: usize = 64 << 20;
 /// Zeros written past the log's last record each time records reach the end of the file.
-pub const ZEROS_AHEAD: usize = 4 << 20;
+const ZEROS_AHEAD: usize = 4 << 20;
 
 /// Everything a member keeps across restarts.
 #[derive(Clone, Debug, Default)]
@@ -513,24 +513,27 @@ fn snapshot_pieces(s: &Snapshot) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let metadata_field = metadata
         .write_to_bytes()
         .map_err(|e| invalid(e.to_string()))?;
-    let len = data_field.len() + data.len() + metadata_field.len();
-    let mut crc = crc32c::crc32c(&data_field);
-    crc = crc32c::crc32c_append(crc, data);
-    crc = crc32c::crc32c_append(crc, &metadata_field);
-    let mut head = Vec::with_capacity(20 + data_field.len());
-    head.extend_from_slice(SNAPSHOT_MAGIC);
-    head.extend_from_slice(&crc.to_le_bytes());
-    head.extend_from_slice(&(len as u64).to_le_bytes());
+    let mut head = snapshot_header(&[&data_field, data, &metadata_field]);
     head.extend_from_slice(&data_field);
     Ok((head, metadata_field))
 }
 
+/// The header of a snapshot file whose body is `body`, in pieces.
+fn snapshot_header(body: &[&[u8]]) -> Vec<u8> {
+    let crc = body.iter().fold(crc32c::crc32c(&[]), |crc, piece| {
+        crc32c::crc32c_append(crc, piece)
+    });
+    let len: usize = body.iter().map(|piece| piece.len()).sum();
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out
+}
+
 /// A snapshot file holding `body` (an encoded `Snapshot`).
 pub(crate) fn snapshot_file(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut out = snapshot_header(&[body]);
     out.extend_from_slice(body);
     out
 }

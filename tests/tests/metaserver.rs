@@ -657,28 +657,26 @@ fn admin_cli(tc: &TestCluster, args: &[&str]) -> Result<()> {
     tc.cluster.run_to_end(cmd)
 }
 
-/// Where the record holding byte `at` of a Raft log starts ([len u32][crc u32][body]).
-fn record_start(log: &[u8], at: usize) -> usize {
+/// The (start, end) of each record of a Raft log ([len u32][crc u32][body]), up to the
+/// zeros written ahead of them.
+fn records(log: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut start = 0;
-    loop {
-        let len = u32::from_le_bytes(log[start..start + 4].try_into().unwrap()) as usize;
-        if start + 8 + len > at {
-            return start;
-        }
-        start += 8 + len;
-    }
+    std::iter::from_fn(move || {
+        let len = u32::from_le_bytes(log.get(start..start + 4)?.try_into().unwrap()) as usize;
+        let record = (start, (start + 8 + len).min(log.len()));
+        start = record.1;
+        (len > 0).then_some(record)
+    })
+}
+
+/// Where the record holding byte `at` of a Raft log starts.
+fn record_start(log: &[u8], at: usize) -> usize {
+    records(log).find(|&(_, end)| end > at).unwrap().0
 }
 
 /// Where a log file's records end and the zeros written ahead of them begin.
 fn records_end(log: &[u8]) -> usize {
-    let mut end = 0;
-    while let Some(len) = log.get(end..end + 4) {
-        match u32::from_le_bytes(len.try_into().unwrap()) as usize {
-            0 => break,
-            len => end += 8 + len,
-        }
-    }
-    end.min(log.len())
+    records(log).last().map_or(0, |(_, end)| end)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
