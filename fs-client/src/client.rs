@@ -2,6 +2,7 @@
 //! the metaserver group, data through per-file write buffers and the slice reader.
 
 use crate::file_state::{Backend, FileState};
+use crate::landings::Landing;
 use crate::reader;
 use crate::statahead::{Statahead, Window};
 use crate::unlinks::Unlinks;
@@ -242,20 +243,26 @@ impl Client {
             .cloned()
     }
 
-    /// Attributes as this client sees them: a file's size and blocks include bytes written
-    /// here and not committed yet.
-    fn remember(&self, mut attr: Attr) -> Attr {
+    /// Attributes as this client sees them, from an answer to a query sent at `asked`: a
+    /// file's size and blocks include bytes written here and not committed yet, or committed
+    /// after the query was sent.
+    fn remember(&self, mut attr: Attr, asked: Landing) -> Attr {
         // A directory with unlinks answered here shows what they will make of it.
         if let Some(a) = self.getattr_here(attr.ino) {
             attr = a;
         }
+        // Held from the look at the buffers on: a write buffered meanwhile raises the size
+        // kept here after this (see [`Client::write`]), not before.
+        let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = self.file(attr.ino) {
-            attr.size = attr.size.max(f.local_end());
+            attr.size = attr.size.max(f.end_since(asked));
             // Blocks about to be stored count already (`du` of a file being written).
             let local = f.local_bytes().div_ceil(512);
             attr.blocks = (attr.blocks + local).min(attr.size.div_ceil(512));
         }
-        let mut attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked at after the open file: a closing one is kept there before it goes.
+        let closed_end = self.backend.landings.closed_end_since(attr.ino, asked);
+        attr.size = attr.size.max(closed_end);
         make_room(&mut attrs, self.tuning.attr_ttl, |(_, at)| *at);
         attrs.insert(attr.ino, (attr.clone(), Instant::now()));
         attr
@@ -265,13 +272,14 @@ impl Client {
     /// noted as a lookup's would be.
     async fn attr_reply(&self, op: FsOp) -> Result<Attr, Errno> {
         let made = names_changed(&op);
+        let asked = self.backend.landings.now();
         let FsReply::Attr(a) = self.mutate(op).await? else {
             return Err(Errno::IO);
         };
         if let [(parent, name)] = &made[..] {
             self.note_entry(*parent, name, &a);
         }
-        Ok(self.remember(a))
+        Ok(self.remember(a, asked))
     }
 
     async fn done_reply(&self, op: FsOp) -> Result<(), Errno> {
@@ -294,6 +302,7 @@ impl Client {
             parent,
             name: name.to_vec(),
         };
+        let asked = self.backend.landings.now();
         let mut reply = self.query(ask.clone()).await?;
         if matches!(&reply, FsReply::Attr(a) if self.unlinks().unlinks(a.ino)) {
             // Another link of an inode unlinked here: its link count is about to drop.
@@ -303,7 +312,7 @@ impl Client {
         let FsReply::Attr(attr) = reply else {
             return Err(Errno::IO);
         };
-        let attr = self.remember(attr);
+        let attr = self.remember(attr, asked);
         self.note_entry(parent, name, &attr);
         let window = self.statahead().missed(parent, Instant::now());
         if let Some(w) = window {
@@ -540,8 +549,9 @@ impl Client {
         if self.unlinks().touches(ino) {
             self.settle_unlinks().await;
         }
+        let asked = self.backend.landings.now();
         match self.query(FsQuery::GetAttr { ino }).await? {
-            FsReply::Attr(a) => Ok(self.remember(a)),
+            FsReply::Attr(a) => Ok(self.remember(a, asked)),
             _ => Err(Errno::IO),
         }
     }
@@ -578,6 +588,9 @@ impl Client {
                 file.truncate_buffers(size);
                 file.invalidate_slices();
             }
+        }
+        if let Some(size) = set.size {
+            self.backend.landings.truncated(ino, size);
         }
         self.attr_reply(FsOp::SetAttr { ino, set }).await
     }
@@ -844,6 +857,7 @@ impl Client {
 
     /// A page of a listing as the metaservers have it.
     async fn fetch_dir(&self, ino: InodeId, cookie: u64, limit: u32) -> Result<Listing, Errno> {
+        let asked = self.backend.landings.now();
         match self
             .query(FsQuery::ReadDirPlus { ino, cookie, limit })
             .await?
@@ -853,11 +867,11 @@ impl Client {
                 parent,
                 entries,
             } => Ok(Listing {
-                dir: self.remember(dir),
+                dir: self.remember(dir, asked),
                 parent,
                 entries: entries
                     .into_iter()
-                    .map(|(e, a)| (e, self.remember(a)))
+                    .map(|(e, a)| (e, self.remember(a, asked)))
                     .collect(),
             }),
             _ => Err(Errno::IO),
@@ -990,8 +1004,9 @@ impl Client {
     pub async fn open(&self, ino: InodeId) -> Result<u64, Errno> {
         let fh = self.open_handle(ino);
         let file = self.handle(fh)?;
+        let asked = self.backend.landings.now();
         let attr = file.load_slices(&self.backend, 0, 0).await;
-        match attr.map(|a| self.remember(a)) {
+        match attr.map(|a| self.remember(a, asked)) {
             Ok(a) if a.nlink > 0 || file.open_count() > 1 => Ok(fh),
             failed => {
                 self.drop_handle(fh);
@@ -1192,6 +1207,9 @@ impl Client {
                 .get(&file.ino)
                 .is_some_and(|f| Arc::ptr_eq(f, file) && !f.is_open())
             {
+                if let Some(landed) = file.landed() {
+                    self.backend.landings.keep_closed(file.ino, landed);
+                }
                 files.remove(&file.ino);
                 drop(files);
                 self.forget_attr(file.ino);

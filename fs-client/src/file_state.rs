@@ -3,6 +3,7 @@
 //! a short cache of the file's slice map.
 
 use crate::extents::Extents;
+use crate::landings::{Landed, Landing, Landings};
 use crate::readahead::{Fetch, ReadAhead};
 use crate::writer;
 use bytes::Bytes;
@@ -55,6 +56,8 @@ pub struct Backend {
     /// How long a read or write waits for enough chunkservers before it fails.
     pub io_wait: Duration,
     pub stats: crate::metrics::Stats,
+    /// The order this mount's batches landed in (see [`crate::landings`]).
+    pub landings: Landings,
 }
 
 impl Backend {
@@ -101,6 +104,18 @@ struct Buffers {
     next_batch: u64,
     errors: WriteErrors,
     dirty_since: Option<Instant>,
+    landed: Option<Landed>,
+}
+
+impl Buffers {
+    fn local_end(&self) -> u64 {
+        self.flushing
+            .iter()
+            .map(|f| f.data.end())
+            .chain([self.dirty.end()])
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Write-back errors as Linux's errseq keeps them: a counter of errors and the latest one.
@@ -224,13 +239,20 @@ impl FileState {
 
     /// One past the last byte written here but not committed yet (0 if none).
     pub fn local_end(&self) -> u64 {
+        self.buffers().local_end()
+    }
+
+    /// The size a metaserver answer asked for at `asked` must show at least: bytes written
+    /// here and not committed yet, and those committed after `asked`.
+    pub fn end_since(&self, asked: Landing) -> u64 {
+        // One look: a batch landing in between would be in neither.
         let b = self.buffers();
-        b.flushing
-            .iter()
-            .map(|f| f.data.end())
-            .chain([b.dirty.end()])
-            .max()
-            .unwrap_or(0)
+        b.local_end().max(Landed::end_since(b.landed, asked))
+    }
+
+    /// The latest landing of this file's batches, if any since its last truncation here.
+    pub fn landed(&self) -> Option<Landed> {
+        self.buffers().landed
     }
 
     /// Bytes written here and not committed yet (overwrites counted again).
@@ -305,11 +327,19 @@ impl FileState {
             // The slice map must show the new slices before the batch stops being overlaid.
             file.invalidate_slices();
             let mut b = file.buffers();
-            b.flushing.retain(|f| f.id != id);
-            if let Some(e) = error {
-                b.errors.count += 1;
-                (b.errors.last, b.errors.seen) = (Some(e), false);
+            // Noted before the batch stops counting in `local_end`: no answer may miss both.
+            match error {
+                Some(e) => {
+                    b.errors.count += 1;
+                    (b.errors.last, b.errors.seen) = (Some(e), false);
+                }
+                None => {
+                    let end = b.landed.map_or(0, |l| l.end).max(data.end());
+                    let at = backend.landings.land();
+                    b.landed = Some(Landed { at, end });
+                }
             }
+            b.flushing.retain(|f| f.id != id);
             drop(b);
             let _ = tx.send(true);
         });
@@ -442,7 +472,10 @@ impl FileState {
 
     /// Drops buffered bytes at or past `size` (after a truncation).
     pub fn truncate_buffers(&self, size: u64) {
-        self.buffers().dirty.truncate(size);
+        let mut b = self.buffers();
+        b.dirty.truncate(size);
+        b.landed = Landed::truncate(b.landed, size);
+        drop(b);
         if size == 0 {
             // No slices are left: the file may hold its bytes inline again.
             self.sliced.store(false, Ordering::Relaxed);

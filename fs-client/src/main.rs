@@ -10,6 +10,7 @@ mod compact;
 mod extents;
 mod file_state;
 mod fuse_fs;
+mod landings;
 mod metrics;
 mod options;
 mod readahead;
@@ -252,6 +253,7 @@ fn mount_and_serve(plan: &Plan, background: bool, verdict: &Verdict) -> Result<(
             slice_ttl: plan.opts.attr_timeout,
             io_wait: plan.opts.io_wait,
             stats: metrics::Stats::default(),
+            landings: Default::default(),
         };
         let tuning = client::Tuning {
             attr_ttl: plan.opts.attr_timeout,

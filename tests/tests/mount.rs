@@ -914,3 +914,89 @@ async fn unlinks_are_answered_at_once_sent_in_batches_and_land_in_order() -> Res
     std::fs::File::open(mnt.join("t"))?.sync_all()?;
     Ok(())
 }
+
+/// A file's size as another process sees it while one appends to it never goes below what
+/// was already written: attributes asked for before a batch of writes was committed, and
+/// answered after, must not hide it. (A size that goes back kills a process that has the
+/// file mapped with SIGBUS; fsx found it.) Forced stats (`statx` with
+/// `AT_STATX_FORCE_SYNC`) ask the mount every time; the writer commits often, with fsync
+/// or by closing the file after each write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_growing_file_never_looks_shorter_than_what_was_written() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (_admin, mnt) = tc.start_with_mount(3).await?;
+    for reopen in [false, true] {
+        let path = mnt.join(format!("growing-{reopen}"));
+        let (shorter, stats) =
+            tokio::task::spawn_blocking(move || sizes_seen_while_appending(&path, reopen))
+                .await??;
+        ensure!(
+            shorter.is_empty(),
+            "reopen {reopen}: {} of {stats} stats showed less than written, e.g. (size, written) {:?}",
+            shorter.len(),
+            &shorter[..shorter.len().min(5)]
+        );
+    }
+    Ok(())
+}
+
+/// Appends 2000 blocks of 4 KiB to `path` (fsync after every other one, or a close and
+/// reopen after each) while this thread stats it; returns the (size, written) pairs that
+/// showed less than was written, and how many stats were made.
+fn sizes_seen_while_appending(path: &Path, reopen: bool) -> Result<(Vec<(u64, u64)>, u64)> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const BLOCK: usize = 4096;
+    let written = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| -> Result<()> {
+            let result = (|| {
+                let open = || {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                };
+                let mut file = open()?;
+                for i in 0..2000u64 {
+                    file.write_all(&[b'x'; BLOCK])?;
+                    if reopen {
+                        drop(file);
+                        file = open()?;
+                    } else if i % 2 == 0 {
+                        file.sync_data()?;
+                    }
+                    written.store((i + 1) * BLOCK as u64, Ordering::SeqCst);
+                }
+                Ok(())
+            })();
+            done.store(true, Ordering::SeqCst);
+            result
+        });
+        let (mut shorter, mut stats) = (Vec::new(), 0u64);
+        while !done.load(Ordering::SeqCst) {
+            let before = written.load(Ordering::SeqCst);
+            // SAFETY: a zeroed statx is a valid out-buffer; the path is NUL-terminated.
+            let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::statx(
+                    libc::AT_FDCWD,
+                    c_path.as_ptr(),
+                    libc::AT_STATX_FORCE_SYNC,
+                    libc::STATX_SIZE,
+                    &mut sx,
+                )
+            };
+            if rc == 0 {
+                stats += 1;
+                if sx.stx_size < before {
+                    shorter.push((sx.stx_size, before));
+                }
+            }
+        }
+        writer.join().expect("writer thread")?;
+        Ok((shorter, stats))
+    })
+}
