@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 const SERVERS: u32 = 26;
 /// Quick failure detection; re-encoding slow enough that a reader and a writer overlap it;
 /// no rebalancing, so that a repair's reads are measured alone (a move can start unseen
-/// right after a file is written, and one off a server just killed decodes like a repair).
+/// right after a file is written, and one off a server just killed decodes like a repair);
+/// a removed file's data gone soon (it is waited for).
 const UPKEEP: &[&str] = &[
     "--balance-tolerance",
     "1000",
+    "--session-timeout",
+    "3",
     "--suspect-after",
     "2",
     "--down-after",
@@ -211,6 +214,12 @@ async fn grid_parity_per_directory_reencoded_live_and_read_around_a_slow_server(
     let holder = servers_of(&a, &status)?[0];
     let (grid_read, grid_rebuilt) = repair_after_losing(&tc, &admin, holder).await?;
     std::fs::remove_file(&a)?;
+    // A removed file's data stays until no mount can have it open (the session timeout):
+    // until then its slices would be repaired with the next file's, at their own cost.
+    wait_status(&admin, Duration::from_secs(60), "removed file gone", |s| {
+        s.slices == 0
+    })
+    .await?;
     let rs = mnt.join("rs");
     std::fs::create_dir(&rs)?;
     set_policy(&rs, "rs:16+3")?;
