@@ -1059,14 +1059,19 @@ impl Client {
     async fn write_out(&self, fh: u64, heard: Heard) -> Result<Arc<FileState>, Errno> {
         let file = self.handle(fh)?;
         file.flush(&self.backend).await;
+        self.unheard_error(fh, &file, heard)?;
+        Ok(file)
+    }
+
+    /// A write error of `file` that descriptor `fh` has not heard of yet, if any.
+    fn unheard_error(&self, fh: u64, file: &FileState, heard: Heard) -> Result<(), Errno> {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         let handle = handles.get(&fh).ok_or(Errno::INVAL)?;
         let mut seen = handle.errors_seen.lock().unwrap_or_else(|p| p.into_inner());
         match heard {
-            Heard::Once => file.errors_since(&mut seen)?,
-            Heard::NotYet => file.errors_since(&mut seen.clone())?,
+            Heard::Once => file.errors_since(&mut seen),
+            Heard::NotYet => file.errors_since(&mut seen.clone()),
         }
-        Ok(file)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u64) -> Result<bytes::Bytes, Errno> {
@@ -1074,9 +1079,25 @@ impl Client {
         let attr = self.cached_attr(file.ino).await?;
         let size = attr.size.max(file.local_end());
         let data = reader::read(&self.backend, &file, offset, len, size).await?;
+        self.note_read(&data);
+        Ok(data)
+    }
+
+    /// A read answered without waiting, if it can be: a file held inline whose bytes and
+    /// attributes are fresh here (see [`reader::read_held`]). Called on the kernel's
+    /// request thread: it never waits.
+    pub fn read_here(&self, fh: u64, offset: u64, len: u64) -> Option<bytes::Bytes> {
+        let file = self.handle(fh).ok()?;
+        let (attr, _) = self.fresh_attr(file.ino)?;
+        let size = attr.size.max(file.local_end());
+        let data = reader::read_held(&self.backend, &file, offset, len, size)?;
+        self.note_read(&data);
+        Some(data)
+    }
+
+    fn note_read(&self, data: &[u8]) {
         self.backend.stats.reads.add(1);
         self.backend.stats.read_bytes.add(data.len() as u64);
-        Ok(data)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
@@ -1127,8 +1148,29 @@ impl Client {
     /// drops the POSIX locks the closing process (`lock_owner`) held on it, as POSIX wants
     /// of any close.
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
-        let result = self.write_out(fh, Heard::NotYet).await;
         let file = self.handle(fh)?;
+        file.flush(&self.backend).await;
+        let result = self.flushed(fh, &file, lock_owner);
+        self.drop_locks(&file, lock_owner).await?;
+        result
+    }
+
+    /// A close answered without waiting, if nothing is left for it to send: the file has
+    /// nothing buffered or being written, and `lock_owner` holds no lock on it (the usual
+    /// close of a file only read). Called on the kernel's request thread.
+    pub fn flush_here(&self, fh: u64, lock_owner: u64) -> Option<Result<(), Errno>> {
+        let file = self.handle(fh).ok()?;
+        if file.has_unflushed() || file.is_locker(lock_owner) {
+            return None;
+        }
+        Some(self.flushed(fh, &file, lock_owner))
+    }
+
+    /// A close once the file's buffers are out: a write error the descriptor has not heard
+    /// of (it still hears of it at fsync), and `lock_owner` no longer holds locks through
+    /// any descriptor of the file.
+    fn flushed(&self, fh: u64, file: &FileState, lock_owner: u64) -> Result<(), Errno> {
+        let result = self.unheard_error(fh, file, Heard::NotYet);
         for h in self
             .handles
             .lock()
@@ -1142,8 +1184,7 @@ impl Client {
                     .remove(&lock_owner);
             }
         }
-        self.drop_locks(&file, lock_owner).await?;
-        result.map(drop)
+        result
     }
 
     async fn drop_locks(&self, file: &FileState, owner: u64) -> Result<(), Errno> {
@@ -1159,6 +1200,32 @@ impl Client {
 
     /// The last close of an open file description: its OFD and flock locks go (the kernel
     /// names the flock owner, `flock_owner`, when flock was used on it).
+    /// A last close answered without waiting, if nothing is left for it to send: the file
+    /// has nothing buffered or being written and the descriptor's lock owners hold no locks
+    /// on it. Called on the kernel's request thread.
+    pub fn release_here(&self, fh: u64, flock_owner: Option<u64>) -> bool {
+        let handle = {
+            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = handles.get(&fh) else {
+                return false;
+            };
+            let idle = !h.file.has_unflushed()
+                && h.lockers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                && flock_owner.is_none_or(|o| !h.file.is_locker(o));
+            if !idle {
+                return false;
+            }
+            handles.remove(&fh)
+        };
+        if let Some(h) = handle {
+            self.closed(&h.file);
+        }
+        true
+    }
+
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
         let Some(handle) = self
             .handles

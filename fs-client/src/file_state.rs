@@ -229,6 +229,14 @@ impl FileState {
         }
     }
 
+    /// Whether `owner` may hold locks here.
+    pub fn is_locker(&self, owner: u64) -> bool {
+        self.lockers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&owner)
+    }
+
     /// Whether `owner` may hold locks here (forgets it: the caller drops them).
     pub fn take_locker(&self, owner: u64) -> bool {
         self.lockers
@@ -525,22 +533,28 @@ impl FileState {
     }
 
     /// The slices of chunks `first..=last`, from the cache while fresh.
+    /// The file's bytes, if it is held inline and they were fetched within the slice
+    /// timeout.
+    pub fn held_inline(&self, backend: &Backend) -> Option<Arc<Vec<u8>>> {
+        let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, bytes) = cache.inline.as_ref()?;
+        (at.elapsed() <= backend.slice_ttl).then(|| bytes.clone())
+    }
+
     pub async fn slice_map(
         &self,
         backend: &Backend,
         first: u64,
         last: u64,
     ) -> Result<SliceMap, Errno> {
+        if let Some(bytes) = self.held_inline(backend) {
+            return Ok(SliceMap {
+                inline: Some(bytes),
+                ..SliceMap::default()
+            });
+        }
         let (generation, mut map) = {
             let cache = self.slices.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, bytes)) = &cache.inline {
-                if at.elapsed() <= backend.slice_ttl {
-                    return Ok(SliceMap {
-                        inline: Some(bytes.clone()),
-                        ..SliceMap::default()
-                    });
-                }
-            }
             let chunks = (first..=last)
                 .filter_map(|c| {
                     let (at, slices) = cache.chunks.get(&c)?;

@@ -540,6 +540,9 @@ impl Filesystem for LatticeFs {
         _lock: Option<u64>,
         reply: ReplyData,
     ) {
+        if let Some(data) = self.client.read_here(fh, offset.max(0) as u64, size as u64) {
+            return reply.data(&data);
+        }
         let c = self.client.clone();
         self.spawn(async move {
             match c.read(fh, offset.max(0) as u64, size as u64).await {
@@ -571,6 +574,9 @@ impl Filesystem for LatticeFs {
     }
 
     fn flush(&mut self, _req: &Request<'_>, _i: u64, fh: u64, lock_owner: u64, reply: ReplyEmpty) {
+        if let Some(result) = self.client.flush_here(fh, lock_owner) {
+            return done(reply, result);
+        }
         let c = self.client.clone();
         self.spawn(async move { done(reply, c.flush(fh, lock_owner).await) });
     }
@@ -585,6 +591,9 @@ impl Filesystem for LatticeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.client.release_here(fh, flock_owner) {
+            return reply.ok();
+        }
         let c = self.client.clone();
         self.spawn(async move { done(reply, c.release(fh, flock_owner).await) });
     }

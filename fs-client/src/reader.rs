@@ -68,6 +68,38 @@ pub async fn read(
     Ok(Bytes::from(out))
 }
 
+/// A read answered from what is held here, without waiting: a file held inline whose bytes
+/// were fetched within the slice timeout (by its open, usually), with bytes not yet
+/// committed laid on top; `None` when they must be fetched.
+pub fn read_held(
+    backend: &Backend,
+    file: &FileState,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Option<Bytes> {
+    let end = (offset + len).min(size);
+    if offset >= end {
+        return Some(Bytes::new());
+    }
+    // Taken before the held bytes, as in `read`: a batch that lands drops them first.
+    let overlay = file.overlay(offset, end);
+    let held = file.held_inline(backend)?;
+    let mut out = inline_range(&held, offset, end);
+    overlay.overlay(offset, &mut out);
+    Some(Bytes::from(out))
+}
+
+/// Bytes `offset..end` of a file held inline as `held` (zeros past them).
+fn inline_range(held: &[u8], offset: u64, end: u64) -> Vec<u8> {
+    let mut out = vec![0u8; (end - offset) as usize];
+    let upto = (end as usize).min(held.len());
+    if (offset as usize) < upto {
+        out[..upto - offset as usize].copy_from_slice(&held[offset as usize..upto]);
+    }
+    out
+}
+
 /// `offset..end` out of read-ahead blocks: a view of the block if one holds it all, else
 /// copied together; `None` if a block ended early (the file grew since it was fetched).
 async fn from_blocks(
@@ -144,13 +176,7 @@ async fn committed_once(
         .await
         .map_err(Unreadable::Map)?;
     if let Some(inline) = &map.inline {
-        let mut out = vec![0u8; (end - offset) as usize];
-        let held = inline.as_slice();
-        let upto = (end as usize).min(held.len());
-        if (offset as usize) < upto {
-            out[..upto - offset as usize].copy_from_slice(&held[offset as usize..upto]);
-        }
-        return Ok(out);
+        return Ok(inline_range(inline, offset, end));
     }
     let mut spans: Vec<Span> = Vec::new();
     for chunk in first..=last {
