@@ -321,9 +321,10 @@ impl Client {
         Ok((attr, self.tuning.attr_ttl))
     }
 
-    /// A lookup answered without a metaserver, if it can be: a name unlinked here, or one
-    /// fetched ahead (see [`crate::statahead`]). Never waits (the kernel's request thread
-    /// may call it, inside the runtime).
+    /// A lookup answered without a metaserver, if it can be: a name unlinked here, one
+    /// fetched ahead (see [`crate::statahead`]), or a directory this mount learnt of within
+    /// the attribute timeout. Never waits (the kernel's request thread may call it, inside
+    /// the runtime).
     pub fn lookup_here(
         self: &Arc<Self>,
         parent: InodeId,
@@ -333,13 +334,30 @@ impl Client {
             return Some(Err(Errno::NOENT));
         }
         let now = Instant::now();
-        let hit = self.statahead().take(parent, name, now)?;
+        let Some(hit) = self.statahead().take(parent, name, now) else {
+            return self.known_dir(parent, name, now).map(Ok);
+        };
         if let Some(w) = hit.next {
             self.look_ahead(w);
         }
-        let answer = self.looked_ahead(hit.ino, hit.fetched, now)?;
+        let answer = self.cached_answer(hit.ino, hit.fetched, now)?;
+        self.backend.stats.statahead_hits.add(1);
         self.note_entry(parent, name, &answer.0);
         Some(Ok(answer))
+    }
+
+    /// A directory this mount made or looked up within the attribute timeout, for what is
+    /// left of it. The kernel holds such a name already, but asks again before making it
+    /// (an exclusive create always asks): `mkdir -p` asks so for every directory on every
+    /// path it is given. Not noted again, so the answer never outlives the timeout.
+    fn known_dir(&self, parent: InodeId, name: &[u8], now: Instant) -> Option<(Attr, Duration)> {
+        let (ino, kind, learnt) = self.entries().get(&(parent, name.to_vec())).copied()?;
+        if kind != FileKind::Dir {
+            return None;
+        }
+        let answer = self.cached_answer(ino, learnt, now)?;
+        self.backend.stats.known_dir_hits.add(1);
+        Some(answer)
     }
 
     fn unlinks(&self) -> std::sync::MutexGuard<'_, Unlinks> {
@@ -471,10 +489,10 @@ impl Client {
         self.statahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A lookup answered from a window fetched ahead (see [`crate::statahead`]), for what
-    /// is left of the attribute timeout. Files open here are asked for (their size may
-    /// have grown here since).
-    fn looked_ahead(
+    /// A lookup of `ino` answered from its cached attributes and what was learnt of its name
+    /// at `fetched`, for what is left of the attribute timeout. Files open here are asked
+    /// for (their size may have grown here since).
+    fn cached_answer(
         &self,
         ino: InodeId,
         fetched: Instant,
@@ -494,7 +512,6 @@ impl Client {
         if left.is_zero() {
             return None;
         }
-        self.backend.stats.statahead_hits.add(1);
         Some((attr, left))
     }
 

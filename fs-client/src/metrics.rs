@@ -13,6 +13,7 @@ pub struct Stats {
     pub write_errors: Counter,
     pub acl_reads_answered: Counter,
     pub statahead_hits: Counter,
+    pub known_dir_hits: Counter,
     pub statahead_fetches: Counter,
     pub unlinks_answered: Counter,
     pub unlink_batches: Counter,
@@ -72,6 +73,12 @@ impl Stats {
                 "Lookups answered from directory entries fetched ahead.",
                 c,
                 self.statahead_hits.get(),
+            ),
+            (
+                "lattice_client_known_dir_hits_total",
+                "Lookups of directories answered from what this mount learnt of them within the attribute timeout.",
+                c,
+                self.known_dir_hits.get(),
             ),
             (
                 "lattice_client_statahead_fetches_total",

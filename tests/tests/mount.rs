@@ -637,6 +637,17 @@ async fn mount_with_metrics(
     Ok((mnt, metrics))
 }
 
+/// As [`mount_with_metrics`], and mount 2 (no metrics) at `other` in the state directory.
+async fn two_mounts_with_metrics(
+    tc: &TestCluster,
+    opts: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::net::SocketAddr)> {
+    let (mnt, metrics) = mount_with_metrics(tc, opts).await?;
+    let other = tc.state().join("other");
+    tc.cluster.start_mount(2, &other, "").await?;
+    Ok((mnt, other, metrics))
+}
+
 /// Runs `cmd` with `sh` as uid and gid 1000, no supplementary groups.
 fn as_user_1000(cmd: &str) -> Result<String> {
     let quoted = cmd.replace('\'', r"'\''");
@@ -699,9 +710,7 @@ async fn lookups_in_a_big_directory_are_fetched_ahead_and_changes_still_show() -
     let tc = TestCluster::new()?;
     // A long attribute timeout: what is fetched ahead stays usable through the whole test,
     // so a name this mount changed could only be right if it was forgotten.
-    let (mnt, metrics) = mount_with_metrics(&tc, ",attr_timeout=60").await?;
-    let other = tc.state().join("other");
-    tc.cluster.start_mount(2, &other, "").await?;
+    let (mnt, other, metrics) = two_mounts_with_metrics(&tc, ",attr_timeout=60").await?;
     let dir = mnt.join("d");
     // Written by the other mount: this one has looked nothing up yet.
     std::fs::create_dir(other.join("d"))?;
@@ -815,9 +824,7 @@ async fn unlinks_are_answered_at_once_sent_in_batches_and_land_in_order() -> Res
     let tc = TestCluster::new()?;
     // A long attribute timeout: the kernel keeps the entries it was given for the whole test
     // (the end needs an entry older than another mount's change of it).
-    let (mnt, metrics) = mount_with_metrics(&tc, ",attr_timeout=60").await?;
-    let other = tc.state().join("other");
-    tc.cluster.start_mount(2, &other, "").await?;
+    let (mnt, other, metrics) = two_mounts_with_metrics(&tc, ",attr_timeout=60").await?;
     let counter = |name: &str| lattice_tests::counter(Some(metrics), name);
     let dir = mnt.join("d");
     std::fs::create_dir(&dir)?;
@@ -999,4 +1006,42 @@ fn sizes_seen_while_appending(path: &Path, reopen: bool) -> Result<(Vec<(u64, u6
         writer.join().expect("writer thread")?;
         Ok((shorter, stats))
     })
+}
+
+/// `mkdir -p` makes the kernel ask the mount again for every directory on every path it is
+/// given (it looks each name up before making it, and such a lookup always asks): the
+/// directories this mount made or looked up within the attribute timeout are answered
+/// without a metaserver. Another mount's rmdir shows here once that timeout is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directories_known_here_are_answered_here_within_the_attribute_timeout() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (mnt, other, metrics) = two_mounts_with_metrics(&tc, "").await?;
+    let hits = || lattice_tests::counter(Some(metrics), "lattice_client_known_dir_hits_total");
+    let leaves: Vec<String> = (0..4)
+        .flat_map(|i| (0..4).map(move |j| format!("t/{i}/{j}")))
+        .collect();
+    sh(&format!(
+        "cd '{}' && mkdir -p {}",
+        mnt.display(),
+        leaves.join(" ")
+    ))?;
+    ensure!(
+        hits()? > 0,
+        "no lookup of a known directory was answered here"
+    );
+    for leaf in &leaves {
+        ensure!(other.join(leaf).is_dir(), "{leaf} on the other mount");
+    }
+    std::fs::remove_dir(other.join("t/3/3"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mnt.join("t/3/3").exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "a removed directory still shows after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sh(&format!("mkdir -p '{}'", mnt.join("t/3/3").display()))?;
+    ensure!(other.join("t/3/3").is_dir(), "made again");
+    Ok(())
 }
