@@ -351,7 +351,7 @@ impl Client {
     /// (an exclusive create always asks): `mkdir -p` asks so for every directory on every
     /// path it is given. Not noted again, so the answer never outlives the timeout.
     fn known_dir(&self, parent: InodeId, name: &[u8], now: Instant) -> Option<(Attr, Duration)> {
-        let (ino, kind, learnt) = self.entries().get(&(parent, name.to_vec())).copied()?;
+        let (ino, kind, learnt) = self.known_entry(parent, name)?;
         if kind != FileKind::Dir {
             return None;
         }
@@ -376,12 +376,12 @@ impl Client {
         entries.insert((parent, name.to_vec()), value);
     }
 
-    /// The inode `name` leads to and its kind, if this mount learnt them within the
+    /// The inode `name` leads to, its kind and when this mount learnt them, if within the
     /// attribute timeout.
-    fn known_entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind)> {
+    fn known_entry(&self, parent: InodeId, name: &[u8]) -> Option<(InodeId, FileKind, Instant)> {
         let entries = self.entries();
         let (ino, kind, at) = entries.get(&(parent, name.to_vec()))?;
-        (at.elapsed() < self.tuning.attr_ttl).then_some((*ino, *kind))
+        (at.elapsed() < self.tuning.attr_ttl).then_some((*ino, *kind, *at))
     }
 
     /// Waits until every unlink answered so far is applied.
@@ -752,7 +752,7 @@ impl Client {
         if !self.tuning.answer_unlinks {
             return false;
         }
-        let Some((ino, kind)) = self.known_entry(parent, name) else {
+        let Some((ino, kind, _)) = self.known_entry(parent, name) else {
             return false;
         };
         let now = Instant::now();
@@ -1215,34 +1215,32 @@ impl Client {
         Ok(())
     }
 
-    /// The last close of an open file description: its OFD and flock locks go (the kernel
-    /// names the flock owner, `flock_owner`, when flock was used on it).
     /// A last close answered without waiting, if nothing is left for it to send: the file
     /// has nothing buffered or being written and the descriptor's lock owners hold no locks
     /// on it. Called on the kernel's request thread.
     pub fn release_here(&self, fh: u64, flock_owner: Option<u64>) -> bool {
-        let handle = {
-            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(h) = handles.get(&fh) else {
-                return false;
-            };
-            let idle = !h.file.has_unflushed()
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = handles.get(&fh).is_some_and(|h| {
+            !h.file.has_unflushed()
                 && h.lockers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .is_empty()
-                && flock_owner.is_none_or(|o| !h.file.is_locker(o));
-            if !idle {
-                return false;
-            }
-            handles.remove(&fh)
-        };
-        if let Some(h) = handle {
-            self.closed(&h.file);
+                && flock_owner.is_none_or(|o| !h.file.is_locker(o))
+        });
+        if !idle {
+            return false;
         }
+        let Some(handle) = handles.remove(&fh) else {
+            return false;
+        };
+        drop(handles);
+        self.closed(&handle.file);
         true
     }
 
+    /// The last close of an open file description: its OFD and flock locks go (the kernel
+    /// names the flock owner, `flock_owner`, when flock was used on it).
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> Result<(), Errno> {
         let Some(handle) = self
             .handles

@@ -532,7 +532,6 @@ impl FileState {
         Some(ra.blocks(offset, end, window, size, start))
     }
 
-    /// The slices of chunks `first..=last`, from the cache while fresh.
     /// The file's bytes, if it is held inline and they were fetched within the slice
     /// timeout.
     pub fn held_inline(&self, backend: &Backend) -> Option<Arc<Vec<u8>>> {
@@ -541,6 +540,7 @@ impl FileState {
         (at.elapsed() <= backend.slice_ttl).then(|| bytes.clone())
     }
 
+    /// The slices of chunks `first..=last`, from the cache while fresh.
     pub async fn slice_map(
         &self,
         backend: &Backend,
