@@ -1,6 +1,7 @@
 //! The filesystem as the kernel sees it, one async method per operation: metadata goes to
 //! the metaserver group, data through per-file write buffers and the slice reader.
 
+use crate::dir_attrs::DirAttrs;
 use crate::file_state::{Backend, FileState};
 use crate::landings::Landing;
 use crate::reader;
@@ -74,6 +75,7 @@ pub struct Client {
     unlinks: Mutex<Unlinks>,
     /// How many answered unlinks are applied (see [`crate::unlinks`]).
     unlinks_applied: watch::Sender<u64>,
+    dir_attrs: Mutex<DirAttrs>,
 }
 
 /// A page of a directory listing (see [`Client::list_dir`]).
@@ -166,6 +168,7 @@ impl Client {
             entries: Mutex::default(),
             unlinks: Mutex::default(),
             unlinks_applied: watch::Sender::new(0),
+            dir_attrs: Mutex::default(),
         })
     }
 
@@ -203,6 +206,9 @@ impl Client {
         let named = names_changed(&op);
         let changed = inode_changed(&op);
         let removal = matches!(op, FsOp::Unlink { .. } | FsOp::Rmdir { .. });
+        // A directory removed or moved: which one is not known here.
+        let unknown_dir = matches!(op, FsOp::Rmdir { .. } | FsOp::Rename { .. });
+        let change = (!named.is_empty()).then(|| self.dir_attrs().start());
         let reply = self
             .backend
             .meta
@@ -223,6 +229,20 @@ impl Client {
         }
         if let Some(ino) = changed {
             self.statahead().changed(ino, Instant::now());
+        }
+        let mut dir_attrs = self.dir_attrs();
+        if unknown_dir {
+            dir_attrs.forget_all();
+        }
+        if let Some(ino) = changed {
+            dir_attrs.forget(ino);
+        }
+        if let Some(change) = change {
+            let dir = match &reply {
+                Ok(FsReply::Made { parent, .. }) => Some(Attr::clone(parent)),
+                _ => None,
+            };
+            dir_attrs.end(change, dir, Instant::now());
         }
         reply
     }
@@ -248,7 +268,7 @@ impl Client {
     /// after the query was sent.
     fn remember(&self, mut attr: Attr, asked: Landing) -> Attr {
         // A directory with unlinks answered here shows what they will make of it.
-        if let Some(a) = self.getattr_here(attr.ino) {
+        if let Some(a) = self.unlinking_dir_attr(attr.ino) {
             attr = a;
         }
         // Held from the look at the buffers on: a write buffered meanwhile raises the size
@@ -273,7 +293,7 @@ impl Client {
     async fn attr_reply(&self, op: FsOp) -> Result<Attr, Errno> {
         let made = names_changed(&op);
         let asked = self.backend.landings.now();
-        let FsReply::Attr(a) = self.mutate(op).await? else {
+        let (FsReply::Attr(a) | FsReply::Made { attr: a, .. }) = self.mutate(op).await? else {
             return Err(Errno::IO);
         };
         if let [(parent, name)] = &made[..] {
@@ -575,8 +595,35 @@ impl Client {
 
     /// Attributes answered without a metaserver (see [`Client::getattr`]); never waits.
     pub fn getattr_here(&self, ino: InodeId) -> Option<Attr> {
-        let now = Instant::now();
-        self.unlinks().dir_attr(ino, self.tuning.attr_ttl, now)
+        if let Some(a) = self.unlinking_dir_attr(ino) {
+            return Some(a);
+        }
+        if self.unlinks().touches(ino) {
+            return None;
+        }
+        let answer = self.dir_attr_kept(ino).map(|(a, _)| a);
+        if answer.is_some() {
+            self.backend.stats.dir_attrs_kept_hits.add(1);
+        }
+        answer
+    }
+
+    /// The attributes of a directory with unlinks answered here, as they will be once
+    /// applied (see [`Unlinks::dir_attr`]).
+    fn unlinking_dir_attr(&self, ino: InodeId) -> Option<Attr> {
+        self.unlinks()
+            .dir_attr(ino, self.tuning.attr_ttl, Instant::now())
+    }
+
+    /// A directory's attributes as this mount's latest change in it left them, and since
+    /// when (see [`crate::dir_attrs`]).
+    fn dir_attr_kept(&self, ino: InodeId) -> Option<(Attr, Instant)> {
+        self.dir_attrs()
+            .get(ino, self.tuning.attr_ttl, Instant::now())
+    }
+
+    fn dir_attrs(&self) -> std::sync::MutexGuard<'_, DirAttrs> {
+        self.dir_attrs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Attributes from the cache and when they were fetched, if within the attribute
@@ -772,7 +819,9 @@ impl Client {
             dir,
             at: Timestamp::now(),
         };
-        let parent_attr = self.fresh_attr(parent);
+        let parent_attr = self
+            .dir_attr_kept(parent)
+            .or_else(|| self.fresh_attr(parent));
         {
             let mut u = self.unlinks();
             if u.full() {
@@ -780,6 +829,7 @@ impl Client {
             }
             u.push(entry, parent_attr);
         }
+        self.dir_attrs().touched();
         // The directory's attributes stay: they answer the kernel's checks meanwhile.
         self.forget_entry(parent, name);
         self.statahead().changed(ino, now);
@@ -958,6 +1008,7 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ino);
+        self.dir_attrs().forget(ino);
     }
 
     pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, Errno> {

@@ -7,6 +7,7 @@
 
 mod client;
 mod compact;
+mod dir_attrs;
 mod extents;
 mod file_state;
 mod fuse_fs;

@@ -14,6 +14,7 @@ pub struct Stats {
     pub acl_reads_answered: Counter,
     pub statahead_hits: Counter,
     pub known_dir_hits: Counter,
+    pub dir_attrs_kept_hits: Counter,
     pub statahead_fetches: Counter,
     pub unlinks_answered: Counter,
     pub unlink_batches: Counter,
@@ -79,6 +80,12 @@ impl Stats {
                 "Lookups of directories answered from what this mount learnt of them within the attribute timeout.",
                 c,
                 self.known_dir_hits.get(),
+            ),
+            (
+                "lattice_client_dir_attrs_kept_hits_total",
+                "Directory attributes answered from this mount's own latest change in the directory.",
+                c,
+                self.dir_attrs_kept_hits.get(),
             ),
             (
                 "lattice_client_statahead_fetches_total",

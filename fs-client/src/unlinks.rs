@@ -300,22 +300,7 @@ mod tests {
     fn a_directory_being_emptied_shows_the_times_and_link_count_it_will_have() {
         let mut u = Unlinks::default();
         let (t0, ttl) = (Instant::now(), Duration::from_secs(1));
-        let base = Attr {
-            ino: InodeId(1),
-            kind: lattice_common::fs::FileKind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            blocks: 0,
-            nlink: 4,
-            atime: Timestamp::default(),
-            mtime: Timestamp::default(),
-            ctime: Timestamp::default(),
-            rdev: 0,
-            policy: None,
-            known_xattrs: Default::default(),
-        };
+        let base = crate::dir_attrs::tests::dir(1, 4);
         let rmdir = |name, ino| Unlinked {
             dir: true,
             ..unlink(1, name, ino)

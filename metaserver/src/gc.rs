@@ -352,7 +352,7 @@ mod tests {
                 caller: Caller::ROOT,
             };
             match self.fs(op) {
-                FsReply::Attr(a) => a.ino,
+                FsReply::Made { attr: a, .. } => a.ino,
                 other => panic!("{other:?}"),
             }
         }

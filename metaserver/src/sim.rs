@@ -169,7 +169,7 @@ impl Sim {
                 Event::Applied { token, outcome } => {
                     let name = self.pending.remove(&token).unwrap();
                     match outcome {
-                        Outcome::Fs(Ok(FsReply::Attr(_))) => {
+                        Outcome::Fs(Ok(FsReply::Made { .. })) => {
                             self.acked.insert(name);
                         }
                         other => panic!("mkdir {name} gave {other:?}"),

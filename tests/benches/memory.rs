@@ -71,7 +71,7 @@ async fn main() -> Result<()> {
             caller: ME,
         };
         match meta.mutate(op).await?? {
-            FsReply::Attr(a) => parents.push(a.ino),
+            FsReply::Made { attr: a, .. } => parents.push(a.ino),
             other => bail!("{other:?}"),
         }
     }

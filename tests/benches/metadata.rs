@@ -32,7 +32,7 @@ async fn main() -> Result<()> {
             })
             .await??
         {
-            FsReply::Attr(a) => a.ino,
+            FsReply::Made { attr: a, .. } => a.ino,
             other => anyhow::bail!("{other:?}"),
         };
         let start = Instant::now();

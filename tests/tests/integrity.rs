@@ -388,7 +388,7 @@ async fn a_retry_after_a_long_silence_gets_its_first_reply() -> Result<()> {
         },
     );
     let first = fs(meta.call(&create).await?)?;
-    let Ok(FsReply::Attr(attr)) = &first else {
+    let Ok(FsReply::Made { attr, .. }) = &first else {
         bail!("create gave {first:?}");
     };
     let whole = |kind| LockRange {

@@ -152,7 +152,7 @@ async fn members_restarted_from_disk_agree() -> Result<()> {
     let admin = tc.start_metaservers(3).await?;
     let meta = tc.meta_client("writer")?;
     let dir = match meta.mutate(mkdir("d")).await?? {
-        FsReply::Attr(a) => a.ino,
+        FsReply::Made { attr: a, .. } => a.ino,
         other => bail!("{other:?}"),
     };
     for i in 0..200 {
@@ -306,7 +306,7 @@ async fn chunkservers_register_heartbeat_and_go_down() -> Result<()> {
         })
         .await??
     {
-        FsReply::Attr(a) => a.ino,
+        FsReply::Made { attr: a, .. } => a.ino,
         other => bail!("{other:?}"),
     };
     let (slice, layout, placement) = match meta

@@ -956,7 +956,6 @@ fn sizes_seen_while_appending(path: &Path, reopen: bool) -> Result<(Vec<(u64, u6
     const BLOCK: usize = 4096;
     let written = AtomicU64::new(0);
     let done = AtomicBool::new(false);
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     std::thread::scope(|s| {
         let writer = s.spawn(|| -> Result<()> {
             let result = (|| {
@@ -985,27 +984,95 @@ fn sizes_seen_while_appending(path: &Path, reopen: bool) -> Result<(Vec<(u64, u6
         let (mut shorter, mut stats) = (Vec::new(), 0u64);
         while !done.load(Ordering::SeqCst) {
             let before = written.load(Ordering::SeqCst);
-            // SAFETY: a zeroed statx is a valid out-buffer; the path is NUL-terminated.
-            let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-            let rc = unsafe {
-                libc::statx(
-                    libc::AT_FDCWD,
-                    c_path.as_ptr(),
-                    libc::AT_STATX_FORCE_SYNC,
-                    libc::STATX_SIZE,
-                    &mut sx,
-                )
-            };
-            if rc == 0 {
+            if let Ok((_, _, size, _, _)) = statx_forced(path) {
                 stats += 1;
-                if sx.stx_size < before {
-                    shorter.push((sx.stx_size, before));
+                if size < before {
+                    shorter.push((size, before));
                 }
             }
         }
         writer.join().expect("writer thread")?;
         Ok((shorter, stats))
     })
+}
+
+/// The kernel asks again for a directory's attributes after each entry made in it (to check
+/// search permission on the next path through it). The mount answers from what the change's
+/// own answer said: what another mount hears from the metaservers, mode, links, size and
+/// times alike, after every kind of change made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_changed_here_shows_what_the_metaservers_hold() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (mnt, other, metrics) = two_mounts_with_metrics(&tc, "").await?;
+    let hits = || lattice_tests::counter(Some(metrics), "lattice_client_dir_attrs_kept_hits_total");
+    let (here, there) = (mnt.join("d"), other.join("d"));
+    std::fs::create_dir(&here)?;
+    let steps = [
+        ("create", "echo x > d/f"),
+        ("mkdir", "mkdir d/s"),
+        ("symlink", "ln -s f d/l"),
+        ("link", "ln d/f d/h"),
+        ("chmod", "chmod 700 d"),
+        ("mknod", "mkfifo d/p"),
+        ("rename", "mv d/s d/s2"),
+        ("rmdir", "rmdir d/s2"),
+        ("unlink", "rm d/h"),
+    ];
+    for (what, cmd) in steps {
+        sh(&format!("cd '{}' && {cmd}", mnt.display()))?;
+        // An unlink answered here reaches the metaservers a batch later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (a, b) = (statx_forced(&here)?, statx_forced(&there)?);
+            if a == b {
+                break;
+            }
+            ensure!(
+                what == "unlink" && Instant::now() < deadline,
+                "after {what}: here {a:?}, on the other mount {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    ensure!(
+        hits()? >= 4,
+        "directory attributes after a change were asked of the metaservers"
+    );
+    Ok(())
+}
+
+/// Mode, links, size, and modification and change times (seconds, nanoseconds).
+type Stat = (u16, u32, u64, (i64, u32), (i64, u32));
+
+/// What `statx` with `AT_STATX_FORCE_SYNC` (the mount is asked, whatever the kernel holds)
+/// says of `path`.
+fn statx_forced(path: &Path) -> Result<Stat> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a zeroed statx is a valid out-buffer; the path is NUL-terminated.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut sx,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "statx {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let t = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec);
+    Ok((
+        sx.stx_mode,
+        sx.stx_nlink,
+        sx.stx_size,
+        t(sx.stx_mtime),
+        t(sx.stx_ctime),
+    ))
 }
 
 /// `mkdir -p` makes the kernel ask the mount again for every directory on every path it is

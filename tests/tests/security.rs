@@ -390,7 +390,7 @@ async fn a_mount_certificate_reaches_shards_only_with_grants() -> Result<()> {
             caller: Caller { uid: 0, gid: 0 },
         })
         .await??;
-    let FsReply::Attr(attr) = made else {
+    let FsReply::Made { attr, .. } = made else {
         bail!("mknod: {made:?}")
     };
     let allocated = meta
@@ -599,7 +599,7 @@ async fn a_certificate_limited_to_one_user_has_only_that_users_rights() -> Resul
             caller: Caller::ROOT,
         })
         .await??;
-    let FsReply::Attr(made) = made else {
+    let FsReply::Made { attr: made, .. } = made else {
         bail!("mknod: {made:?}")
     };
     ensure!((made.uid, made.gid) == (1000, 1000), "made as {made:?}");

@@ -319,6 +319,12 @@ pub enum FsReply {
     },
     /// The outcome of each entry of [`FsOp::Unlinks`], in order.
     Unlinked(Vec<Result<(), Errno>>),
+    /// A new entry (mknod, mkdir, symlink, link): its inode's attributes, and its
+    /// directory's after the change (boxed: most replies are smaller).
+    Made {
+        attr: Attr,
+        parent: Box<Attr>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

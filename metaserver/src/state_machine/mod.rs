@@ -6,7 +6,7 @@ use crate::cluster_map::ClusterMap;
 use crate::locks::LockTable;
 use crate::namespace::Namespace;
 use lattice_common::chunk_map::SliceRef;
-use lattice_common::fs::{Errno, Timestamp};
+use lattice_common::fs::{Attr, Errno, Timestamp};
 use lattice_common::grant::GrantKey;
 use lattice_common::ids::{ChunkserverId, ClientId, InodeId, MetaserverId, SliceId};
 use lattice_common::layout::SliceLayout;
@@ -32,8 +32,8 @@ const MAX_REMEMBERED_REPLIES: usize = lattice_common::wire::meta::REMEMBERED_REP
 /// per file, punched holes. 4: several references committed at once, inline small files.
 /// 5: certificate revocations, grant keys. 6: the user a limited mount acts as. 7: sessions
 /// belong to a certificate. 8: attributes (in remembered replies) say which ACLs are set.
-/// 9: and whether file capabilities are.
-pub const STATE_FORMAT: u32 = 9;
+/// 9: and whether file capabilities are. 10: a new entry's reply carries its directory.
+pub const STATE_FORMAT: u32 = 10;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
 
@@ -451,7 +451,7 @@ impl StateMachine {
                 caller,
             } => ns
                 .mknod(parent, &name, kind, (perm, umask), rdev, caller, now)
-                .map(FsReply::Attr),
+                .and_then(|a| made(ns, a, parent)),
             FsOp::Mkdir {
                 parent,
                 name,
@@ -460,7 +460,7 @@ impl StateMachine {
                 caller,
             } => ns
                 .mkdir(parent, &name, (perm, umask), caller, now)
-                .map(FsReply::Attr),
+                .and_then(|a| made(ns, a, parent)),
             FsOp::Symlink {
                 parent,
                 name,
@@ -468,8 +468,10 @@ impl StateMachine {
                 caller,
             } => ns
                 .symlink(parent, &name, &target, caller, now)
-                .map(FsReply::Attr),
-            FsOp::Link { ino, parent, name } => ns.link(ino, parent, &name, now).map(FsReply::Attr),
+                .and_then(|a| made(ns, a, parent)),
+            FsOp::Link { ino, parent, name } => ns
+                .link(ino, parent, &name, now)
+                .and_then(|a| made(ns, a, parent)),
             FsOp::Unlink { parent, name } => ns.unlink(parent, &name, now).map(|()| FsReply::Done),
             FsOp::Rmdir { parent, name } => ns.rmdir(parent, &name, now).map(|()| FsReply::Done),
             FsOp::Unlinks { entries } if entries.len() > MAX_UNLINKS => Err(Errno::INVAL),
@@ -789,6 +791,14 @@ impl StateMachine {
 }
 
 /// One entry per shard, distinct servers, and at least the policy's least number placed.
+/// The reply to a change that made an entry: its inode's attributes and its directory's
+/// (whose times and link count it changed; the mount answers the kernel's next look at them
+/// from these instead of asking again).
+fn made(ns: &Namespace, attr: Attr, parent: InodeId) -> Result<FsReply, Errno> {
+    let parent = Box::new(ns.attr(parent)?);
+    Ok(FsReply::Made { attr, parent })
+}
+
 fn well_placed(layout: SliceLayout, placement: &[Option<ChunkserverId>]) -> bool {
     let placed: BTreeSet<_> = placement.iter().flatten().collect();
     placement.len() == layout.policy.total_shards()

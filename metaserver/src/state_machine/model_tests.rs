@@ -412,7 +412,7 @@ impl Run<'_> {
                     rdev: 0,
                     caller: ME,
                 };
-                if let Ok(FsReply::Attr(a)) = self.client_op(0, op) {
+                if let Ok(FsReply::Made { attr: a, .. }) = self.client_op(0, op) {
                     self.files.insert(a.ino, FileModel::default());
                     self.names.insert(n, a.ino);
                 }

@@ -211,7 +211,7 @@ mod tests {
                 },
             };
             match self.fs(op) {
-                Ok(FsReply::Attr(a)) => a.ino,
+                Ok(FsReply::Made { attr: a, .. }) => a.ino,
                 other => panic!("{other:?}"),
             }
         }

@@ -80,7 +80,7 @@ fn another_certificate_cannot_use_end_or_resume_a_session() {
         rdev: 0,
         caller: Caller::ROOT,
     };
-    let Ok(FsReply::Attr(a)) = c.request((1, "alice"), (1, 1), 0, file) else {
+    let Ok(FsReply::Made { attr: a, .. }) = c.request((1, "alice"), (1, 1), 0, file) else {
         panic!("mknod refused");
     };
     let lock = FsOp::SetLock {
