@@ -145,6 +145,15 @@ pub struct SetAttr {
     pub ctime: Option<Timestamp>,
 }
 
+impl SetAttr {
+    /// Whether this sets times and nothing else.
+    pub fn only_times(&self) -> bool {
+        let times = self.atime.is_some() || self.mtime.is_some() || self.ctime.is_some();
+        let other = self.perm.is_some() || self.uid.is_some() || self.gid.is_some();
+        times && !other && self.size.is_none()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenameMode {
     /// Replace an existing target (of a compatible kind).

@@ -122,6 +122,7 @@ fn inode_changed(op: &FsOp) -> Option<InodeId> {
         | FsOp::PunchHole { ino, .. }
         | FsOp::CommitSlices { ino, .. }
         | FsOp::WriteInline { ino, .. }
+        | FsOp::WriteInlineSetTimes { ino, .. }
         | FsOp::Uninline { ino, .. } => Some(*ino),
         _ => None,
     }
@@ -646,8 +647,19 @@ impl Client {
         let times = set.mtime.is_some() || set.atime.is_some();
         if let Some(file) = self.file(ino).filter(|_| set.size.is_some() || times) {
             // Buffered bytes go first: a truncation lands after them, and times set now
-            // (cp -a, tar x, rsync -a) are not overwritten by their later commit.
-            file.flush(&self.backend).await;
+            // (cp -a, tar x, rsync -a) are not overwritten by their later commit. Times
+            // alone ride with the last commit when it can carry them: one round, not two.
+            let only_times = set.only_times().then(|| set.clone());
+            if only_times.is_some() {
+                // Changes land in the order this mount answered them.
+                self.settle_unlinks().await;
+            }
+            let asked = self.backend.landings.now();
+            if let Some(attr) = file.flush_with_times(&self.backend, only_times).await {
+                self.backend.stats.times_with_writes.add(1);
+                self.statahead().changed(ino, Instant::now());
+                return Ok(self.remember(attr, asked));
+            }
             if let Some(size) = set.size {
                 file.truncate_buffers(size);
                 file.invalidate_slices();

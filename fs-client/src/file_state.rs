@@ -9,7 +9,7 @@ use crate::writer;
 use bytes::Bytes;
 use futures::future::join_all;
 use lattice_common::chunk_map::{self, SliceRef};
-use lattice_common::fs::{Attr, Errno};
+use lattice_common::fs::{Attr, Errno, SetAttr};
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::slice_io::SliceIo;
@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// Most flush batches of one file in flight before writers wait.
 const MAX_BATCHES_IN_FLIGHT: usize = 4;
@@ -310,9 +310,20 @@ impl FileState {
     /// Moves the buffered bytes into a new batch and starts writing it as slices. Uploads
     /// run at once; the commit waits for the previous batch's commit.
     pub fn start_flush(self: &Arc<Self>, backend: &Arc<Backend>) {
+        self.start_batch(backend, None);
+    }
+
+    /// [`FileState::start_flush`], with `times` (times only) set by the batch's own commit
+    /// if it goes inline. The receiver hears the attributes after both, or `None` when the
+    /// times were not set (the caller sets them then). `None` if nothing was buffered.
+    fn start_batch(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        times: Option<SetAttr>,
+    ) -> Option<oneshot::Receiver<Option<Attr>>> {
         let mut b = self.buffers();
         if b.dirty.is_empty() {
-            return;
+            return None;
         }
         let data = Arc::new(std::mem::take(&mut b.dirty).freeze());
         b.dirty_since = None;
@@ -327,10 +338,13 @@ impl FileState {
         });
         drop(b);
         let (file, backend) = (self.clone(), backend.clone());
+        let (set_tx, set_rx) = oneshot::channel();
         tokio::spawn(async move {
-            let error = match file.write_inline(&backend, &data, previous.clone()).await {
-                Some(result) => result.err(),
-                None => file.write_slices(&backend, &data, previous).await,
+            let inline = file.write_inline(&backend, &data, previous.clone(), times);
+            let (error, set) = match inline.await {
+                Some(Ok(set)) => (None, set),
+                Some(Err(e)) => (Some(e), None),
+                None => (file.write_slices(&backend, &data, previous).await, None),
             };
             // The slice map must show the new slices before the batch stops being overlaid.
             file.invalidate_slices();
@@ -350,24 +364,36 @@ impl FileState {
             b.flushing.retain(|f| f.id != id);
             drop(b);
             let _ = tx.send(true);
+            let _ = set_tx.send(set);
         });
+        Some(set_rx)
     }
 
     /// Writes a small batch inline, after the previous batch landed, if the file may hold
-    /// its bytes inline; `None` when it cannot (then the batch goes as slices).
+    /// its bytes inline; `None` when it cannot (then the batch goes as slices). With
+    /// `times`, sets them in the same commit if allowed: then the attributes after both.
     async fn write_inline(
         &self,
         backend: &Backend,
         data: &Extents<Bytes>,
         previous: Option<watch::Receiver<bool>>,
-    ) -> Option<Result<(), Errno>> {
+        times: Option<SetAttr>,
+    ) -> Option<Result<Option<Attr>, Errno>> {
         if data.end() > INLINE_MAX || self.sliced.load(Ordering::Relaxed) {
             return None;
         }
         if let Some(mut previous) = previous {
             let _ = previous.wait_for(|d| *d).await;
         }
-        match writer::write_inline(&backend.meta, self.ino, data).await {
+        let with_times = times.is_some();
+        let mut result = writer::write_inline(&backend.meta, self.ino, data, times).await;
+        if with_times && matches!(result, Err(e) if e != Errno::NOTSUP) {
+            // Perhaps the times were refused: the bytes go on their own (the caller sets the
+            // times then, and hears why not).
+            result = writer::write_inline(&backend.meta, self.ino, data, None).await;
+            return Some(result.map(|_| None));
+        }
+        match result {
             Err(Errno::NOTSUP) => {
                 self.sliced.store(true, Ordering::Relaxed);
                 None
@@ -376,7 +402,7 @@ impl FileState {
                 backend.stats.write_errors.add(1);
                 Some(Err(e))
             }
-            Ok(()) => Some(Ok(())),
+            Ok(attr) => Some(Ok(with_times.then_some(attr))),
         }
     }
 
@@ -450,11 +476,22 @@ impl FileState {
     /// Writes out everything buffered and waits until it is committed. Errors are kept for
     /// the descriptors to hear of ([`FileState::errors_since`]).
     pub async fn flush(self: &Arc<Self>, backend: &Arc<Backend>) {
-        self.start_flush(backend);
+        self.flush_with_times(backend, None).await;
+    }
+
+    /// [`FileState::flush`], setting `times` (times only) in the last commit when it can:
+    /// then the attributes after both; `None` when the caller must set them itself.
+    pub async fn flush_with_times(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        times: Option<SetAttr>,
+    ) -> Option<Attr> {
+        let set = self.start_batch(backend, times);
         let last = self.buffers().flushing.last().map(|f| f.done.clone());
         if let Some(mut done) = last {
             let _ = done.wait_for(|d| *d).await;
         }
+        set?.await.ok().flatten()
     }
 
     /// Where a descriptor opened now starts hearing of write errors: an error nobody has

@@ -14,6 +14,7 @@ pub struct Stats {
     pub acl_reads_answered: Counter,
     pub statahead_hits: Counter,
     pub known_dir_hits: Counter,
+    pub times_with_writes: Counter,
     pub dir_attrs_kept_hits: Counter,
     pub statahead_fetches: Counter,
     pub unlinks_answered: Counter,
@@ -80,6 +81,12 @@ impl Stats {
                 "Lookups of directories answered from what this mount learnt of them within the attribute timeout.",
                 c,
                 self.known_dir_hits.get(),
+            ),
+            (
+                "lattice_client_times_with_writes_total",
+                "Times set (cp -a, tar x, rsync -a) in the same commit as the bytes written before them.",
+                c,
+                self.times_with_writes.get(),
             ),
             (
                 "lattice_client_dir_attrs_kept_hits_total",

@@ -9,7 +9,7 @@ use crate::extents::Extents;
 use crate::file_state::{Backend, Contents};
 use bytes::Bytes;
 use lattice_common::chunk_map::{SliceRef, CHUNK_SIZE};
-use lattice_common::fs::Errno;
+use lattice_common::fs::{Attr, Errno, SetAttr};
 use lattice_common::ids::{ChunkserverId, InodeId};
 use lattice_common::meta_client::MetaClient;
 use lattice_common::shard_client::ShardError;
@@ -229,15 +229,21 @@ pub async fn commit(backend: &Backend, ino: InodeId, stored: Stored) -> Result<u
 }
 
 /// Writes a batch into the namespace, for a file whose bytes are (or may become) inline:
-/// one Raft round instead of a slice. EOPNOTSUPP when the file cannot hold them inline.
+/// one Raft round instead of a slice, which sets `times` too if given. EOPNOTSUPP when the
+/// file cannot hold them inline. Returns the file's attributes after.
 pub async fn write_inline(
     meta: &MetaClient,
     ino: InodeId,
     data: &Extents<Bytes>,
-) -> Result<(), Errno> {
+    times: Option<SetAttr>,
+) -> Result<Attr, Errno> {
     let writes = data.iter().map(|(at, d)| (at, d.to_vec())).collect();
-    match mutate(meta, ino, FsOp::WriteInline { ino, writes }).await? {
-        FsReply::Committed { .. } => Ok(()),
+    let op = match times {
+        Some(set) => FsOp::WriteInlineSetTimes { ino, writes, set },
+        None => FsOp::WriteInline { ino, writes },
+    };
+    match mutate(meta, ino, op).await? {
+        FsReply::Committed { attr, .. } => Ok(attr),
         _ => Err(Errno::IO),
     }
 }

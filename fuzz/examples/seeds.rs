@@ -82,6 +82,17 @@ fn commands() -> Vec<Command> {
             ino: file,
             writes: vec![(0, b"hello".to_vec())],
         },
+        FsOp::WriteInlineSetTimes {
+            ino: file,
+            writes: vec![(5, b" world".to_vec())],
+            set: SetAttr {
+                mtime: Some(TimeSet::At(Timestamp {
+                    secs: 981_173_106,
+                    nanos: 5,
+                })),
+                ..SetAttr::default()
+            },
+        },
         FsOp::SetAttr {
             ino: file,
             set: SetAttr {

@@ -996,6 +996,39 @@ fn sizes_seen_while_appending(path: &Path, reopen: bool) -> Result<(Vec<(u64, u6
     })
 }
 
+/// `cp -a`, `tar x` and `rsync -a` set a small file's times right after writing it: the
+/// times ride with the commit of its bytes (one Raft round, not two) and land as set, seen
+/// from another mount too (files too big to be held inline: `integrity::copies_keep_their_times`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn times_set_after_a_small_write_ride_with_its_commit() -> Result<()> {
+    let tc = TestCluster::new()?;
+    let (mnt, other, metrics) = two_mounts_with_metrics(&tc, "").await?;
+    let local = tempfile::tempdir()?;
+    let src = local.path().join("src");
+    std::fs::create_dir(&src)?;
+    for i in 0..20 {
+        std::fs::write(
+            src.join(format!("s{i}")),
+            random_bytes(100 * i + 1, i as u64),
+        )?;
+    }
+    sh(&format!(
+        "touch -d '2001-02-03 04:05:06.123456789' {s}/* && touch -d '1999-12-31 23:59:59.5' {s}/s3",
+        s = src.display()
+    ))?;
+    sh(&format!("cp -a {} {}/cp", src.display(), mnt.display()))?;
+    for copy in [mnt.join("cp"), other.join("cp")] {
+        same_tree(&src, &copy)?;
+        lattice_tests::same_times(&src, &copy)?;
+    }
+    let rode = lattice_tests::counter(Some(metrics), "lattice_client_times_with_writes_total")?;
+    ensure!(
+        rode >= 20,
+        "{rode} of 20 small files had their times ride with their bytes"
+    );
+    Ok(())
+}
+
 /// The kernel asks again for a directory's attributes after each entry made in it (to check
 /// search permission on the next path through it). The mount answers from what the change's
 /// own answer said: what another mount hears from the metaservers, mode, links, size and

@@ -176,6 +176,14 @@ pub enum FsOp {
     Unlinks {
         entries: Vec<Unlinked>,
     },
+    /// [`FsOp::WriteInline`], then times set as [`FsOp::SetAttr`] would (`set` sets times
+    /// only, else EINVAL), in one Raft round: `cp -a`, `tar x` and `rsync -a` set a small
+    /// file's times right after writing it. Refused whole if either is not allowed.
+    WriteInlineSetTimes {
+        ino: InodeId,
+        writes: Vec<(u64, Vec<u8>)>,
+        set: SetAttr,
+    },
 }
 
 /// A name removed by [`FsOp::Unlinks`], if it still leads to `ino`.

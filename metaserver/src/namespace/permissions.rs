@@ -93,6 +93,10 @@ impl Namespace {
                 let set = self.may_setattr(*ino, set, who)?;
                 return Ok(FsOp::SetAttr { ino: *ino, set });
             }
+            FsOp::WriteInlineSetTimes { ino, set, .. } => {
+                self.may_use_data(*ino, who, WRITE)?;
+                self.may_setattr(*ino, set, who)?;
+            }
             FsOp::SetXattr { ino, name, .. } | FsOp::RemoveXattr { ino, name } => {
                 self.may_xattr(*ino, name, who, WRITE)?;
             }
@@ -445,6 +449,27 @@ mod tests {
         for op in [chmod, chown, write, unlink] {
             assert_eq!(t.ns.admit(op.clone(), &root()), Ok(op));
         }
+    }
+
+    /// A write with times is refused whole when either is not allowed: a writer who does
+    /// not own the file may set the times to now, not to a time of its choosing.
+    #[test]
+    fn a_write_with_times_needs_what_each_needs() {
+        let mut t = tree();
+        let (alice, bob) = (user(ALICE, ALICE, &[]), user(BOB, BOB, &[]));
+        let secret = t.secret;
+        let write = |times: TimeSet| FsOp::WriteInlineSetTimes {
+            ino: secret,
+            writes: vec![(0, b"x".to_vec())],
+            set: set(|s| s.mtime = Some(times)),
+        };
+        let at = TimeSet::At(Timestamp::default());
+        assert_eq!(t.ns.admit(write(TimeSet::Now), &bob), Err(Errno::ACCES));
+        assert!(t.ns.admit(write(at), &alice).is_ok());
+        t.ns.setattr(secret, &set(|s| s.perm = Some(0o666)), Timestamp::default())
+            .unwrap();
+        assert!(t.ns.admit(write(TimeSet::Now), &bob).is_ok());
+        assert_eq!(t.ns.admit(write(at), &bob), Err(Errno::PERM));
     }
 
     #[test]

@@ -32,7 +32,8 @@ const MAX_REMEMBERED_REPLIES: usize = lattice_common::wire::meta::REMEMBERED_REP
 /// per file, punched holes. 4: several references committed at once, inline small files.
 /// 5: certificate revocations, grant keys. 6: the user a limited mount acts as. 7: sessions
 /// belong to a certificate. 8: attributes (in remembered replies) say which ACLs are set.
-/// 9: and whether file capabilities are. 10: a new entry's reply carries its directory.
+/// 9: and whether file capabilities are. 10: a new entry's reply carries its directory;
+/// inline writes with times.
 pub const STATE_FORMAT: u32 = 10;
 /// A session unheard of for this long is forgotten.
 const SESSION_IDLE_SECS: i64 = 3600;
@@ -521,6 +522,15 @@ impl StateMachine {
             FsOp::CommitSlices { ino, chunk, slices } => self.commit(ino, chunk, slices, now),
             FsOp::WriteInline { ino, writes } => {
                 let attr = self.ns.write_inline(ino, &writes, now)?;
+                Ok(FsReply::Committed { attr, slices: 0 })
+            }
+            // Times alone cannot fail once the write succeeded (the file exists) and release
+            // no slices: the two land together or not at all.
+            FsOp::WriteInlineSetTimes { set, .. } if !set.only_times() => Err(Errno::INVAL),
+            FsOp::WriteInlineSetTimes { ino, writes, set } => {
+                self.ns.write_inline(ino, &writes, now)?;
+                let (attr, released) = self.ns.setattr(ino, &set, now)?;
+                self.discard(released, now);
                 Ok(FsReply::Committed { attr, slices: 0 })
             }
             FsOp::Uninline { ino, expect, slice } => {

@@ -1,6 +1,6 @@
 //! Client sessions: each belongs to the certificate that opened it, a certificate has a
 //! bounded number of them, and a session's memory of replies is bounded without ever
-//! applying a request twice.
+//! applying a request twice. Also requests that do two things: both land, or neither.
 
 use super::*;
 use lattice_common::fs::Caller;
@@ -180,4 +180,49 @@ fn replies_over_the_limit_are_forgotten_and_their_requests_never_applied_twice()
     // The last one again: the first reply.
     let last = format!("d{n}");
     assert!(c.request(alice, (n, 1), 0, mkdir(&last)).is_ok());
+}
+
+#[test]
+fn a_write_with_times_lands_whole_or_not_at_all() {
+    use lattice_common::fs::{SetAttr, TimeSet};
+    let mut c = Cluster::new();
+    let file = FsOp::Mknod {
+        parent: InodeId::ROOT,
+        name: b"f".to_vec(),
+        kind: FileKind::File,
+        perm: 0o644,
+        umask: 0,
+        rdev: 0,
+        caller: Caller::ROOT,
+    };
+    let Ok(FsReply::Made { attr: f, .. }) = c.request((1, "a"), (1, 1), 5, file) else {
+        panic!("mknod refused");
+    };
+    let then = Timestamp { secs: 1, nanos: 7 };
+    let write = |set: SetAttr| FsOp::WriteInlineSetTimes {
+        ino: f.ino,
+        writes: vec![(0, b"hello".to_vec())],
+        set,
+    };
+    let chmod_too = SetAttr {
+        perm: Some(0o600),
+        mtime: Some(TimeSet::At(then)),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        c.request((1, "a"), (2, 2), 6, write(chmod_too)),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(c.sm.ns.attr(f.ino).unwrap(), f, "nothing landed");
+    let times = SetAttr {
+        atime: Some(TimeSet::At(then)),
+        mtime: Some(TimeSet::At(then)),
+        ..SetAttr::default()
+    };
+    let Ok(FsReply::Committed { attr, .. }) = c.request((1, "a"), (3, 3), 7, write(times)) else {
+        panic!("refused");
+    };
+    assert_eq!((attr.size, attr.mtime, attr.atime), (5, then, then));
+    assert_eq!(attr.ctime, Timestamp { secs: 7, nanos: 0 });
+    assert_eq!(c.sm.ns.attr(f.ino).unwrap(), attr);
 }
