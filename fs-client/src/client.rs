@@ -968,6 +968,19 @@ impl Client {
     /// virtual one is computed afresh on every read (`lattice.layout` grows as a file is
     /// written), so the value a size query got is what the read right after it gets: the
     /// two must agree, or the caller (`getfattr`) fails with ERANGE.
+    /// Whether `name` is known absent from `ino` without waiting (see
+    /// [`Client::known_absent`]): the kernel reads `security.capability` before every write,
+    /// and a hop to the runtime's threads costs more than the answer.
+    pub fn getxattr_absent_here(&self, ino: InodeId, name: &[u8]) -> bool {
+        let absent = self
+            .fresh_attr(ino)
+            .is_some_and(|(a, _)| a.known_xattrs.has(name) == Some(false));
+        if absent {
+            self.backend.stats.acl_reads_answered.add(1);
+        }
+        absent
+    }
+
     pub async fn getxattr(&self, ino: InodeId, name: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
         if self.known_absent(ino, name).await? {
             self.backend.stats.acl_reads_answered.add(1);

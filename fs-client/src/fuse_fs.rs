@@ -709,6 +709,9 @@ impl Filesystem for LatticeFs {
     }
 
     fn getxattr(&mut self, _req: &Request<'_>, i: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.client.getxattr_absent_here(ino(i), name.as_bytes()) {
+            return reply.error(libc::ENODATA);
+        }
         let (c, name) = (self.client.clone(), name.as_bytes().to_vec());
         self.spawn(async move {
             match c.getxattr(ino(i), &name, size).await {
