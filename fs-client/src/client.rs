@@ -522,12 +522,7 @@ impl Client {
         if self.file(ino).is_some() {
             return None;
         }
-        let (attr, at) = self
-            .attrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ino)
-            .cloned()?;
+        let (attr, at) = self.held_attr(ino)?;
         let age = now.saturating_duration_since(at.min(fetched));
         let left = self.tuning.attr_ttl.saturating_sub(age);
         if left.is_zero() {
@@ -630,9 +625,24 @@ impl Client {
     /// Attributes from the cache and when they were fetched, if within the attribute
     /// timeout.
     fn fresh_attr(&self, ino: InodeId) -> Option<(Attr, Instant)> {
-        let attrs = self.attrs.lock().unwrap_or_else(|p| p.into_inner());
-        let (a, at) = attrs.get(&ino)?;
-        (at.elapsed() < self.tuning.attr_ttl).then(|| (a.clone(), *at))
+        self.held_attr(ino)
+            .filter(|(_, at)| at.elapsed() < self.tuning.attr_ttl)
+    }
+
+    /// The latest attributes held here and when they were fetched: from the cache, else a
+    /// directory's as this mount's latest change in it left them (the cache forgets a
+    /// directory's at every change in it; `mkdir -p` looks each one up again).
+    fn held_attr(&self, ino: InodeId) -> Option<(Attr, Instant)> {
+        let cached = self
+            .attrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned();
+        match (cached, self.dir_attr_kept(ino)) {
+            (Some(c), Some(k)) => Some(if k.1 > c.1 { k } else { c }),
+            (c, k) => c.or(k),
+        }
     }
 
     /// Attributes from the cache while they are fresh.
@@ -831,9 +841,7 @@ impl Client {
             dir,
             at: Timestamp::now(),
         };
-        let parent_attr = self
-            .dir_attr_kept(parent)
-            .or_else(|| self.fresh_attr(parent));
+        let parent_attr = self.fresh_attr(parent);
         {
             let mut u = self.unlinks();
             if u.full() {
