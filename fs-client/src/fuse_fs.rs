@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 /// Adds a directory's entries from kernel offset `offset` on through `add` (which says when
-/// the reply is full): offsets 1 and 2 are `.` and `..`, then each entry's cookie. A
-/// listing known to end at `offset` gets nothing, without asking the metaserver.
+/// the reply is full): offsets 1 and 2 are `.` and `..`, then each entry's cookie (a
+/// listing known to end at `offset` is answered before: [`LatticeFs::listing_ended`]).
 async fn fill_listing(
     c: &Client,
     i: u64,
@@ -38,9 +38,6 @@ async fn fill_listing(
     add: &mut (dyn FnMut(u64, i64, &OsStr, &Attr) -> bool + Send),
 ) -> Result<(), Errno> {
     let offset = u64::try_from(offset).unwrap_or(0);
-    if c.listing_ended(fh, offset) {
-        return Ok(());
-    }
     let cookie = if offset <= 2 { 0 } else { offset };
     let listing = c.list_dir(ino(i), cookie, READDIR_BATCH).await?;
     let mut last = offset;
@@ -134,6 +131,13 @@ impl LatticeFs {
             f.await;
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Whether a listing is known to end at `offset`: the kernel asks once more past the
+    /// last entries (`ls`, `find` and `rm -rf` list each directory so), answered here.
+    fn listing_ended(&self, fh: u64, offset: i64) -> bool {
+        let offset = u64::try_from(offset).unwrap_or(0);
+        self.client.listing_ended(fh, offset)
     }
 }
 
@@ -620,6 +624,9 @@ impl Filesystem for LatticeFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
+        if self.listing_ended(fh, offset) {
+            return reply.ok();
+        }
         let c = self.client.clone();
         self.spawn(async move {
             let filled = fill_listing(&c, i, fh, offset, &mut |ino, offset, name, a| {
@@ -641,6 +648,9 @@ impl Filesystem for LatticeFs {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if self.listing_ended(fh, offset) {
+            return reply.ok();
+        }
         let (c, ttl) = (self.client.clone(), self.ttl);
         self.spawn(async move {
             let dir = ino(i);
