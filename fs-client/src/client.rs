@@ -269,7 +269,7 @@ impl Client {
     /// after the query was sent.
     fn remember(&self, mut attr: Attr, asked: Landing) -> Attr {
         // A directory with unlinks answered here shows what they will make of it.
-        if let Some(a) = self.unlinking_dir_attr(attr.ino) {
+        if let Some((a, _)) = self.unlinking_dir_attr(attr.ino) {
             attr = a;
         }
         // Held from the look at the buffers on: a write buffered meanwhile raises the size
@@ -576,7 +576,7 @@ impl Client {
     /// it (to check permissions), and what they will make of it is known here (see
     /// [`Unlinks::dir_attr`]); when it is not, they are waited for.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Errno> {
-        if let Some(a) = self.getattr_here(ino) {
+        if let Some((a, _)) = self.getattr_here(ino) {
             return Ok(a);
         }
         if self.unlinks().touches(ino) {
@@ -589,24 +589,26 @@ impl Client {
         }
     }
 
-    /// Attributes answered without a metaserver (see [`Client::getattr`]); never waits.
-    pub fn getattr_here(&self, ino: InodeId) -> Option<Attr> {
-        if let Some(a) = self.unlinking_dir_attr(ino) {
-            return Some(a);
-        }
-        if self.unlinks().touches(ino) {
-            return None;
-        }
-        let answer = self.dir_attr_kept(ino).map(|(a, _)| a);
-        if answer.is_some() {
-            self.backend.stats.dir_attrs_kept_hits.add(1);
-        }
-        answer
+    /// Attributes answered without a metaserver (see [`Client::getattr`]), and how long the
+    /// kernel may keep them; never waits.
+    pub fn getattr_here(&self, ino: InodeId) -> Option<(Attr, Duration)> {
+        // Asked apart: a guard in a match's scrutinee would be held through its arms.
+        let unlinking = self.unlinks().touches(ino);
+        let (attr, fetched) = match unlinking {
+            true => self.unlinking_dir_attr(ino)?,
+            false => {
+                let kept = self.dir_attr_kept(ino)?;
+                self.backend.stats.dir_attrs_kept_hits.add(1);
+                kept
+            }
+        };
+        let left = self.tuning.attr_ttl.saturating_sub(fetched.elapsed());
+        (!left.is_zero()).then_some((attr, left))
     }
 
     /// The attributes of a directory with unlinks answered here, as they will be once
-    /// applied (see [`Unlinks::dir_attr`]).
-    fn unlinking_dir_attr(&self, ino: InodeId) -> Option<Attr> {
+    /// applied, and when those they started from were fetched (see [`Unlinks::dir_attr`]).
+    fn unlinking_dir_attr(&self, ino: InodeId) -> Option<(Attr, Instant)> {
         self.unlinks()
             .dir_attr(ino, self.tuning.attr_ttl, Instant::now())
     }
@@ -629,20 +631,23 @@ impl Client {
             .filter(|(_, at)| at.elapsed() < self.tuning.attr_ttl)
     }
 
-    /// The latest attributes held here and when they were fetched: from the cache, else a
-    /// directory's as this mount's latest change in it left them (the cache forgets a
-    /// directory's at every change in it; `mkdir -p` looks each one up again).
+    /// The attributes held here and when they were fetched, as [`Client::getattr_here`]
+    /// answers them when it can: a directory's with unlinks answered here, what those
+    /// will make of it; else a directory's as this mount's latest change in it left them
+    /// (the cache forgets a directory's at every change in it, and `mkdir -p` looks each
+    /// one up again); else the cache's.
     fn held_attr(&self, ino: InodeId) -> Option<(Attr, Instant)> {
-        let cached = self
-            .attrs
+        if self.unlinks().touches(ino) {
+            return self.unlinking_dir_attr(ino);
+        }
+        if let Some(kept) = self.dir_attr_kept(ino) {
+            return Some(kept);
+        }
+        self.attrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .cloned();
-        match (cached, self.dir_attr_kept(ino)) {
-            (Some(c), Some(k)) => Some(if k.1 > c.1 { k } else { c }),
-            (c, k) => c.or(k),
-        }
+            .cloned()
     }
 
     /// Attributes from the cache while they are fresh.
@@ -972,10 +977,6 @@ impl Client {
         }
     }
 
-    /// Reads an xattr for a caller with a buffer of `size` bytes (0: asking the size). A
-    /// virtual one is computed afresh on every read (`lattice.layout` grows as a file is
-    /// written), so the value a size query got is what the read right after it gets: the
-    /// two must agree, or the caller (`getfattr`) fails with ERANGE.
     /// Whether `name` is known absent from `ino` without waiting (see
     /// [`Client::known_absent`]): the kernel reads `security.capability` before every write,
     /// and a hop to the runtime's threads costs more than the answer.
@@ -989,6 +990,10 @@ impl Client {
         absent
     }
 
+    /// Reads an xattr for a caller with a buffer of `size` bytes (0: asking the size). A
+    /// virtual one is computed afresh on every read (`lattice.layout` grows as a file is
+    /// written), so the value a size query got is what the read right after it gets: the
+    /// two must agree, or the caller (`getfattr`) fails with ERANGE.
     pub async fn getxattr(&self, ino: InodeId, name: &[u8], size: u32) -> Result<Vec<u8>, Errno> {
         if self.known_absent(ino, name).await? {
             self.backend.stats.acl_reads_answered.add(1);

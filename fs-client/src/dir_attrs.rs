@@ -9,7 +9,8 @@
 //! Answers may come back in another order than their changes were applied, so a
 //! directory's attributes are kept only from a change that no other change of this mount's
 //! overlapped: none was out when it was sent, and none started before its answer came.
-//! Whatever else changes a directory here forgets them.
+//! Whatever else changes a directory here forgets them, or (an unlink answered here) is
+//! shown over them until applied, then forgets them.
 //!
 //! [`FsReply::Made`]: lattice_common::wire::meta::FsReply::Made
 

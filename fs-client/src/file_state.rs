@@ -385,13 +385,14 @@ impl FileState {
         if let Some(mut previous) = previous {
             let _ = previous.wait_for(|d| *d).await;
         }
-        let with_times = times.is_some();
+        let mut with_times = times.is_some();
         let mut result = writer::write_inline(&backend.meta, self.ino, data, times).await;
         if with_times && matches!(result, Err(e) if e != Errno::NOTSUP) {
-            // Perhaps the times were refused: the bytes go on their own (the caller sets the
-            // times then, and hears why not).
+            // Perhaps the times were refused (before anything was checked of the bytes): the
+            // bytes go on their own, and may turn out not to fit inline. The caller sets the
+            // times then, and hears why not.
+            with_times = false;
             result = writer::write_inline(&backend.meta, self.ino, data, None).await;
-            return Some(result.map(|_| None));
         }
         match result {
             Err(Errno::NOTSUP) => {

@@ -315,8 +315,8 @@ impl Filesystem for LatticeFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, i: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        if let Some(a) = self.client.getattr_here(ino(i)) {
-            return reply.attr(&self.ttl, &file_attr(&a));
+        if let Some((a, left)) = self.client.getattr_here(ino(i)) {
+            return reply.attr(&left, &file_attr(&a));
         }
         let (c, ttl) = (self.client.clone(), self.ttl);
         self.spawn(async move {

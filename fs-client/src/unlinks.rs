@@ -120,9 +120,10 @@ impl Unlinks {
         self.emptying(ino) || self.unlinks(ino)
     }
 
-    /// The attributes of a directory with waiting unlinks, as they will be once applied:
-    /// None if it has none, or its attributes were not fetched within `ttl` of `now`.
-    pub fn dir_attr(&self, dir: InodeId, ttl: Duration, now: Instant) -> Option<Attr> {
+    /// The attributes of a directory with waiting unlinks, as they will be once applied, and
+    /// when those they start from were fetched: None if it has none, or its attributes were
+    /// not fetched within `ttl` of `now`.
+    pub fn dir_attr(&self, dir: InodeId, ttl: Duration, now: Instant) -> Option<(Attr, Instant)> {
         let d = self.dirs.get(&dir)?;
         let (base, fetched) = d.base.as_ref()?;
         if now.saturating_duration_since(*fetched) >= ttl {
@@ -132,7 +133,7 @@ impl Unlinks {
         a.ctime = a.ctime.max(d.at);
         a.mtime = a.ctime;
         a.nlink = a.nlink.saturating_sub(d.subdirs).max(2);
-        Some(a)
+        Some((a, *fetched))
     }
 
     /// Notes the whole listing of `dir`, taken at `now`.
@@ -308,7 +309,7 @@ mod tests {
         u.push(rmdir("a", 10), Some((base, t0)));
         u.push(unlink(1, "f", 12), None);
         u.push(rmdir("b", 11), None);
-        let a = u.dir_attr(InodeId(1), ttl, t0).unwrap();
+        let (a, _) = u.dir_attr(InodeId(1), ttl, t0).unwrap();
         assert_eq!((a.nlink, a.mtime.secs, a.ctime.secs), (2, 12, 12));
         assert!(
             u.dir_attr(InodeId(1), ttl, t0 + ttl).is_none(),

@@ -560,6 +560,37 @@ async fn a_certificate_limited_to_one_user_has_only_that_users_rights() -> Resul
     );
     ensure!(std::fs::read(mnt.join("home/notes"))? == b"mine");
 
+    // Bytes written, then times set to a chosen time (root may, on this machine): the
+    // metaservers refuse uid 1000 the times on a file it does not own, never the bytes it
+    // may write, even when the file got slices since it was opened (the trusted mount
+    // grew it) and the bytes can no longer go inline.
+    let shared = mnt.join("shared");
+    let mut expected = random_bytes(100, 7);
+    std::fs::write(&shared, &expected)?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt2.join("shared"))?;
+        let more = random_bytes(40_000, 8);
+        let mut grow = std::fs::OpenOptions::new().append(true).open(&shared)?;
+        grow.write_all(&more)?;
+        drop(grow);
+        expected.extend(more);
+        f.write_all_at(b"0123456789", 0)?;
+        let chosen = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let times = std::fs::FileTimes::new().set_modified(chosen);
+        refused("times", f.set_times(times), libc::EPERM)?;
+        f.sync_all()?;
+    }
+    expected[..10].copy_from_slice(b"0123456789");
+    ensure!(
+        std::fs::read(mnt2.join("shared"))? == expected,
+        "the bytes written before refused times"
+    );
+
     // A client that claims to be root and checks nothing itself gets no further.
     let node = Node::client(&Identity::load(&certs)?)?;
     let meta = MetaClient::new(node, tc.cluster.meta_addrs(), Duration::from_secs(20));

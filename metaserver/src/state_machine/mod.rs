@@ -800,7 +800,6 @@ impl StateMachine {
     }
 }
 
-/// One entry per shard, distinct servers, and at least the policy's least number placed.
 /// The reply to a change that made an entry: its inode's attributes and its directory's
 /// (whose times and link count it changed; the mount answers the kernel's next look at them
 /// from these instead of asking again).
@@ -809,6 +808,7 @@ fn made(ns: &Namespace, attr: Attr, parent: InodeId) -> Result<FsReply, Errno> {
     Ok(FsReply::Made { attr, parent })
 }
 
+/// One entry per shard, distinct servers, and at least the policy's least number placed.
 fn well_placed(layout: SliceLayout, placement: &[Option<ChunkserverId>]) -> bool {
     let placed: BTreeSet<_> = placement.iter().flatten().collect();
     placement.len() == layout.policy.total_shards()
