@@ -709,9 +709,10 @@ impl Core {
         }
     }
 
+    /// Answers first, then the messages, since what is woken first leaves first. A leader's
+    /// messages here (commit indexes, lease renewals) are on no answer's path; a follower's
+    /// (acknowledgements) are, but a follower has no answers to give.
     fn dispatch(&mut self, out: Output) {
-        self.peers.update(&self.replica.sm.members);
-        self.peers.send(out.messages);
         for event in out.events {
             match event {
                 Event::Applied { token, outcome } => {
@@ -755,6 +756,8 @@ impl Core {
                 }
             }
         }
+        self.peers.update(&self.replica.sm.members);
+        self.peers.send(out.messages);
         let leader = self.replica.is_leader();
         match (leader, self.leader_since) {
             (true, None) => {
