@@ -1,6 +1,8 @@
 //! The metaserver's core: one thread that owns the Raft replica, the state machine and the
 //! leader's soft state (chunkserver liveness and capacity), and serves every request in
-//! order. Blocking on the log's fsync here is intended: a Raft round is not done before it.
+//! order, except the queries request threads answer under the lease
+//! ([`crate::lease_reads`]). Blocking on the log's fsync here is intended: a Raft round is
+//! not done before it.
 
 use crate::cluster_map::ServerRecord;
 use crate::deep_scrub;
@@ -8,6 +10,7 @@ use crate::fileinfo;
 use crate::gc::{self, Doom, Expected, GarbageSlice, GcWork, ShardCopy};
 use crate::grants::{self, SharedKeys};
 use crate::jobs::{Book, Settings};
+use crate::lease_reads::boot_clock_ms;
 use crate::peers::Peers;
 use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
@@ -416,7 +419,7 @@ impl Core {
                 // ticks must not pass faster than the leader's lease counted in real time.
                 next_tick = now + TICK;
             }
-            let members = self.replica.sm.members.clone();
+            let members = self.replica.sm().members.clone();
             let peers = &mut self.peers;
             let out = self.replica.advance(&mut |msgs| {
                 peers.update(&members);
@@ -439,7 +442,8 @@ impl Core {
     /// Hands the cluster map's revocations to this member's endpoint, which refuses and
     /// disconnects those peers. Revocations only accumulate, so a changed count is a change.
     fn enforce_revocations(&mut self) {
-        let revoked = self.replica.sm.cluster.revocations();
+        let sm = self.replica.sm();
+        let revoked = sm.cluster.revocations();
         if revoked.len() != self.peers.node().revocations().len() {
             self.peers.node().set_revocations(revoked);
         }
@@ -447,7 +451,8 @@ impl Core {
 
     /// Hands the cluster map's grant keys to the request handlers when they changed.
     fn share_grant_keys(&mut self) {
-        let applied = self.replica.sm.cluster.grant_keys();
+        let sm = self.replica.sm();
+        let applied = sm.cluster.grant_keys();
         let newest = |keys: &[GrantKey]| keys.last().map(|k| k.id);
         // Read first: this runs on every turn of the loop, and handlers sign under the lock.
         if newest(&self.keys.read().unwrap_or_else(|p| p.into_inner())) != newest(applied) {
@@ -465,7 +470,7 @@ impl Core {
     fn reject(&self, refusal: &Refusal) -> Reject {
         match refusal {
             Refusal::NotLeader { leader } => {
-                Reject::NotLeader(leader.and_then(|id| self.replica.sm.members.get(&id).copied()))
+                Reject::NotLeader(leader.and_then(|id| self.replica.sm().members.get(&id).copied()))
             }
             Refusal::Busy(why) => Reject::Retry(why.to_string()),
         }
@@ -473,7 +478,7 @@ impl Core {
 
     fn not_leader(&self) -> Reject {
         let leader = self.replica.leader().filter(|&l| l != self.replica.id());
-        Reject::NotLeader(leader.and_then(|id| self.replica.sm.members.get(&id).copied()))
+        Reject::NotLeader(leader.and_then(|id| self.replica.sm().members.get(&id).copied()))
     }
 
     fn propose(&mut self, cmd: Command, reply: oneshot::Sender<Answer<Outcome>>) {
@@ -532,7 +537,7 @@ impl Core {
             }
             Input::Reencodes { skip, max, reply } => {
                 let answer = match self.replica.is_leader() {
-                    true => Ok(reencode::find(&self.replica.sm, &self.views(), &skip, max).0),
+                    true => Ok(reencode::find(&self.replica.sm(), &self.views(), &skip, max).0),
                     false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);
@@ -540,7 +545,7 @@ impl Core {
             Input::ScrubNext { after, reply } => {
                 let answer = match self.replica.is_leader() {
                     true => Ok(deep_scrub::next_after(
-                        &self.replica.sm,
+                        &self.replica.sm(),
                         &self.views(),
                         after,
                     )),
@@ -629,7 +634,8 @@ impl Core {
                 let _ = reply.send(answer);
             }
             Input::ReportDamage { name, shard, reply } => {
-                let server = self.replica.sm.cluster.iter().find(|(_, s)| s.name == name);
+                let sm = self.replica.sm();
+                let server = sm.cluster.iter().find(|(_, s)| s.name == name);
                 let answer = match (self.replica.is_leader(), server) {
                     (false, _) => Err(self.not_leader()),
                     (true, None) => Err(Reject::Retry(format!("{name} is not registered"))),
@@ -663,15 +669,16 @@ impl Core {
                 let me = crate::metrics::Member {
                     leader: self.replica.is_leader(),
                     term: self.replica.term(),
-                    applied: self.replica.sm.applied,
+                    applied: self.replica.sm().applied,
                     snapshot: self.replica.snapshot_index(),
+                    reads_answered_here: self.replica.answered_here(),
                 };
                 let status = me.leader.then(|| self.status());
                 let _ = reply.send(crate::metrics::render(&me, status.as_ref()));
             }
             Input::Digest { reply } => {
-                let sm = &self.replica.sm;
-                let digest = codec::encode_state(sm)
+                let sm = self.replica.sm();
+                let digest = codec::encode_state(&*sm)
                     .map(|b| crc32c::crc32c(&b))
                     .unwrap_or(0);
                 let _ = reply.send(AdminReply::Digest {
@@ -747,7 +754,7 @@ impl Core {
                         let _ = reply.send(Ok(self.status()));
                     }
                     Some(Waiter::Deletable(copies, reply)) => {
-                        let _ = reply.send(Ok(gc::deletable(&self.replica.sm, &copies)));
+                        let _ = reply.send(Ok(gc::deletable(&self.replica.sm(), &copies)));
                     }
                     _ => {}
                 },
@@ -756,7 +763,7 @@ impl Core {
                 }
             }
         }
-        self.peers.update(&self.replica.sm.members);
+        self.peers.update(&self.replica.sm().members);
         self.peers.send(out.messages);
         let leader = self.replica.is_leader();
         match (leader, self.leader_since) {
@@ -778,7 +785,7 @@ impl Core {
     /// since the last look), whose time is up, or whose asker left.
     fn answer_lock_waits(&mut self) {
         let now = Instant::now();
-        let applied = self.replica.sm.applied;
+        let applied = self.replica.sm().applied;
         let due = |w: &LockWait| w.until <= now || w.reply.is_closed();
         if applied == self.lock_waits_checked && !self.lock_waits.iter().any(due) {
             return;
@@ -811,13 +818,13 @@ impl Core {
                     total_bytes: total,
                     free_bytes: free,
                     used_bytes: used,
-                    inodes: self.replica.sm.ns.inode_count(),
+                    inodes: self.replica.sm().ns.inode_count(),
                 }))
             }
             FsQuery::GetXattr { ino, name } if name == LAYOUT_XATTR => {
-                fileinfo::describe(&self.replica.sm, &self.views(), *ino).map(FsReply::Xattr)
+                fileinfo::describe(&self.replica.sm(), &self.views(), *ino).map(FsReply::Xattr)
             }
-            q => self.replica.sm.query(q, who),
+            q => self.replica.sm().query(q, who),
         }
     }
 
@@ -825,7 +832,7 @@ impl Core {
         if !self.replica.is_leader() {
             return Err(self.not_leader());
         }
-        match self.replica.sm.cluster.get(heartbeat.id) {
+        match self.replica.sm().cluster.get(heartbeat.id) {
             Some(rec) if rec.name == name => {}
             _ => {
                 return Err(Reject::Retry(format!(
@@ -859,7 +866,7 @@ impl Core {
 
     fn candidates(&self, avoid: &[ChunkserverId]) -> Vec<Candidate> {
         self.replica
-            .sm
+            .sm()
             .cluster
             .iter()
             .filter(|(id, s)| {
@@ -920,7 +927,7 @@ impl Core {
             return Err(self.not_leader());
         }
         let policy = match policy.map_or_else(
-            || self.replica.sm.policy_of(ino, self.upkeep.default_policy),
+            || self.replica.sm().policy_of(ino, self.upkeep.default_policy),
             Ok,
         ) {
             Ok(p) => p,
@@ -976,7 +983,7 @@ impl Core {
             return;
         };
         let now = Timestamp::now();
-        if self.replica.sm.default_policy().is_none() {
+        if self.replica.sm().default_policy().is_none() {
             let policy = self.upkeep.default_policy;
             info!(%policy, "recording the cluster's default redundancy policy");
             let cmd = Command::DefaultPolicy {
@@ -987,9 +994,9 @@ impl Core {
             let (reply, _) = oneshot::channel();
             self.propose(cmd, reply);
         }
-        let keys = self.replica.sm.cluster.grant_keys();
+        let keys = self.replica.sm().cluster.grant_keys().to_vec();
         let secs = grant::unix_now();
-        if grants::key_due(keys, secs) {
+        if grants::key_due(&keys, secs) {
             let id = keys.last().map_or(1, |k| k.id + 1);
             info!(id, "making a new key for grants");
             let cmd = Command::GrantKey {
@@ -1007,7 +1014,7 @@ impl Core {
         }
         let changes: Vec<(ChunkserverId, ChunkserverState)> = self
             .replica
-            .sm
+            .sm()
             .cluster
             .iter()
             .filter_map(|(id, s)| {
@@ -1046,7 +1053,7 @@ impl Core {
     fn predictive_drain(&mut self, now: Timestamp) {
         let failing: Vec<(ChunkserverId, String)> = self
             .replica
-            .sm
+            .sm()
             .cluster
             .iter()
             .filter(|(_, s)| matches!(s.state, ChunkserverState::Up | ChunkserverState::Suspect))
@@ -1077,7 +1084,7 @@ impl Core {
     /// The leader's view of every chunkserver, for planning.
     fn views(&self) -> BTreeMap<ChunkserverId, ServerView> {
         self.replica
-            .sm
+            .sm()
             .cluster
             .iter()
             .map(|(id, s)| {
@@ -1104,7 +1111,7 @@ impl Core {
         };
         let views = self.views();
         planner::plan(
-            self.replica.sm.ns.all_slices(),
+            self.replica.sm().ns.all_slices(),
             &views,
             &damaged,
             busy,
@@ -1124,7 +1131,7 @@ impl Core {
         let plan = self.planned(busy, max_jobs);
         // Damage reports about shards deleted or moved since are moot.
         self.damaged.retain(|d| plan.damage_found.contains(d));
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let emptied: Vec<ChunkserverId> = sm
             .cluster
             .iter()
@@ -1139,6 +1146,7 @@ impl Core {
             })
             .map(|(id, _)| id)
             .collect();
+        drop(sm);
         for id in emptied {
             info!(%id, "draining server holds nothing any more: drained");
             let (reply, _) = oneshot::channel();
@@ -1151,7 +1159,7 @@ impl Core {
 
     fn gc_work(&self) -> GcWork {
         const MAX_SLICES: usize = 1000;
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let now = Timestamp::now();
         let views = self.views();
         let readable = |id: &ChunkserverId| {
@@ -1205,7 +1213,7 @@ impl Core {
     }
 
     fn expected(&self, server: ChunkserverId) -> Expected {
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let mut out = Expected::default();
         let on = |placement: &[Option<ChunkserverId>], slice: SliceId| {
             placement
@@ -1236,7 +1244,7 @@ impl Core {
         certificate: String,
         open: Vec<InodeId>,
     ) -> Result<bool, &'static str> {
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let known = self.sessions.get(&client).map(|s| s.certificate.as_str());
         if known
             .or(sm.session_certificate(client))
@@ -1276,7 +1284,7 @@ impl Core {
     }
 
     fn session_duties(&mut self, now: Timestamp) {
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let ended: Vec<ClientId> = sm
             .locks
             .clients()
@@ -1297,6 +1305,7 @@ impl Core {
             })
             .map(|(&ino, _)| ino)
             .collect();
+        drop(sm);
         for client in ended {
             info!(
                 ?client,
@@ -1319,7 +1328,7 @@ impl Core {
     }
 
     fn status(&self) -> ClusterStatus {
-        let sm = &self.replica.sm;
+        let sm = self.replica.sm();
         let leader = self.replica.id();
         let default_policy = sm.default_policy();
         let members = sm
@@ -1373,7 +1382,7 @@ impl Core {
             jobs: {
                 let mut backlog = plan.backlog;
                 let views = self.views();
-                let (_, left) = reencode::find(sm, &views, &BTreeSet::new(), 0);
+                let (_, left) = reencode::find(&sm, &views, &BTreeSet::new(), 0);
                 if left.shards > 0 {
                     backlog.insert((JobKind::Reencode, None), left);
                 }
@@ -1386,24 +1395,6 @@ impl Core {
             revoked: sm.cluster.revocations().clone(),
         }
     }
-}
-
-/// Milliseconds since boot, counting time the machine was suspended (CLOCK_BOOTTIME;
-/// `Instant` is CLOCK_MONOTONIC, which stops meanwhile and would stretch a lease). A clock
-/// that cannot be read reads as the end of time: no lease holds.
-fn boot_clock_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return u64::MAX;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
 fn domain_of(s: &ServerRecord) -> Domain {

@@ -9,6 +9,7 @@ pub mod fuzzing;
 mod gc;
 pub mod grants;
 pub mod jobs;
+pub mod lease_reads;
 mod locks;
 mod metrics;
 mod namespace;

@@ -647,6 +647,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         slices: SliceIo::new(ShardClient::new(node.clone(), DEFAULT_TIMEOUT)),
         deep_scrub_rate: Throttle::new(upkeep.jobs.deep_scrub_rate),
     });
+    let reads = replica.local_reads();
     let core = core::Core::new(
         replica,
         receiver,
@@ -664,7 +665,12 @@ fn serve(args: ServeArgs) -> Result<()> {
                 std::process::exit(2);
             }
         })?;
-    let service = Arc::new(service::Service::new(inputs.clone(), node.clone(), keys));
+    let service = Arc::new(service::Service::new(
+        inputs.clone(),
+        node.clone(),
+        keys,
+        reads,
+    ));
     let addr = node.local_addr()?;
     if let Some(path) = &args.addr_file {
         write_addr_file(path, addr).with_context(|| format!("writing {}", path.display()))?;

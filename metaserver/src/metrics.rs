@@ -12,6 +12,7 @@ pub struct Member {
     pub term: u64,
     pub applied: u64,
     pub snapshot: u64,
+    pub reads_answered_here: u64,
 }
 
 pub fn render(me: &Member, cluster: Option<&ClusterStatus>) -> String {
@@ -35,6 +36,12 @@ pub fn render(me: &Member, cluster: Option<&ClusterStatus>) -> String {
         "Log index of the latest snapshot.",
         g,
         me.snapshot as f64,
+    );
+    e.one(
+        "lattice_meta_reads_answered_here_total",
+        "Queries answered by the thread that received them, under the leader's lease.",
+        c,
+        me.reads_answered_here as f64,
     );
     let Some(s) = cluster else {
         return e.finish();

@@ -3,6 +3,7 @@
 //! peers and requests, and [`Replica::advance`] hands back messages to send and events to
 //! deliver. The deterministic simulation drives exactly this code.
 
+use crate::lease_reads::{Gate, LocalReads, Shared};
 use crate::raft_log::RaftLog;
 use crate::state_machine::{Command, Outcome, StateMachine};
 use lattice_common::codec;
@@ -14,6 +15,7 @@ use raft::prelude::{
 use raft::{RawNode, StateRole};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// A caller's handle on a request in flight.
@@ -108,7 +110,10 @@ pub enum MemberChange {
 pub struct Replica {
     id: u64,
     node: RawNode<RaftLog>,
-    pub sm: StateMachine,
+    /// The state machine, which request threads also read under the lease
+    /// ([`crate::lease_reads`]); only this member's core writes it, through `&mut self`, so
+    /// no read guard of the core's can be alive then.
+    shared: Arc<Shared>,
     snapshot_every: u64,
     /// Bytes of the entries applied since the last snapshot, and of that snapshot's state:
     /// a snapshot is taken once the first is a [`LOG_SHARE`]th of the second.
@@ -226,7 +231,7 @@ impl Replica {
         Ok(Replica {
             id: id.0,
             node,
-            sm,
+            shared: Arc::new(Shared::new(sm)),
             snapshot_every: tuning.snapshot_every,
             log_bytes: 0,
             snapshot_bytes: data_len,
@@ -254,6 +259,46 @@ impl Replica {
         MetaserverId(self.id)
     }
 
+    /// The state machine. Hold the guard briefly: answers on other threads wait for
+    /// this member's next apply, which waits for the guard.
+    pub fn sm(&self) -> RwLockReadGuard<'_, StateMachine> {
+        self.shared.read()
+    }
+
+    fn sm_mut(&mut self) -> RwLockWriteGuard<'_, StateMachine> {
+        self.shared.write()
+    }
+
+    /// What request threads answer queries with under the lease.
+    pub fn local_reads(&self) -> LocalReads {
+        LocalReads(self.shared.clone())
+    }
+
+    /// Queries request threads answered under the lease since this member started.
+    pub fn answered_here(&self) -> u64 {
+        self.shared.answered()
+    }
+
+    /// Tells request threads whether they may answer from this member's state: only while
+    /// it leads under a lease in its first half. Called whenever Raft may have changed
+    /// that, and before any message leaves that could let another member lead (a
+    /// leadership transfer).
+    fn publish_lease(&self) {
+        let r = &self.node.raft;
+        let leads = self.lease.length_ms > 0
+            && r.state == StateRole::Leader
+            && r.term == self.lease.term
+            && r.lead_transferee.is_none();
+        let gate = match leads {
+            true => Gate {
+                answer_until_ms: self.lease.until_ms.saturating_sub(self.lease.length_ms / 2),
+                committed: r.raft_log.committed,
+            },
+            false => Gate::default(),
+        };
+        self.shared.publish(gate);
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }
@@ -275,7 +320,7 @@ impl Replica {
             r.leader_id,
             r.raft_log.committed,
             r.raft_log.last_index(),
-            self.sm.applied,
+            self.sm().applied,
             self.snapshot_index(),
             self.node.store().conf_state().voters,
             r.prs().get(4).map(|p| format!("{:?} matched {} next {} pending_snap {}", p.state, p.matched, p.next_idx, p.pending_snapshot))
@@ -310,6 +355,7 @@ impl Replica {
             }
         });
         self.reads_waiting.extend(retry);
+        self.publish_lease();
     }
 
     /// Moves the member's clock (monotonic milliseconds) forward; call it before `read` and
@@ -340,6 +386,7 @@ impl Replica {
             _ => {}
         }
         let _ = self.node.step(msg);
+        self.publish_lease();
     }
 
     pub fn report_unreachable(&mut self, id: u64) {
@@ -489,6 +536,7 @@ impl Replica {
             self.handle_ready(&mut out, send_early)?;
         }
         self.after(&mut out)?;
+        self.publish_lease();
         Ok(out)
     }
 
@@ -497,6 +545,7 @@ impl Replica {
         out: &mut Output,
         send_early: &mut dyn FnMut(Vec<Message>),
     ) -> Result<(), String> {
+        self.publish_lease();
         let mut ready = self.node.ready();
         let early = ready.take_messages();
         if !early.is_empty() {
@@ -537,13 +586,13 @@ impl Replica {
             .mut_store()
             .apply_snapshot(snap)
             .map_err(|e| format!("installing a snapshot: {e}"))?;
-        self.sm = sm;
+        *self.sm_mut() = sm;
         Ok(())
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), String> {
         for entry in entries {
-            if entry.index <= self.sm.applied {
+            if entry.index <= self.sm().applied {
                 continue;
             }
             self.log_bytes += entry.data.len() as u64;
@@ -554,7 +603,7 @@ impl Replica {
                 // A new leader's empty entry, or a proposal Raft refused (a second membership
                 // change while one is pending becomes an empty entry).
                 EntryType::EntryNormal if entry.data.is_empty() => {
-                    self.sm.applied = entry.index;
+                    self.sm_mut().applied = entry.index;
                     if let Some(token) = mine {
                         out.events.push(Event::Aborted { token });
                     }
@@ -562,10 +611,10 @@ impl Replica {
                 EntryType::EntryNormal => {
                     let outcome = match codec::decode_state::<Command>(&entry.data, MAX_STATE_BYTES)
                     {
-                        Ok(cmd) => self.sm.apply(entry.index, cmd),
+                        Ok(cmd) => self.sm_mut().apply(entry.index, cmd),
                         // Every member skips the same undecodable entry the same way.
                         Err(_) => {
-                            self.sm.applied = entry.index;
+                            self.sm_mut().applied = entry.index;
                             Outcome::Done
                         }
                     };
@@ -575,7 +624,7 @@ impl Replica {
                 }
                 EntryType::EntryConfChangeV2 | EntryType::EntryConfChange => {
                     let result = self.apply_conf_change(&entry);
-                    self.sm.applied = entry.index;
+                    self.sm_mut().applied = entry.index;
                     if let Some(token) = mine {
                         out.events.push(Event::MemberChanged { token, result });
                     }
@@ -608,10 +657,10 @@ impl Replica {
             let id = MetaserverId(change.node_id);
             match (change.get_change_type(), addr) {
                 (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, Some(addr)) => {
-                    self.sm.members.insert(id, addr);
+                    self.sm_mut().members.insert(id, addr);
                 }
                 (ConfChangeType::RemoveNode, _) => {
-                    self.sm.members.remove(&id);
+                    self.sm_mut().members.remove(&id);
                 }
                 _ => {}
             }
@@ -622,7 +671,7 @@ impl Replica {
     /// Housekeeping after each round: reads that may now be answered, requests orphaned by a
     /// lost leadership, and snapshots.
     fn after(&mut self, out: &mut Output) -> Result<(), String> {
-        let applied = self.sm.applied;
+        let applied = self.sm().applied;
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
         self.reads_ready = waiting;
@@ -659,8 +708,11 @@ impl Replica {
 
     /// Writes a snapshot of the state machine and compacts the log up to it.
     pub fn snapshot_now(&mut self) -> Result<(), String> {
-        let data = codec::encode_state(&self.sm).map_err(|e| e.to_string())?;
-        let applied = self.sm.applied;
+        let (data, applied) = {
+            let sm = self.sm();
+            let data = codec::encode_state(&*sm).map_err(|e| e.to_string())?;
+            (data, sm.applied)
+        };
         (self.log_bytes, self.snapshot_bytes) = (0, data.len() as u64);
         self.node
             .mut_store()

@@ -2,6 +2,7 @@
 
 use crate::core::{ask_core, offer, Answer, Input, Inputs, Reject, FOREIGN_SESSION};
 use crate::grants::{self, SharedKeys};
+use crate::lease_reads::{boot_clock_ms, LocalReads};
 use crate::replica::MemberChange;
 use crate::state_machine::{Command, Outcome, SessionRequest};
 use lattice_common::codec;
@@ -30,6 +31,8 @@ pub struct Service {
     node: Arc<Node>,
     /// The keys grants are signed with (kept current by the core).
     keys: SharedKeys,
+    /// Queries answered here under the leader's lease, without the core.
+    reads: LocalReads,
 }
 
 /// What becomes of a Raft message the core has no room for.
@@ -79,8 +82,13 @@ fn allow(peer: &PeerName, roles: &[Role]) -> Result<(), Early> {
 }
 
 impl Service {
-    pub fn new(core: Inputs, node: Arc<Node>, keys: SharedKeys) -> Service {
-        Service { core, node, keys }
+    pub fn new(core: Inputs, node: Arc<Node>, keys: SharedKeys, reads: LocalReads) -> Service {
+        Service {
+            core,
+            node,
+            keys,
+            reads,
+        }
     }
 
     /// A file-system answer with the grants the asking mount needs to use it.
@@ -188,7 +196,10 @@ impl Service {
             MetaRequest::Query(query) => {
                 allow(peer, &fs_users)?;
                 let who = peer.user.credentials().cloned();
-                let r = self.ask(|reply| Input::Query { query, who, reply }).await?;
+                let r = match self.reads.answer(boot_clock_ms(), &query, who.as_ref()) {
+                    Some(r) => r,
+                    None => self.ask(|reply| Input::Query { query, who, reply }).await?,
+                };
                 self.signed(peer, r)
             }
             MetaRequest::Register(registration) => {

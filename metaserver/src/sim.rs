@@ -140,6 +140,23 @@ impl Sim {
             .collect()
     }
 
+    /// A read as a request thread answers it, without the core: if `id` may answer now, it
+    /// must see every write acknowledged so far. Returns whether it answered.
+    fn read_here(&mut self, id: u64) -> bool {
+        let now_ms = self.time * TUNING.tick_ms;
+        let reads = self.replica(id).local_reads();
+        let Some(sm) = reads.0.current(now_ms) else {
+            return false;
+        };
+        for name in &self.acked {
+            assert!(
+                sm.ns.lookup(InodeId::ROOT, name.as_bytes()).is_ok(),
+                "read here at {id} misses {name}"
+            );
+        }
+        true
+    }
+
     /// Member `id`, its clock set to the time now.
     fn replica(&mut self, id: u64) -> &mut Replica {
         let now_ms = self.time * TUNING.tick_ms;
@@ -184,7 +201,7 @@ impl Sim {
                 }
                 Event::ReadReady { token } => {
                     // Linearizable: a read sees every write acknowledged before it was asked.
-                    let seen = &self.nodes[&id].replica.as_ref().unwrap().sm.ns;
+                    let seen = &self.nodes[&id].replica.as_ref().unwrap().sm().ns;
                     for name in self.reads.remove(&token).unwrap() {
                         assert!(
                             seen.lookup(InodeId::ROOT, name.as_bytes()).is_ok(),
@@ -273,12 +290,15 @@ impl Sim {
                 self.deliver(msg, true);
             }
             75..=89 => self.propose(pick),
-            90..=94 => {
+            90..=92 => {
                 self.next += 1;
                 let token = self.next;
                 if self.replica(pick).read(token).is_ok() {
                     self.reads.insert(token, self.acked.clone());
                 }
+            }
+            93..=94 => {
+                self.read_here(pick);
             }
             95..=96 if live.len() == self.nodes.len() => {
                 // Crash: everything not on its disk is gone, and so are messages to it.
@@ -320,7 +340,7 @@ impl Sim {
                 .replica
                 .as_ref()
                 .unwrap()
-                .sm
+                .sm()
                 .members
                 .contains_key(&MetaserverId(4))
         });
@@ -453,7 +473,7 @@ impl Sim {
             let applied: BTreeSet<u64> = self
                 .nodes
                 .values()
-                .map(|n| n.replica.as_ref().unwrap().sm.applied)
+                .map(|n| n.replica.as_ref().unwrap().sm().applied)
                 .collect();
             let leader = self
                 .live()
@@ -485,10 +505,10 @@ fn run(seed: u64) {
         }
     }
     sim.settle();
-    let first = sim.nodes[&1].replica.as_ref().unwrap().sm.clone();
+    let first = sim.nodes[&1].replica.as_ref().unwrap().sm().clone();
     for (id, node) in &sim.nodes {
         assert!(
-            node.replica.as_ref().unwrap().sm == first,
+            *node.replica.as_ref().unwrap().sm() == first,
             "member {id} differs from member 1"
         );
     }
@@ -530,6 +550,7 @@ fn paused_leader(seed: u64) {
                 !sim.reads.contains_key(&token),
                 "a read under a lease waited"
             );
+            assert!(sim.read_here(old), "a read under a lease went to the core");
         }
         while sim.reads.contains_key(&token) {
             sim.round(None, &mut held);
@@ -543,6 +564,7 @@ fn paused_leader(seed: u64) {
 /// read must be refused, or wait until it can see the others' writes.
 fn read_after_resume(sim: &mut Sim, old: u64, held: &mut Vec<Message>) {
     assert!(sim.replica(old).is_leader(), "a frozen member changed");
+    sim.read_here(old);
     sim.next += 1;
     let token = sim.next;
     if sim.replica(old).read(token).is_ok() {
