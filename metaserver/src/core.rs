@@ -16,7 +16,7 @@ use crate::placement::{self, Candidate, Domain};
 use crate::planner::{self, Busy, Job, Limits, ServerView};
 use crate::reencode;
 use crate::replica::{Event, MemberChange, Output, Refusal, Replica, Token, TICK};
-use crate::state_machine::{Command, Outcome, SessionRequest};
+use crate::state_machine::{Command, Outcome, SessionRequest, StateMachine};
 use lattice_common::codec;
 use lattice_common::fs::{Errno, StatFs, Timestamp};
 use lattice_common::grant::{self, GrantKey};
@@ -537,18 +537,20 @@ impl Core {
             }
             Input::Reencodes { skip, max, reply } => {
                 let answer = match self.replica.is_leader() {
-                    true => Ok(reencode::find(&self.replica.sm(), &self.views(), &skip, max).0),
+                    true => {
+                        let sm = self.replica.sm();
+                        Ok(reencode::find(&sm, &self.views(&sm), &skip, max).0)
+                    }
                     false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);
             }
             Input::ScrubNext { after, reply } => {
                 let answer = match self.replica.is_leader() {
-                    true => Ok(deep_scrub::next_after(
-                        &self.replica.sm(),
-                        &self.views(),
-                        after,
-                    )),
+                    true => {
+                        let sm = self.replica.sm();
+                        Ok(deep_scrub::next_after(&sm, &self.views(&sm), after))
+                    }
                     false => Err(self.not_leader()),
                 };
                 let _ = reply.send(answer);
@@ -636,10 +638,12 @@ impl Core {
             Input::ReportDamage { name, shard, reply } => {
                 let sm = self.replica.sm();
                 let server = sm.cluster.iter().find(|(_, s)| s.name == name);
+                let server = server.map(|(id, _)| id);
+                drop(sm);
                 let answer = match (self.replica.is_leader(), server) {
                     (false, _) => Err(self.not_leader()),
                     (true, None) => Err(Reject::Retry(format!("{name} is not registered"))),
-                    (true, Some((id, _))) => {
+                    (true, Some(id)) => {
                         warn!(%shard, server = %id, "damaged shard reported");
                         self.damaged.insert((shard, id));
                         Ok(())
@@ -716,10 +720,9 @@ impl Core {
         }
     }
 
-    /// Answers first, then the messages, since what is woken first leaves first. A leader's
-    /// messages here (commit indexes, lease renewals) are on no answer's path; a follower's
-    /// (acknowledgements) are, but a follower has no answers to give.
     fn dispatch(&mut self, out: Output) {
+        self.peers.update(&self.replica.sm().members);
+        self.peers.send(out.messages);
         for event in out.events {
             match event {
                 Event::Applied { token, outcome } => {
@@ -763,8 +766,6 @@ impl Core {
                 }
             }
         }
-        self.peers.update(&self.replica.sm().members);
-        self.peers.send(out.messages);
         let leader = self.replica.is_leader();
         match (leader, self.leader_since) {
             (true, None) => {
@@ -803,6 +804,8 @@ impl Core {
         self.lock_waits = kept;
     }
 
+    /// The answer to a query. Those not `StateMachine::query`'s must be among the ones
+    /// [`crate::lease_reads::answered_from_state`] leaves to the core.
     fn answer(&self, query: &FsQuery, who: Option<&Credentials>) -> Result<FsReply, Errno> {
         match query {
             FsQuery::StatFs => {
@@ -822,7 +825,8 @@ impl Core {
                 }))
             }
             FsQuery::GetXattr { ino, name } if name == LAYOUT_XATTR => {
-                fileinfo::describe(&self.replica.sm(), &self.views(), *ino).map(FsReply::Xattr)
+                let sm = self.replica.sm();
+                fileinfo::describe(&sm, &self.views(&sm), *ino).map(FsReply::Xattr)
             }
             q => self.replica.sm().query(q, who),
         }
@@ -1082,10 +1086,10 @@ impl Core {
     }
 
     /// The leader's view of every chunkserver, for planning.
-    fn views(&self) -> BTreeMap<ChunkserverId, ServerView> {
-        self.replica
-            .sm()
-            .cluster
+    /// Each chunkserver as placement and the planner see it. Takes the state the caller
+    /// holds: a second read guard on this thread could wait behind a writer.
+    fn views(&self, sm: &StateMachine) -> BTreeMap<ChunkserverId, ServerView> {
+        sm.cluster
             .iter()
             .map(|(id, s)| {
                 let disks = self.live.get(&id).map(|l| l.heartbeat.disks.as_slice());
@@ -1103,20 +1107,19 @@ impl Core {
             .collect()
     }
 
-    fn planned(&self, busy: &BTreeMap<SliceId, Busy>, max_jobs: usize) -> planner::Plan {
+    fn planned(
+        &self,
+        sm: &StateMachine,
+        busy: &BTreeMap<SliceId, Busy>,
+        max_jobs: usize,
+    ) -> planner::Plan {
         let damaged: HashSet<(ShardId, ChunkserverId)> = self.damaged.clone();
         let limits = Limits {
             max_jobs,
             balance_tolerance: self.upkeep.jobs.balance_tolerance,
         };
-        let views = self.views();
-        planner::plan(
-            self.replica.sm().ns.all_slices(),
-            &views,
-            &damaged,
-            busy,
-            limits,
-        )
+        let views = self.views(sm);
+        planner::plan(sm.ns.all_slices(), &views, &damaged, busy, limits)
     }
 
     /// Jobs for the executor; also notices draining servers that hold nothing any more.
@@ -1128,7 +1131,7 @@ impl Core {
         if !settled {
             return Vec::new();
         }
-        let plan = self.planned(busy, max_jobs);
+        let plan = self.planned(&self.replica.sm(), busy, max_jobs);
         // Damage reports about shards deleted or moved since are moot.
         self.damaged.retain(|d| plan.damage_found.contains(d));
         let sm = self.replica.sm();
@@ -1161,7 +1164,7 @@ impl Core {
         const MAX_SLICES: usize = 1000;
         let sm = self.replica.sm();
         let now = Timestamp::now();
-        let views = self.views();
+        let views = self.views(&sm);
         let readable = |id: &ChunkserverId| {
             views.get(id).filter(|v| {
                 v.fresh && v.state != ChunkserverState::Down && v.state != ChunkserverState::Drained
@@ -1340,7 +1343,7 @@ impl Core {
                 leader: id == leader,
             })
             .collect();
-        let plan = self.planned(&BTreeMap::new(), 0);
+        let plan = self.planned(&sm, &BTreeMap::new(), 0);
         let chunkservers = sm
             .cluster
             .iter()
@@ -1381,7 +1384,7 @@ impl Core {
             redundancy: plan.redundancy,
             jobs: {
                 let mut backlog = plan.backlog;
-                let views = self.views();
+                let views = self.views(&sm);
                 let (_, left) = reencode::find(&sm, &views, &BTreeSet::new(), 0);
                 if left.shards > 0 {
                     backlog.insert((JobKind::Reencode, None), left);

@@ -7,10 +7,9 @@
 //!
 //! Why such an answer is linearizable: the state only moves forward, and every write was
 //! answered only after it was applied here, so a read sees every write acknowledged
-//! before it was asked. Entries committed by earlier leaders are covered too: a lease
+//! before it was asked. Writes earlier leaders acknowledged are covered too: a lease
 //! starts with a read round of this term, which completes only once this leader committed
-//! an entry of its own, and no answer is given until everything committed when the gate
-//! was published is applied.
+//! an entry of its own, and no answer is given before that round's index is applied.
 
 use crate::state_machine::StateMachine;
 use lattice_common::fs::Errno;
@@ -26,8 +25,10 @@ pub struct Gate {
     /// Answers here only before this time (ms on the members' boot clock): the lease's
     /// first half. In the second half queries go to the core, whose reads renew the lease.
     pub answer_until_ms: u64,
-    /// The commit index then: the state must have applied it.
-    pub committed: u64,
+    /// The state must have applied this far: the read index of the rounds that gave the
+    /// lease. Writes of earlier leaders are all before it, and this one answers a write
+    /// only once it applied it.
+    pub applied_from: u64,
 }
 
 /// The state machine and the gate, shared by the core thread (the only writer) and the
@@ -52,7 +53,7 @@ impl Shared {
         self.sm.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, StateMachine> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, StateMachine> {
         self.sm.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -60,13 +61,21 @@ impl Shared {
         *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = gate;
     }
 
+    fn gate(&self) -> Gate {
+        *self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The state, if a query may be answered from it at `now_ms` without the core.
     pub fn current(&self, now_ms: u64) -> Option<RwLockReadGuard<'_, StateMachine>> {
-        // The state first: the gate must still hold once it is ours (the core may have
-        // applied a batch meanwhile, or stepped down).
-        let sm = self.read();
-        let gate = *self.gate.lock().unwrap_or_else(PoisonError::into_inner);
-        (now_ms < gate.answer_until_ms && sm.applied >= gate.committed).then_some(sm)
+        // Closed on followers: they never wait for the lock.
+        if now_ms >= self.gate().answer_until_ms {
+            return None;
+        }
+        // A state poisoned by a panic while applying may be half applied.
+        let sm = self.sm.read().ok()?;
+        // Again once the state is ours: the core may have stepped down meanwhile.
+        let gate = self.gate();
+        (now_ms < gate.answer_until_ms && sm.applied >= gate.applied_from).then_some(sm)
     }
 
     /// Queries answered here since this member started.
@@ -81,7 +90,7 @@ impl Shared {
 
 /// The handle request threads hold.
 #[derive(Clone)]
-pub struct LocalReads(pub Arc<Shared>);
+pub struct LocalReads(pub(crate) Arc<Shared>);
 
 impl LocalReads {
     /// The answer to `query`, if this member may give it here and now; `None` sends it to
@@ -142,9 +151,12 @@ mod tests {
         assert!(shared.current(0).is_none(), "no lease published yet");
         shared.publish(Gate {
             answer_until_ms: 1000,
-            committed: 7,
+            applied_from: 7,
         });
-        assert!(shared.current(10).is_none(), "commits not applied yet");
+        assert!(
+            shared.current(10).is_none(),
+            "the lease's index not applied yet"
+        );
         shared.write().applied = 7;
         assert!(shared.current(999).is_some());
         assert!(
@@ -160,7 +172,7 @@ mod tests {
         let reads = LocalReads(Arc::new(Shared::new(StateMachine::default())));
         reads.0.publish(Gate {
             answer_until_ms: 1000,
-            committed: 0,
+            applied_from: 0,
         });
         let layout = FsQuery::GetXattr {
             ino: lattice_common::ids::InodeId::ROOT,

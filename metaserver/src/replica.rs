@@ -156,6 +156,9 @@ struct ReadRound {
 struct Lease {
     term: u64,
     until_ms: u64,
+    /// The read index of the rounds that gave it: at least every entry of earlier terms
+    /// (a round of this term completes only once the leader committed an entry of it).
+    index: u64,
     /// How long a confirmed round holds, in milliseconds (0: no leases).
     length_ms: u64,
 }
@@ -259,8 +262,8 @@ impl Replica {
         MetaserverId(self.id)
     }
 
-    /// The state machine. Hold the guard briefly: answers on other threads wait for
-    /// this member's next apply, which waits for the guard.
+    /// The state machine. Hold the guard briefly: this member's next apply waits for the
+    /// guards of request threads, and they for its write guard.
     pub fn sm(&self) -> RwLockReadGuard<'_, StateMachine> {
         self.shared.read()
     }
@@ -284,17 +287,12 @@ impl Replica {
     /// that, and before any message leaves that could let another member lead (a
     /// leadership transfer).
     fn publish_lease(&self) {
-        let r = &self.node.raft;
-        let leads = self.lease.length_ms > 0
-            && r.state == StateRole::Leader
-            && r.term == self.lease.term
-            && r.lead_transferee.is_none();
-        let gate = match leads {
-            true => Gate {
+        let gate = match self.lease_left() {
+            Some(_) => Gate {
                 answer_until_ms: self.lease.until_ms.saturating_sub(self.lease.length_ms / 2),
-                committed: r.raft_log.committed,
+                applied_from: self.lease.index,
             },
-            false => Gate::default(),
+            None => Gate::default(),
         };
         self.shared.publish(gate);
     }
@@ -510,10 +508,14 @@ impl Replica {
         if let Some(round) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
             if round.term == self.term() && self.lease.length_ms > 0 {
                 let until_ms = round.issued_ms.saturating_add(self.lease.length_ms);
+                if self.lease.term != round.term {
+                    self.lease.index = 0;
+                }
                 if self.lease.term != round.term || self.lease.until_ms < until_ms {
                     self.lease.term = round.term;
                     self.lease.until_ms = until_ms;
                 }
+                self.lease.index = self.lease.index.max(rs.index);
             }
             if !round.tokens.is_empty() {
                 self.reads_ready.push((rs.index, round.tokens));
@@ -586,7 +588,9 @@ impl Replica {
             .mut_store()
             .apply_snapshot(snap)
             .map_err(|e| format!("installing a snapshot: {e}"))?;
-        *self.sm_mut() = sm;
+        // The old state is dropped once the lock is free: request threads wait meanwhile.
+        let old = std::mem::replace(&mut *self.sm_mut(), sm);
+        drop(old);
         Ok(())
     }
 

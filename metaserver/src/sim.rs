@@ -651,6 +651,31 @@ fn a_paused_leader_never_answers_a_read_from_its_old_state() {
     each_seed(paused_leader);
 }
 
+/// A leader whose clock cannot be read (read as the end of time) holds no lease, so its
+/// request threads answer nothing, though their own clocks still read.
+fn clock_failure(seed: u64) {
+    let mut sim = Sim::new(seed);
+    let mut held = Vec::new();
+    sim.commit_at_new_leader(None, 0, &mut held);
+    let old = sim.leader(None).expect("a leader committed");
+    sim.next += 1;
+    let token = sim.next;
+    sim.replica(old).read(token).expect("the leader reads");
+    sim.reads.insert(token, sim.acked.clone());
+    while sim.reads.contains_key(&token) {
+        sim.round(None, &mut held);
+    }
+    assert!(sim.read_here(old), "a read under a lease went to the core");
+    sim.replica(old).set_clock(u64::MAX);
+    sim.advance(old);
+    assert!(!sim.read_here(old), "answered here without a clock");
+}
+
+#[test]
+fn a_leader_without_a_clock_answers_nothing_here() {
+    each_seed(clock_failure);
+}
+
 #[test]
 fn a_lease_ends_before_another_leader_can_be_elected() {
     each_seed(election_after_lease);
