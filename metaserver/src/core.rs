@@ -1085,9 +1085,8 @@ impl Core {
         }
     }
 
-    /// The leader's view of every chunkserver, for planning.
-    /// Each chunkserver as placement and the planner see it. Takes the state the caller
-    /// holds: a second read guard on this thread could wait behind a writer.
+    /// The leader's view of every chunkserver, for planning. Takes the state the caller
+    /// holds: no second read guard is taken on the core thread.
     fn views(&self, sm: &StateMachine) -> BTreeMap<ChunkserverId, ServerView> {
         sm.cluster
             .iter()

@@ -33,7 +33,6 @@ pub struct Gate {
 
 /// The state machine and the gate, shared by the core thread (the only writer) and the
 /// threads answering requests.
-#[derive(Default)]
 pub struct Shared {
     sm: RwLock<StateMachine>,
     gate: Mutex<Gate>,
@@ -44,11 +43,13 @@ impl Shared {
     pub fn new(sm: StateMachine) -> Shared {
         Shared {
             sm: RwLock::new(sm),
-            ..Shared::default()
+            gate: Mutex::default(),
+            answered: AtomicU64::default(),
         }
     }
 
-    /// The state to read. Poisoning is ignored: nothing that applies commands may panic.
+    /// The state, for the core to read. Poisoning is ignored here (nothing that applies
+    /// commands may panic); request threads refuse a poisoned state (see `current`).
     pub fn read(&self) -> RwLockReadGuard<'_, StateMachine> {
         self.sm.read().unwrap_or_else(PoisonError::into_inner)
     }
